@@ -1,0 +1,472 @@
+"""`hooks.Run`: stream what a person babysitting a training run needs into a run directory.
+
+Cheap by construction: `step()` appends device tensors to a list (no host sync) and every `flush_interval`
+seconds or `flush_steps` steps moves them to the host in one transfer and writes one JSON line. Monitoring
+never breaks training: any internal failure prints one warning and switches that part off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monitor import runfile
+from monitor.reader import records_to_batch
+
+__all__ = ["Run", "StopTraining"]
+
+
+class StopTraining(RuntimeError):
+    """Raised by `run.step()` when `on_critical="raise"` and a critical finding appears."""
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _materialize(records: list[dict]) -> None:
+    """Replace every tensor leaf in records by a float, in one host transfer per device (the only sync)."""
+    leaves: list[tuple[Any, Any, torch.Tensor]] = []
+
+    def collect(container: Any) -> None:
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, value in items:
+            if isinstance(value, torch.Tensor):
+                leaves.append((container, key, value))
+            elif isinstance(value, (dict, list)):
+                collect(value)
+
+    for rec in records:
+        collect(rec)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, _, t) in enumerate(leaves):
+        by_device.setdefault(t.device, []).append(i)
+    for idx in by_device.values():
+        values = torch.stack([leaves[i][2].detach().reshape(()).float() for i in idx]).tolist()
+        for i, v in zip(idx, values):
+            container, key, _ = leaves[i]
+            container[key] = v
+
+
+def _as_scalar(value: Any) -> Any:
+    """A tensor stays on its device (detached, so the graph can be freed); numbers become floats."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    return float(value)
+
+
+class Run:
+    """A monitored training run. See the README for the three-line integration.
+
+    Args:
+        path: the run directory (created; a new run must not reuse a directory that holds one).
+        num_classes: C, so rules can compare the first loss with ln(C) and accuracy with 1/C.
+        config: hyperparameters, stored in meta.json (JSON-able values; others are stored as strings).
+        on_critical: "warn" (default), "stop" (sets `should_stop`), "raise" (raises StopTraining), or
+            None to skip online diagnosis.
+        flush_interval: seconds between writes while steps arrive (data is visible to readers after this).
+        flush_steps: write at least every this many steps.
+        all_ranks: under torch.distributed, write from every rank (into path/rank<r>) instead of rank 0 only.
+        thresholds: overrides for rule thresholds (see rules/thresholds.py).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_classes: int | None = None,
+        config: dict | None = None,
+        *,
+        on_critical: str | None = "warn",
+        flush_interval: float = 0.5,
+        flush_steps: int = 512,
+        all_ranks: bool = False,
+        thresholds: dict | None = None,
+        resume: bool = False,
+    ):
+        if on_critical not in ("warn", "stop", "raise", None):
+            raise ValueError(f"on_critical must be 'warn', 'stop', 'raise' or None, not {on_critical!r}")
+        self.path = Path(path)
+        self.num_classes = num_classes
+        self.config = dict(config or {})
+        self.on_critical = on_critical
+        self.flush_interval = float(flush_interval)
+        self.flush_steps = int(flush_steps)
+        self.thresholds = thresholds
+        self.global_step = 0
+        self.epoch_count = 0
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self.findings: list[dict] = []
+        self.closed = False
+
+        rank = _rank()
+        self.enabled = rank == 0 or all_ranks
+        if all_ranks and rank != 0:
+            self.path = self.path / f"rank{rank}"
+
+        self._steps: list[int] = []
+        self._times: list[float] = []
+        self._losses: list[Any] = []
+        self._lrs: list[Any] = []
+        self._scalars: dict[str, list[Any]] = {}
+        self._pending: list[dict] = []  # non-step records waiting for the next flush
+        self._last_flush = time.monotonic()
+        self._fsynced_nonfinite = False
+        self._optimizer = None
+        self._probe = None
+        self._diagnoser = None
+        self._file = None
+        self._status: dict = {}
+        self._warned: set[str] = set()
+
+        if self.enabled:
+            self._guard("writer", self._open, resume)
+        if self.enabled and on_critical is not None:
+            self._guard("online rules", self._start_diagnoser)
+
+    # ----------------------------------------------------------------- failure containment
+    def _warn_once(self, part: str, exc: BaseException) -> None:
+        if part not in self._warned:
+            self._warned.add(part)
+            warnings.warn(
+                f"babysit: {part} disabled after an internal error ({type(exc).__name__}: {exc}); "
+                "training continues",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _guard(self, part: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (StopTraining, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - monitoring must never break training
+            self._warn_once(part, exc)
+            if part == "writer":
+                self._close_file()
+                self.enabled = False
+            elif part == "online rules":
+                self._diagnoser = None
+            elif part == "layer probes" and self._probe is not None:
+                self._guard("layer probe cleanup", self._probe.close)
+                self._probe = None
+            return None
+
+    # ----------------------------------------------------------------- writing
+    def _open(self, resume: bool) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume and (self.path / runfile.EVENTS).exists() and (self.path / runfile.EVENTS).stat().st_size:
+            raise FileExistsError(f"{self.path} already holds a run; use a new directory or resume=True")
+        stale_stop = self.path / runfile.STOP
+        if stale_stop.exists() and not resume:
+            stale_stop.unlink()
+        now = time.time()
+        meta = {
+            "schema": runfile.SCHEMA_VERSION,
+            "run_id": uuid.uuid4().hex[:12],
+            "name": self.path.name,
+            "start_time": now,
+            "config": _jsonable(self.config),
+            "num_classes": self.num_classes,
+            "torch_version": torch.__version__,
+            "device": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "command": [sys.executable, *sys.argv],
+            "model": None,
+        }
+        runfile.write_json_atomic(self.path / runfile.META, meta)
+        self.meta = meta
+        self._file = open(self.path / runfile.EVENTS, "ab", buffering=0)  # noqa: SIM115 - lives with the run
+        self._status = {
+            "schema": runfile.SCHEMA_VERSION,
+            "state": "running",
+            "step": 0,
+            "epoch": 0,
+            "start_time": now,
+            "heartbeat": now,
+            "end_time": None,
+            "reason": None,
+            "error": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+        runfile.write_json_atomic(self.path / runfile.STATUS, self._status)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    def _write_lines(self, records: list[dict], fsync: bool = False) -> None:
+        if not records or self._file is None:
+            return
+        data = "".join(runfile.dumps_line(r) for r in records).encode("utf-8")
+        self._file.write(data)  # one write of complete lines: a reader never sees half a record as data
+        if fsync:
+            os.fsync(self._file.fileno())
+
+    def _update_meta(self, **fields: Any) -> None:
+        self.meta.update(fields)
+        runfile.write_json_atomic(self.path / runfile.META, self.meta)
+
+    def _write_status(self, **fields: Any) -> None:
+        self._status.update(fields, step=self.global_step, epoch=self.epoch_count, heartbeat=time.time())
+        runfile.write_json_atomic(self.path / runfile.STATUS, self._status)
+
+    # ----------------------------------------------------------------- public API
+    def watch(
+        self,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        every: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        snapshot_every: int | None = None,
+    ) -> Run:
+        """Record learning rates from `optimizer` and, every `every` steps, per-layer statistics of `model`.
+
+        Probes are armed only for the sampled step; other steps pay nothing. The first layer's weights are
+        snapshotted (as .npy) at watch time and every `snapshot_every` steps.
+        """
+        self._optimizer = optimizer
+        if not self.enabled or model is None:
+            return self
+        self._guard("model summary", self._record_model, model)
+        self._guard("layer probes", self._start_probe, model, optimizer, every, input_shape, snapshot_every)
+        return self
+
+    def _record_model(self, model: torch.nn.Module) -> None:
+        from hooks.summary import model_summary
+
+        device = next((str(p.device) for p in model.parameters()), "cpu")
+        self._update_meta(model=model_summary(model), device=device)
+
+    def _start_probe(self, model, optimizer, every, input_shape, snapshot_every) -> None:
+        from hooks.probes import LayerProbe
+
+        kwargs = {k: v for k, v in {"every": every, "snapshot_every": snapshot_every}.items() if v is not None}
+        self._probe = LayerProbe(model, optimizer, run_dir=self.path, input_shape=input_shape, **kwargs)
+        self._pending.extend(self._probe.initial_records())
+
+    def step(self, loss: Any = None, **scalars: Any) -> None:
+        """Count one optimizer step and record its loss (tensor or float) and learning rate(s)."""
+        self.global_step += 1
+        if not self.enabled:
+            return
+        if loss is not None:
+            try:
+                self._steps.append(self.global_step)
+                self._times.append(time.time())
+                self._losses.append(_as_scalar(loss))
+                self._lrs.append(self._lr())
+                for name, value in scalars.items():
+                    column = self._scalars.get(name)
+                    if column is None:
+                        column = self._scalars[name] = [math.nan] * (len(self._steps) - 1)
+                    column.append(_as_scalar(value))
+                for name, column in self._scalars.items():
+                    if len(column) < len(self._steps):
+                        column.append(math.nan)
+            except Exception as exc:  # noqa: BLE001
+                self._warn_once("step recording", exc)
+        if self._probe is not None:
+            records = self._guard("layer probes", self._probe.after_step, self.global_step)
+            if records:
+                self._pending.extend(records)
+        if len(self._steps) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+
+    def _lr(self) -> Any:
+        if self._optimizer is None:
+            return math.nan
+        lr = self._optimizer.param_groups[0].get("lr", math.nan)
+        return lr.detach() if isinstance(lr, torch.Tensor) else float(lr)
+
+    def epoch(self, **metrics: Any) -> None:
+        """Record end-of-epoch metrics; `train_loss`, `train_acc`, `val_loss`, `val_acc` are known to rules."""
+        self.epoch_count += 1
+        if not self.enabled:
+            return
+        record = {
+            "type": "epoch",
+            "epoch": self.epoch_count,
+            "step": self.global_step,
+            "time": time.time(),
+            "metrics": {k: _as_scalar(v) for k, v in metrics.items()},
+        }
+        self._pending.append(record)
+        self.flush()
+
+    def log_event(self, name: str, **data: Any) -> None:
+        """A free-form event (e.g. a test-set evaluation) in the log; shown by the dashboard."""
+        if not self.enabled:
+            return
+        self._pending.append(
+            {"type": "event", "name": str(name), "step": self.global_step, "time": time.time(), "data": data}
+        )
+
+    def flush(self) -> None:
+        """Move buffered values to the host in one transfer, append them, update status, run online rules."""
+        self._last_flush = time.monotonic()
+        if not self.enabled:
+            return
+        records = self._take_records()
+        if records is None:
+            return
+        nonfinite = self._guard("writer", self._write_flush, records)
+        if self._diagnoser is not None and records:
+            self._guard("online rules", self._diagnose, records)
+        self._guard("stop check", self._check_stop_file)
+        if nonfinite:
+            self._fsynced_nonfinite = True
+
+    def _take_records(self) -> list[dict] | None:
+        try:
+            records: list[dict] = []
+            if self._steps:
+                rec = {
+                    "type": "steps",
+                    "step": self._steps,
+                    "time": self._times,
+                    "loss": self._losses,
+                    "lr": self._lrs,
+                }
+                if self._scalars:
+                    rec["scalars"] = self._scalars
+                records.append(rec)
+            records.extend(self._pending)
+            self._steps, self._times, self._losses, self._lrs = [], [], [], []
+            self._scalars = {k: [] for k in self._scalars}
+            self._pending = []
+            _materialize(records)  # the one host sync per flush
+            return records
+        except Exception as exc:  # noqa: BLE001
+            self._warn_once("step recording", exc)
+            return None
+
+    def _write_flush(self, records: list[dict]) -> bool:
+        nonfinite = not self._fsynced_nonfinite and any(
+            r["type"] == "steps" and any(not math.isfinite(v) for v in r["loss"]) for r in records
+        )
+        self._write_lines(records, fsync=nonfinite)
+        self._write_status()
+        return nonfinite
+
+    def _start_diagnoser(self) -> None:
+        from rules import OnlineDiagnoser
+
+        self._diagnoser = OnlineDiagnoser(
+            meta={"num_classes": self.num_classes, "config": self.config}, thresholds=self.thresholds
+        )
+
+    def _diagnose(self, records: list[dict]) -> None:
+        new = self._diagnoser.update(records_to_batch(records), status=self._status)
+        for finding in new:
+            f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
+            f.setdefault("source", "hooks")
+            self.findings.append(f)
+            self._write_finding(f)
+            if f.get("severity") == "critical":
+                self._on_critical(f)
+
+    def _write_finding(self, finding: dict) -> None:
+        with open(self.path / runfile.FINDINGS, "ab") as f:
+            f.write(runfile.dumps_line(finding).encode("utf-8"))
+
+    def _on_critical(self, finding: dict) -> None:
+        message = f"babysit: {finding.get('rule')}: {finding.get('message')}"
+        fix = finding.get("fix")
+        if fix:
+            message += f" -- fix: {fix[0] if isinstance(fix, list) else fix}"
+        if self.on_critical == "warn":
+            print(message, file=sys.stderr)
+        elif self.on_critical == "stop":
+            print(message + " (stopping)", file=sys.stderr)
+            self.request_stop(f"{finding.get('rule')}: {finding.get('message')}")
+        elif self.on_critical == "raise":
+            self.request_stop(f"{finding.get('rule')}: {finding.get('message')}")
+            raise StopTraining(message)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop: sets `should_stop`; the run is marked stopped with this reason on close."""
+        self.should_stop = True
+        self.stop_reason = self.stop_reason or reason
+
+    def _check_stop_file(self) -> None:
+        stop = self.path / runfile.STOP
+        if not self.should_stop and stop.exists():
+            try:
+                reason = runfile.read_json(stop).get("reason", "stop requested")
+            except (ValueError, OSError, AttributeError):
+                reason = "stop requested (STOP file)"
+            self.request_stop(str(reason))
+
+    def close(self, state: str | None = None, error: BaseException | None = None) -> None:
+        """Flush, fsync and mark the run finished (or stopped/crashed). Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._probe is not None:
+            self._guard("layer probes", self._probe.close)
+        if not self.enabled:
+            return
+        self.flush()
+        if state is None:
+            state = "stopped" if self.should_stop else "finished"
+        fields: dict[str, Any] = {"state": state, "end_time": time.time()}
+        if state == "stopped":
+            fields["reason"] = self.stop_reason
+        if error is not None:
+            fields["error"] = {"type": type(error).__name__, "message": str(error)[:2000]}
+        if self._file is not None:
+            self._guard("writer", os.fsync, self._file.fileno())
+        self._guard("writer", self._write_status, **fields)
+        self._close_file()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            self.close()
+        elif isinstance(exc, StopTraining):
+            self.close(state="stopped")
+        elif isinstance(exc, KeyboardInterrupt):
+            self.stop_reason = self.stop_reason or "interrupted (Ctrl-C)"
+            self.close(state="stopped")
+        else:
+            self.close(state="crashed", error=exc)
+        return False  # re-raise
+
+    def __del__(self) -> None:
+        # A run dropped without close() keeps its data readable; the reader marks it crashed by pid.
+        try:
+            if not self.closed and self._file is not None:
+                self._file.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)

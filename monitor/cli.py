@@ -1,0 +1,76 @@
+"""`babysit`: one command, many subcommands. Each subcommand lives in its own module, imported only when used,
+so `babysit diagnose` never pays for importing torch or streamlit.
+
+A subcommand module defines `configure(parser: argparse.ArgumentParser) -> None` and
+`run(args: argparse.Namespace) -> int` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["main", "COMMANDS", "UsageError"]
+
+# name -> (module, one-line help). The order is the order of `babysit --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("monitor.demo", "start a healthy and a broken run on digits and the dashboard over them"),
+    "train": ("trainer.cli", "train the reference model with the hooks inside"),
+    "diagnose": ("monitor.diagnose", "say what is wrong with a run, with evidence and fixes"),
+    "dashboard": ("monitor.dashboard_cli", "live dashboard over a folder of runs (Streamlit)"),
+    "watch": ("monitor.watch", "alert while runs train: terminal, webhook, command; can stop runs"),
+    "report": ("monitor.report", "one standalone HTML report of a run"),
+    "sanity": ("trainer.sanity", "the lecture's sanity checks: ln(C) loss, reg raises loss, overfit 20"),
+    "search": ("trainer.search", "coarse-to-fine random search of learning rate and regularization"),
+    "evaluate": ("trainer.evaluate", "evaluate a run's checkpoint; --test touches the test split once"),
+}
+
+
+class UsageError(Exception):
+    """A bad argument or input: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="babysit",
+        description="A training babysitter for PyTorch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in COMMANDS:
+        top.print_usage(sys.stderr)
+        print(f"babysit: error: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module_name, help_text = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        print(f"babysit {name}: not available in this installation ({e})", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"babysit {name}", description=help_text)
+    module.configure(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UsageError as e:
+        print(f"babysit {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"babysit {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
