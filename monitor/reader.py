@@ -313,6 +313,16 @@ def effective_state(status: dict, now: float | None = None, stale_after: float =
     return "running"
 
 
+def _status_from_meta(path: Path) -> dict:
+    """A run killed between writing meta.json and status.json: meta still says who was writing it."""
+    try:
+        meta = runfile.read_json(path / runfile.META)
+        return {"state": "running", "pid": meta.get("pid"), "host": meta.get("host"),
+                "start_time": meta.get("start_time"), "heartbeat": meta.get("start_time"), "step": 0}
+    except (OSError, ValueError, AttributeError):
+        return {"state": "unknown"}
+
+
 def read_status(path: str | os.PathLike, now: float | None = None) -> dict:
     """status.json with `state` replaced by the effective state (`recorded_state` keeps the file's)."""
     path = Path(path)
@@ -321,7 +331,7 @@ def read_status(path: str | os.PathLike, now: float | None = None) -> dict:
         if not isinstance(status, dict):
             raise ValueError
     except FileNotFoundError:
-        status = {"state": "unknown"}
+        status = _status_from_meta(path)
     except (ValueError, UnicodeDecodeError, OSError):
         status = {"state": "unknown", "error": {"type": "CorruptStatus", "message": "status.json unreadable"}}
     status["recorded_state"] = status.get("state")

@@ -1,0 +1,27 @@
+"""The rule engine and its catalogue: from a run's records, say what is wrong, with evidence and a fix.
+
+Torch-free. Three callers get the same results from the same data:
+
+    from rules import diagnose, OnlineDiagnoser
+    findings = diagnose(monitor.reader.load_run("runs/exp1"))          # post-hoc
+    d = OnlineDiagnoser(meta); new = d.update(tailer.poll(), status)  # online: O(new records)
+"""
+
+from rules.base import Context, Finding, Rule
+from rules.catalogue import CAUSES, RULES
+from rules.engine import OnlineDiagnoser, RuleWarning, diagnose, sort_findings
+from rules.thresholds import TABLE, THRESHOLDS
+
+__all__ = [
+    "Finding",
+    "Rule",
+    "Context",
+    "diagnose",
+    "OnlineDiagnoser",
+    "THRESHOLDS",
+    "TABLE",
+    "RULES",
+    "CAUSES",
+    "RuleWarning",
+    "sort_findings",
+]

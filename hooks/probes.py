@@ -1,0 +1,440 @@
+"""Per-layer statistics on sampled steps, and first-layer weight snapshots.
+
+A probe is idle between samples: no forward hook, no optimizer hook, nothing to run. At the end of the step
+before a sampled one it arms forward hooks on the activation modules and step pre/post hooks on the optimizer;
+the sampled step fills them, and `after_step` gathers the numbers and removes every hook again.
+
+The update/weight ratio is measured around the update the optimizer really applied: the pre-hook clones the
+weights, the post-hook compares (right for momentum, Adam, weight decay and anything else the optimizer does).
+
+Every statistic stays a device tensor; `hooks.run._materialize` moves them to the host with the step losses,
+in one transfer at flush time. Snapshots are the one exception (a .npy needs host memory); they are rare.
+
+By default sampling is time-budgeted: a sample is taken when the probes' total cost stays under `budget`
+(0.5%) of the wall time since `watch()`, and never more often than every `min_every` steps. Short runs on
+fast machines get many samples early; a large model whose probe is costly gets fewer. Pass `every=N` for a
+fixed schedule (step 1, then every multiple of N) whatever it costs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from monitor import runfile
+
+__all__ = [
+    "LayerProbe",
+    "DEFAULT_BUDGET",
+    "MIN_EVERY",
+    "SNAPSHOT_EVERY",
+    "RELU_MODULES",
+    "TANH_SATURATED",
+    "SIGMOID_SATURATED",
+]
+
+DEFAULT_BUDGET = 0.005  # adaptive sampling: probe time <= 0.5% of wall time
+MIN_EVERY = 10  # adaptive sampling: at most one sample per this many steps
+SNAPSHOT_EVERY = 100  # steps between first-layer snapshots ...
+SNAPSHOTS_PER_DOUBLING = 50  # ... and the spacing doubles after each this many, so long runs keep few files
+MAX_SNAPSHOT_ELEMENTS = 1 << 22  # a first layer larger than this (16 MB of float32) is not snapshotted
+
+# Units of these modules output exactly 0 (gradient 0) when they do not fire: a unit that never fires is dead.
+# Leaky variants, ELU, GELU and SiLU pass gradient for negative inputs, so "never positive" is not "dead".
+RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.Embedding)
+TANH_SATURATED = 0.99  # |tanh(x)| > 0.99, i.e. |x| > 2.65: gradient 1 - y^2 < 0.02
+SIGMOID_SATURATED = 0.01  # sigmoid(x) < 0.01 or > 0.99, i.e. |x| > 4.6: gradient y(1 - y) < 0.0099
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"babysit: {message}; training continues", RuntimeWarning, stacklevel=2)
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One float tensor holding all values (no copy for the usual single float32 parameter)."""
+    parts = [x.detach().reshape(-1) for x in tensors]
+    t = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if len(tensors) == 1 and tensors[0].dtype in (torch.float32, torch.float64):
+        return torch.linalg.vector_norm(tensors[0])
+    return torch.linalg.vector_norm(_flat(tensors))
+
+
+def _weight_stats(params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+    w = _flat(params)
+    mean = w.mean()
+    # population std as ||w - mean|| / sqrt(n): a third of the time torch.std_mean takes on CPU
+    std = torch.linalg.vector_norm(w - mean) / math.sqrt(w.numel())
+    return {"w_norm": torch.linalg.vector_norm(w), "w_mean": mean, "w_std": std}
+
+
+def _grad_stats(params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+    grads = [p.grad for p in params]
+    if any(g is None or g.is_sparse for g in grads):
+        return {}  # a layer this step did not use has no gradient to describe
+    g = _flat(grads)
+    numel = g.numel()
+    return {"g_norm": torch.linalg.vector_norm(g), "zero_grad_frac": (numel - torch.count_nonzero(g)) / numel}
+
+
+@dataclass
+class _WeightLayer:
+    name: str
+    params: list[nn.Parameter]  # the module's `weight` if it has one, else all its own parameters
+    # filled on a sampled step:
+    stats: dict[str, Any] = field(default_factory=dict)
+    before: list[torch.Tensor] | None = None
+    before_norm: torch.Tensor | None = None
+
+
+@dataclass
+class _ActivationLayer:
+    name: str
+    module: nn.Module
+    kind: str  # "relu" | "tanh" | "sigmoid"
+    channel_dim: int  # 1 (conv layout N, C, ...) or -1 (features last: N, ..., C)
+    fired: torch.Tensor | None = None  # relu: per unit, did it output > 0 anywhere in the batch
+    saturated: torch.Tensor | None = None  # tanh/sigmoid: count of saturated activations
+    total: int = 0
+    units: int = 0
+
+    def reset(self) -> None:
+        self.fired, self.saturated, self.total, self.units = None, None, 0, 0
+
+    def observe(self, output: torch.Tensor) -> None:
+        if not isinstance(output, torch.Tensor) or output.ndim < 2 or not output.is_floating_point():
+            return
+        out = output.detach()
+        dim = self.channel_dim % out.ndim
+        self.units = out.shape[dim]
+        if self.kind == "relu":
+            others = tuple(d for d in range(out.ndim) if d != dim)
+            fired = torch.amax(out, dim=others) > 0
+            if self.fired is None or self.fired.shape != fired.shape:
+                self.fired = fired
+            else:  # several forward passes before one optimizer step (gradient accumulation): any fires
+                self.fired |= fired
+            return
+        if self.kind == "tanh":
+            saturated = (out.abs() > TANH_SATURATED).sum()
+        else:
+            saturated = ((out - 0.5).abs() > 0.5 - SIGMOID_SATURATED).sum()
+        self.saturated = saturated if self.saturated is None else self.saturated + saturated
+        self.total += out.numel()
+
+    def record(self) -> dict | None:
+        if self.kind == "relu":
+            if self.fired is None:
+                return None
+            return {"kind": "relu", "dead_frac": 1.0 - self.fired.float().mean(), "num_units": self.units}
+        if self.saturated is None or self.total == 0:
+            return None
+        return {"kind": self.kind, "saturated_frac": self.saturated / self.total, "num_units": self.units}
+
+
+def _activation_kind(module: nn.Module) -> str | None:
+    if isinstance(module, RELU_MODULES):
+        return "relu"
+    if isinstance(module, nn.Tanh):
+        return "tanh"
+    if isinstance(module, nn.Sigmoid):
+        return "sigmoid"
+    return None
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "layer"
+
+
+class LayerProbe:
+    """Per-layer statistics of `model` on sampled steps, and snapshots of its first layer's weights.
+
+    Args:
+        model: the module to watch.
+        optimizer: the optimizer stepping it (None: no update/weight ratio).
+        run_dir: the run directory (snapshots go to run_dir/snapshots/).
+        input_shape: the shape of one input sample without the batch dimension, e.g. (1, 28, 28); a first
+            Linear layer's weights are then snapshotted as images (out, *input_shape).
+        every: sample step 1 and every multiple of this many steps; None (default): time-budgeted sampling.
+        snapshot_every: steps between first-layer snapshots (the spacing doubles after every 50 of them).
+        budget: the fraction of wall time the probes may take when `every` is None.
+        min_every: at most one sample per this many steps when `every` is None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        run_dir: str | os.PathLike,
+        input_shape: tuple[int, ...] | None = None,
+        every: int | None = None,
+        snapshot_every: int = SNAPSHOT_EVERY,
+        *,
+        budget: float = DEFAULT_BUDGET,
+        min_every: int = MIN_EVERY,
+    ):
+        if every is not None and int(every) < 1:
+            raise ValueError(f"every must be a positive number of steps, not {every!r}")
+        if int(snapshot_every) < 1:
+            raise ValueError(f"snapshot_every must be a positive number of steps, not {snapshot_every!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.run_dir = Path(run_dir)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.every = int(every) if every is not None else None
+        self.snapshot_every = int(snapshot_every)
+        self.budget = float(budget)
+        self.min_every = max(1, int(min_every))
+        self.samples = 0  # sampled steps so far
+        self.disabled = False
+
+        root = type(model).__name__
+        self._weights: list[_WeightLayer] = []
+        self._acts: list[_ActivationLayer] = []
+        self._first: tuple[str, nn.Module] | None = None
+        last_weight: nn.Module | None = None
+        for name, module in model.named_modules():
+            name = name or root
+            own = dict(module.named_parameters(recurse=False))
+            if own:
+                weight = own.get("weight")
+                params = [weight] if isinstance(weight, nn.Parameter) else list(own.values())
+                self._weights.append(_WeightLayer(name, params))
+                last_weight = module
+                if self._first is None and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+                    self._first = (name, module)
+            kind = _activation_kind(module)
+            if kind is not None:
+                # Which dimension holds the units: the last one after a layer that works on the last
+                # dimension (Linear on (N, L, D) sequences), else dim 1 (channels after conv/batch norm).
+                features_last = isinstance(last_weight, _FEATURES_LAST)
+                self._acts.append(_ActivationLayer(name, module, kind, -1 if features_last else 1))
+
+        self._handles: list[Any] = []
+        self._armed = False
+        self._collecting = False  # forward hooks record only between arming and the optimizer step
+        self._stepped = False  # the optimizer's post-hook ran for this sample
+        self._cost = 0.0  # seconds spent in hooks for the sample in progress
+        self._spent = 0.0  # seconds spent by the probes since watch()
+        self._cost_estimate = 0.0
+        self._start = time.perf_counter()
+        self._next_step = 1  # the next step that may be sampled
+        self._next_time = self._start  # adaptive: the earliest time the next sample fits the budget
+        self._snapshot_every = self.snapshot_every
+        self._snapshots = 0
+        self._snapshots_on = self._first is not None
+        self._arm()  # step 1 is always sampled: gradients, dead units and saturation at initialization
+
+    # ----------------------------------------------------------------- public
+    def initial_records(self) -> list[dict]:
+        """The first layer's weights at watch time (the snapshot kept forever)."""
+        rec = self._snapshot(0)
+        return [rec] if rec else []
+
+    def after_step(self, step: int) -> list[dict]:
+        """Called after every optimizer step. Returns the records of a sampled step, else nothing."""
+        if self.disabled:
+            self._disarm()
+            return []
+        records: list[dict] = []
+        if self._armed and step >= self._next_step:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                records.append(self._collect(step))
+            self._disarm()
+            self.samples += 1
+            self._schedule(step, self._cost + time.perf_counter() - t0)
+        if self._snapshots_on and step % self._snapshot_every == 0:
+            t0 = time.perf_counter()
+            rec = self._snapshot(step)
+            if rec:
+                records.append(rec)
+            self._spent += time.perf_counter() - t0
+        if not self._armed and step + 1 >= self._next_step:
+            if self.every is not None or time.perf_counter() >= self._next_time:
+                self._arm()
+        return records
+
+    def close(self) -> None:
+        """Remove every hook and drop references to the model's tensors."""
+        self._disarm()
+        for layer in self._weights:
+            layer.before = layer.before_norm = None
+            layer.stats = {}
+        for act in self._acts:
+            act.reset()
+
+    # ----------------------------------------------------------------- scheduling
+    def _schedule(self, step: int, cost: float) -> None:
+        self._spent += cost
+        if self.every is not None:
+            self._next_step = (step // self.every + 1) * self.every
+            return
+        # Token bucket: the next sample waits until spent + its expected cost fits in budget * elapsed.
+        self._cost_estimate = cost if self.samples == 1 else 0.5 * (self._cost_estimate + cost)
+        self._next_step = step + self.min_every
+        self._next_time = self._start + (self._spent + self._cost_estimate) / self.budget
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        """Switch the probes off. Never removes hooks here: we may be inside the loop that calls them."""
+        if not self.disabled:
+            self.disabled = True
+            self._collecting = False
+            _warn(f"layer probes disabled after an internal error in {where} ({type(exc).__name__}: {exc})")
+
+    # ----------------------------------------------------------------- arming
+    def _arm(self) -> None:
+        for act in self._acts:
+            act.reset()
+            self._handles.append(act.module.register_forward_hook(self._forward_hook(act)))
+        for layer in self._weights:
+            layer.stats, layer.before, layer.before_norm = {}, None, None
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
+            self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
+        self._armed = self._collecting = True
+        self._stepped = False
+        self._cost = 0.0
+
+    def _disarm(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._armed = self._collecting = False
+
+    def _forward_hook(self, act: _ActivationLayer):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            # Evaluation passes (no grad, or eval mode) between two training steps are not the batch.
+            if not self._collecting or not (module.training and torch.is_grad_enabled()):
+                return
+            t0 = time.perf_counter()
+            try:
+                act.observe(output)
+            except Exception as exc:  # noqa: BLE001 - an error here would break the user's forward pass
+                self._fail(f"the forward hook of {act.name}", exc)
+            self._cost += time.perf_counter() - t0
+
+        return hook
+
+    # ----------------------------------------------------------------- optimizer hooks
+    def _optimized(self) -> list[_WeightLayer]:
+        in_optimizer = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        return [
+            layer for layer in self._weights
+            if all(p.requires_grad and id(p) in in_optimizer for p in layer.params)
+        ]
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.disabled or self._stepped:
+            return
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                for layer in self._optimized():
+                    layer.stats = {"kind": "weight", **_grad_stats(layer.params)}
+                    layer.before = [p.detach().clone() for p in layer.params]
+                    layer.before_norm = _norm(layer.before)
+        except Exception as exc:  # noqa: BLE001 - an error here would break optimizer.step()
+            self._fail("the optimizer pre-step hook", exc)
+        self._cost += time.perf_counter() - t0
+
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.disabled or self._stepped:
+            return
+        self._stepped = True
+        self._collecting = False  # the activations of this step's batch are in
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                for layer in self._weights:
+                    if layer.before is None:
+                        continue
+                    # ||w_after - w_before||, computed in the clone we own (no second copy)
+                    pairs = zip(layer.before, layer.params, strict=True)
+                    delta = _norm([b.sub_(p.detach()) for b, p in pairs])
+                    norm = layer.before_norm
+                    ratio = torch.where(norm > 0, delta / norm, math.nan)  # undefined for a zero weight
+                    layer.stats.update(_weight_stats(layer.params), update_ratio=ratio)
+                    layer.before = layer.before_norm = None
+        except Exception as exc:  # noqa: BLE001 - an error here would break optimizer.step()
+            self._fail("the optimizer post-step hook", exc)
+        self._cost += time.perf_counter() - t0
+
+    # ----------------------------------------------------------------- statistics
+    def _collect(self, step: int) -> dict:
+        self._collecting = False
+        stats: dict[str, dict] = {}
+        for layer in self._weights:
+            if not any(p.requires_grad for p in layer.params):
+                continue  # frozen (fine-tuning): nothing to watch, and a zero update is no alarm
+            if "w_norm" not in layer.stats:  # not seen by the optimizer hooks (no optimizer, skipped step)
+                params = layer.params
+                layer.stats = {"kind": "weight", **_weight_stats(params), **_grad_stats(params)}
+            stats[layer.name] = layer.stats
+            layer.stats, layer.before, layer.before_norm = {}, None, None
+        for act in self._acts:
+            rec = act.record()
+            if rec is not None:
+                stats[act.name] = rec
+            act.reset()
+        return {"type": "layers", "step": step, "time": time.time(), "stats": stats}
+
+    # ----------------------------------------------------------------- snapshots
+    def _snapshot(self, step: int) -> dict | None:
+        """Save the first layer's weights as .npy (never pickle); one warning and off if that fails."""
+        if not self._snapshots_on or self._first is None:
+            return None
+        name, module = self._first
+        try:
+            weight = module.weight.detach()
+            if weight.numel() > MAX_SNAPSHOT_ELEMENTS:
+                self._snapshots_on = False
+                _warn(f"no weight snapshots: {name} has {weight.numel():,} weights "
+                      f"(limit {MAX_SNAPSHOT_ELEMENTS:,})")
+                return None
+            array = weight.float().cpu().numpy()  # a host copy (a sync on GPU): hence only every 100+ steps
+            shape = self.input_shape
+            if isinstance(module, nn.Linear) and shape and math.prod(shape) == array.shape[1]:
+                array = array.reshape(array.shape[0], *shape)  # one image per output unit
+            rel = f"{runfile.SNAPSHOTS}/{_safe_name(name)}_step{step:08d}.npy"
+            _save_npy(self.run_dir / rel, array)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not cost the statistics
+            self._snapshots_on = False
+            _warn(f"weight snapshots disabled after an error ({type(exc).__name__}: {exc})")
+            return None
+        self._snapshots += 1
+        if step > 0 and self._snapshots % SNAPSHOTS_PER_DOUBLING == 0:
+            self._snapshot_every *= 2
+        return {"type": "snapshot", "step": step, "time": time.time(), "layer": name, "file": rel,
+                "shape": list(array.shape)}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file and a rename: a reader never sees half a snapshot."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

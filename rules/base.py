@@ -1,0 +1,164 @@
+"""What every rule shares: the `Finding` it reports, the `Context` it reads, and the `Rule` base class.
+
+A rule is a small stateful object: `update(batch, ctx)` looks only at the records that are NEW in `batch`
+(plus whatever O(window) state it keeps) and returns the findings it has just become sure of. The engine
+(rules/engine.py) feeds every rule the same batches, whether the run is finished or still training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Finding", "Context", "Rule", "SEVERITIES", "severity_rank", "fmt"]
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+def severity_rank(severity: str) -> int:
+    """info < warning < critical; unknown strings rank below info."""
+    try:
+        return SEVERITIES.index(severity)
+    except ValueError:
+        return -1
+
+
+@dataclass
+class Finding:
+    """One thing wrong with a run, with the numbers that show it and what to do, in the order to try it."""
+
+    rule: str
+    title: str
+    severity: str
+    step: int | None
+    epoch: int | None
+    message: str
+    evidence: dict = field(default_factory=dict)
+    fix: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars/arrays to Python numbers/lists so findings serialize with json (non-finite kept as floats)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number for a message: 3 significant digits, scientific when tiny or huge, 'NaN'/'inf' kept."""
+    if x is None:
+        return "?"
+    x = float(x)
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e5:
+        return f"{x:.{digits}g}"
+    return f"{x:.{max(digits - 1, 1)}e}"
+
+
+@dataclass
+class Context:
+    """What the engine knows about the run so far; rules read it, only the engine writes it.
+
+    `initial_loss` is the first finite loss seen (the loss at init: step 1 is computed before any update).
+    `epoch_ends` are the steps at which epochs 1, 2, ... ended.
+    """
+
+    meta: dict
+    thresholds: dict
+    status: dict = field(default_factory=dict)
+    now: float | None = None
+    last_step: int = 0
+    first_step: int | None = None
+    initial_loss: float | None = None
+    initial_step: int | None = None
+    epoch_ends: list[int] = field(default_factory=list)
+    max_lr: float = math.nan
+    last_lr: float = math.nan
+    findings: dict = field(default_factory=dict)  # rule id -> current Finding
+    initial_final: bool = False  # True once the initial loss no longer changes
+    run_dir: Any = None  # pathlib.Path of the run directory when known (snapshots are relative to it)
+    # the step records of the current update, as numpy arrays (set by the engine before rules run)
+    new_step: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
+    new_loss: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
+    new_lr: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
+    new_time: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
+
+    @property
+    def num_classes(self) -> int | None:
+        c = self.meta.get("num_classes")
+        if c is None:
+            c = (self.meta.get("config") or {}).get("num_classes")
+        try:
+            c = int(c)
+        except (TypeError, ValueError):
+            return None
+        return c if c >= 2 else None
+
+    def epoch_of(self, step: int | None) -> int | None:
+        """The 1-based epoch a step belongs to (the epoch in progress when it ran)."""
+        if step is None:
+            return None
+        return 1 + int(np.searchsorted(np.asarray(self.epoch_ends, dtype=np.int64), step, side="left"))
+
+    def has(self, rule: str, at_least: str = "warning") -> bool:
+        f = self.findings.get(rule)
+        return f is not None and severity_rank(f.severity) >= severity_rank(at_least)
+
+
+class Rule:
+    """Base class: subclasses set `id`, `title`, `fix`, and implement `update`.
+
+    `fix` is the default list of fixes, in the order to try them. A rule reports each condition once; the
+    engine re-reports a rule only when its severity rises.
+    """
+
+    id: str = ""
+    title: str = ""
+    fix: tuple[str, ...] = ()
+
+    def __init__(self, thresholds: dict):
+        self.th = thresholds
+
+    def update(self, batch: Any, ctx: Context) -> list[Finding]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def finding(
+        self,
+        ctx: Context,
+        severity: str,
+        step: int | None,
+        message: str,
+        evidence: dict | None = None,
+        fix: list[str] | None = None,
+        epoch: int | None = None,
+    ) -> Finding:
+        step = None if step is None else int(step)
+        return Finding(
+            rule=self.id,
+            title=self.title,
+            severity=severity,
+            step=step,
+            epoch=ctx.epoch_of(step) if epoch is None else int(epoch),
+            message=message,
+            evidence=dict(evidence or {}),
+            fix=list(self.fix if fix is None else fix),
+        )

@@ -1,0 +1,196 @@
+"""The engine: feed every rule the same new records, keep one current finding per rule, link causes.
+
+`diagnose(run)` is a fresh `OnlineDiagnoser` fed the whole run once, so the three callers (post-hoc, the
+hooks inside training, the watcher) get the same findings from the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rules.base import Context, Finding, Rule, severity_rank
+from rules.catalogue import CAUSES, RULES
+from rules.thresholds import resolve
+
+__all__ = ["OnlineDiagnoser", "diagnose", "RuleWarning", "sort_findings"]
+
+
+class RuleWarning(RuntimeWarning):
+    """A rule raised: it is switched off for this run and the other rules go on."""
+
+
+def _column(frame: Any, name: str, dtype: Any = float) -> np.ndarray:
+    if frame is None or name not in getattr(frame, "columns", ()):
+        return np.array([], dtype=dtype)
+    return frame[name].to_numpy(dtype=dtype, na_value=np.nan) if dtype is float else frame[name].to_numpy(dtype)
+
+
+class OnlineDiagnoser:
+    """Stateful diagnosis of one run, fed new records as they arrive.
+
+    `update(batch, status)` costs O(new records) and returns the findings that are new since the last call
+    (a rule is reported once, and again when its severity rises or a cause is found for it). `findings`
+    holds every current finding, causes first.
+    """
+
+    def __init__(
+        self,
+        meta: dict | None = None,
+        thresholds: dict | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        rules: list[type[Rule]] | None = None,
+    ):
+        self.thresholds = resolve(thresholds)
+        meta = dict(meta or {})
+        self.ctx = Context(meta=meta, thresholds=self.thresholds)
+        self.ctx.run_dir = Path(run_dir) if run_dir is not None else (Path(meta["path"]) if meta.get("path") else None)
+        self.rules = [cls(self.thresholds) for cls in (RULES if rules is None else rules)]
+        self._reported: dict[str, tuple[int, tuple]] = {}
+        self._init_losses: list[float] = []
+
+    # ------------------------------------------------------------------ context
+    def _advance(self, batch: Any, status: dict | None) -> None:
+        ctx = self.ctx
+        if status is not None:
+            ctx.status = dict(status)
+        path = getattr(batch, "path", None)
+        if ctx.run_dir is None and path is not None and str(path) not in ("", "."):
+            ctx.run_dir = Path(path)
+        if isinstance(getattr(batch, "meta", None), dict) and batch.meta:
+            ctx.meta = {**batch.meta, **{k: v for k, v in ctx.meta.items() if v is not None}}
+        steps = batch.steps
+        ctx.new_step = _column(steps, "step", np.int64)
+        ctx.new_loss = _column(steps, "loss")
+        ctx.new_lr = _column(steps, "lr")
+        ctx.new_time = _column(steps, "time")
+        if len(ctx.new_step):
+            if ctx.first_step is None:
+                ctx.first_step = int(ctx.new_step[0])
+            ctx.last_step = max(ctx.last_step, int(ctx.new_step[-1]))
+            lr = ctx.new_lr[np.isfinite(ctx.new_lr)]
+            if len(lr):
+                ctx.max_lr = float(np.nanmax([ctx.max_lr, lr.max()]))
+                ctx.last_lr = float(lr[-1])
+            self._initial_loss()
+        epochs = batch.epochs
+        if len(epochs):
+            ctx.epoch_ends.extend(int(s) for s in epochs["step"].to_numpy())
+            ctx.last_step = max(ctx.last_step, int(epochs["step"].max()))
+        for frame in (batch.layers, batch.snapshots):
+            if len(frame):
+                ctx.last_step = max(ctx.last_step, int(frame["step"].max()))
+
+    def _initial_loss(self) -> None:
+        """The loss at init: min(first loss, median of the first `init_steps`) so a spike never inflates it."""
+        ctx = self.ctx
+        k = max(int(self.thresholds["init_steps"]), 1)
+        if len(self._init_losses) >= k:
+            return
+        finite = np.isfinite(ctx.new_loss)
+        if not finite.any():
+            return
+        vals, steps = ctx.new_loss[finite], ctx.new_step[finite]
+        if ctx.initial_step is None:
+            ctx.initial_step = int(steps[0])
+        self._init_losses.extend(float(v) for v in vals[: k - len(self._init_losses)])
+        first = self._init_losses[0]
+        ctx.initial_loss = min(first, float(np.median(self._init_losses)))
+        ctx.initial_final = len(self._init_losses) >= k
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: Any, status: dict | None = None, now: float | None = None) -> list[Finding]:
+        """Feed the records new since the last call; return findings new (or escalated) since then."""
+        ctx = self.ctx
+        ctx.now = time.time() if now is None else now
+        self._advance(batch, status)
+        for rule in list(self.rules):
+            try:
+                found = rule.update(batch, ctx)
+            except Exception as exc:  # noqa: BLE001 - one broken rule must not silence the others
+                warnings.warn(f"babysit rule {rule.id} switched off: {type(exc).__name__}: {exc}", RuleWarning,
+                              stacklevel=2)
+                self.rules.remove(rule)
+                continue
+            for f in found:
+                old = ctx.findings.get(f.rule)
+                if old is None or severity_rank(f.severity) > severity_rank(old.severity):
+                    ctx.findings[f.rule] = f
+        _link_causes(ctx.findings)
+        new = []
+        for rule_id, f in ctx.findings.items():
+            key = (severity_rank(f.severity), tuple(f.evidence.get("caused_by", ())))
+            if self._reported.get(rule_id) != key:
+                self._reported[rule_id] = key
+                new.append(f)
+        return sort_findings(new)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return sort_findings(list(self.ctx.findings.values()))
+
+
+def _link_causes(findings: dict[str, Finding]) -> None:
+    """Where a cause explains a symptom, say so in the symptom and lead its fixes with the cause's.
+
+    A run whose ReLUs died has a flat loss too; telling the user to raise the learning rate would be wrong.
+    """
+    for symptom, causes in CAUSES.items():
+        f = findings.get(symptom)
+        if f is None:
+            continue
+        found = [c for c in causes if c in findings and c != symptom and _explains(findings[c], f)]
+        if not found or f.evidence.get("caused_by") == found:
+            continue
+        if "own_fix" not in f.evidence:
+            f.evidence["own_fix"] = list(f.fix)
+            f.evidence["own_message"] = f.message
+        f.evidence["caused_by"] = found
+        lead = findings[found[0]]
+        names = " and ".join(found)
+        f.message = f"{f.evidence['own_message']} -- explained by {names} (fix that first): {lead.message}"
+        fixes = [f"fix {lead.rule} first: {lead.fix[0]}" if lead.fix else f"fix {lead.rule} first"]
+        fixes += lead.fix[1:]
+        fixes += [x for x in f.evidence["own_fix"] if x not in fixes and not _contradicts(x, found)]
+        f.fix = fixes
+
+
+def _explains(cause: Finding, symptom: Finding) -> bool:
+    """A cause explains a symptom only if it was there by the time the symptom was seen (or soon after)."""
+    if cause.evidence.get("direction") == "high" and symptom.rule == "flat_loss":
+        return False  # a too-high update ratio does not explain a flat loss the lr-raise way... nor the other
+    return True
+
+
+def _contradicts(fix: str, causes: list[str]) -> bool:
+    """A symptom's own fix that the cause makes wrong (raise the lr when units died from a high lr)."""
+    text = fix.lower()
+    return "raise the learning rate" in text or "increase the learning rate" in text or "train longer" in text
+
+
+_CAUSE_ORDER = {rule: i for i, rule in enumerate(["nonfinite_loss", "stalled_weights", "dead_units",
+                                                  "saturated_activations", "vanishing_gradients",
+                                                  "exploding_gradients", "loss_explosion", "update_ratio"])}
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Most severe first; within a severity, causes before the symptoms they explain, then by step."""
+    def key(f: Finding):
+        caused = 1 if f.evidence.get("caused_by") else 0
+        return (-severity_rank(f.severity), caused, _CAUSE_ORDER.get(f.rule, 99),
+                f.step if f.step is not None else math.inf)
+    return sorted(findings, key=key)
+
+
+def diagnose(run: Any, thresholds: dict | None = None, now: float | None = None) -> list[Finding]:
+    """Post-hoc diagnosis of a whole run (a `RunData` from `monitor.reader.load_run`)."""
+    diagnoser = OnlineDiagnoser(getattr(run, "meta", None) or {}, thresholds,
+                                run_dir=getattr(run, "path", None))
+    diagnoser.update(run, status=getattr(run, "status", None) or {}, now=now)
+    return diagnoser.findings

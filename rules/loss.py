@@ -1,0 +1,347 @@
+"""Rules on the step loss curve: non-finite values, explosion, a flat curve, the loss at init, a noisy curve."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rules.base import Context, Finding, Rule, fmt
+from rules.window import Tail, first_true, rolling_mean, rolling_median
+
+__all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss"]
+
+
+def _lr_note(lr: float) -> str:
+    return f" (lr is {fmt(lr)})" if lr is not None and math.isfinite(lr) else ""
+
+
+def _cfg(ctx: Context, *names: str):
+    config = ctx.meta.get("config") or {}
+    for n in names:
+        if n in config:
+            return config[n]
+    return None
+
+
+class NonfiniteLoss(Rule):
+    id = "nonfinite_loss"
+    title = "Loss, weights or gradients are NaN/inf"
+    fix = (
+        "lower the learning rate (10x): a NaN loss is the lecture's sign of a learning rate that is too high",
+        "check the inputs and labels for NaN/inf (torch.isfinite(x).all() on a batch)",
+        "clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
+        "guard log() and division in a custom loss (log(x + eps), no division by zero)",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.done = False
+        self.last_finite: tuple[int, float] | None = None
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.done:
+            return []
+        found = self._steps(ctx) or self._epochs(batch, ctx) or self._layers(batch, ctx)
+        if found:
+            self.done = True
+        return found
+
+    def _steps(self, ctx: Context) -> list[Finding]:
+        loss, steps = ctx.new_loss, ctx.new_step
+        i = first_true(~np.isfinite(loss))
+        if i is None:
+            if len(loss):
+                self.last_finite = (int(steps[-1]), float(loss[-1]))
+            return []
+        if i > 0:
+            self.last_finite = (int(steps[i - 1]), float(loss[i - 1]))
+        step, value = int(steps[i]), float(loss[i])
+        lr = float(ctx.new_lr[i]) if len(ctx.new_lr) > i else math.nan
+        before = (f"; last finite loss {fmt(self.last_finite[1])} at step {self.last_finite[0]}"
+                  if self.last_finite else "; no finite loss before it")
+        init = f", initial {fmt(ctx.initial_loss)}" if ctx.initial_loss is not None else ""
+        msg = f"loss is {fmt(value)} at step {step}{before}{init}{_lr_note(lr)}"
+        evidence = {"step": step, "value": value, "what": "loss", "lr": lr,
+                    "last_finite_step": self.last_finite[0] if self.last_finite else None,
+                    "last_finite_loss": self.last_finite[1] if self.last_finite else None,
+                    "initial_loss": ctx.initial_loss}
+        fix = list(self.fix)
+        if self.last_finite is None:  # NaN from the very first step: data or loss code, not the lr
+            fix = [fix[1], fix[3], fix[0], fix[2]]
+        return [self.finding(ctx, "critical", step, msg, evidence, fix)]
+
+    def _epochs(self, batch, ctx: Context) -> list[Finding]:
+        ep = batch.epochs
+        for col in ("train_loss", "val_loss"):
+            if col not in ep.columns:
+                continue
+            vals = ep[col].to_numpy(dtype=float, na_value=np.nan)
+            bad = np.isinf(vals) | (np.isnan(vals) & ep[col].notna().to_numpy())
+            i = first_true(bad)
+            if i is not None:
+                step, epoch = int(ep["step"].iloc[i]), int(ep["epoch"].iloc[i])
+                msg = f"{col} is {fmt(vals[i])} at epoch {epoch} (step {step})"
+                return [self.finding(ctx, "critical", step, msg, {"what": col, "value": vals[i], "step": step},
+                                     epoch=epoch)]
+        return []
+
+    def _layers(self, batch, ctx: Context) -> list[Finding]:
+        lay = batch.layers
+        for col, what in (("w_norm", "weights"), ("g_norm", "gradients")):
+            if col not in lay.columns:
+                continue
+            vals = lay[col].to_numpy(dtype=float, na_value=np.nan)
+            present = lay[col].notna().to_numpy()
+            i = first_true(np.isinf(vals) | (np.isnan(vals) & present))
+            if i is not None:
+                step, layer = int(lay["step"].iloc[i]), str(lay["layer"].iloc[i])
+                msg = f"{what} of layer {layer} are {fmt(vals[i])} (norm) at step {step}"
+                return [self.finding(ctx, "critical", step, msg,
+                                     {"what": what, "layer": layer, "value": vals[i], "step": step})]
+        return []
+
+
+class LossExplosion(Rule):
+    id = "loss_explosion"
+    title = "Loss exploded above 3x its initial value"
+    fix = (
+        "stop this run: the lecture's rule is to quit early when loss > 3x the original",
+        "lower the learning rate (3-10x)",
+        "add gradient clipping or a learning-rate warmup",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.w = max(int(thresholds["explosion_window"]), 1)
+        self.tail = Tail(self.w - 1, float, np.int64, float)
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        n = len(ctx.new_loss)
+        if self.done or not n:
+            return []
+        x, steps, lrs = self.tail.extend(ctx.new_loss, ctx.new_step, ctx.new_lr)
+        init = ctx.initial_loss
+        if init is None or not ctx.initial_final or init <= 0 or len(x) < self.w:
+            return []
+        factor = self.th["explosion_factor"]
+        # NaN windows never count (nonfinite_loss reports them); +inf counts as exploded
+        med = rolling_median(x, self.w)
+        start = max(len(x) - n - (self.w - 1), 0)  # windows that end on a new step
+        hit = first_true(med[start:] > factor * init)
+        if hit is None:
+            return []
+        end = start + hit + self.w - 1
+        self.done = True
+        value, step, lr = float(med[start + hit]), int(steps[end]), float(lrs[end])
+        window = x[end - self.w + 1 : end + 1]
+        msg = (f"loss {fmt(value)} at step {step} is {fmt(value / init, 2)}x the initial {fmt(init)} "
+               f"(median of {self.w} steps; limit {fmt(factor)}x){_lr_note(lr)}")
+        evidence = {"step": step, "loss": value, "peak": float(np.nanmax(window)), "initial_loss": init,
+                    "ratio": value / init, "factor": factor, "lr": lr}
+        return [self.finding(ctx, "critical", step, msg, evidence)]
+
+
+class FlatLoss(Rule):
+    """The loss barely moves over a window while it is still near its initial value: nothing is being learned.
+
+    A run that learned and then converged is not flat: the loss must never have dropped below
+    `flat_level` x the initial loss. A warmup (lr rising across the window) is not flat either.
+    """
+
+    id = "flat_loss"
+    title = "Loss barely changes"
+    fix = (
+        "raise the learning rate (3-10x)",
+        "lower the regularization (weight decay / L2 strength)",
+        "check that gradients reach the weights (see update_ratio, stalled_weights, dead_units)",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.w = max(int(thresholds["flat_window"]), 10)
+        self.m = max(self.w // 10, 5)
+        self.tail = Tail(self.w - 1, float, np.int64, float)
+        self.min_level = math.inf
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        n = len(ctx.new_loss)
+        if self.done or not n:
+            return []
+        x, steps, lrs = self.tail.extend(ctx.new_loss, ctx.new_step, ctx.new_lr)
+        init = ctx.initial_loss
+        if init is None or init <= 0 or len(x) < self.m:
+            return []
+        w, m = self.w, self.m
+        finite = np.isfinite(x)
+        level = rolling_mean(np.where(finite, x, 0.0), m)  # level[j] = mean of x[j : j + m]
+        ok = rolling_mean(finite.astype(float), m) == 1.0
+        level = np.where(ok, level, np.nan)
+        first_new = len(x) - n
+        # smoothed level ending at each new position p: level[p - m + 1]
+        ends = np.arange(max(first_new, m - 1), len(x))
+        end_level = level[ends - m + 1]
+        running_min = np.fmin.accumulate(np.concatenate([[self.min_level], end_level]))[1:]
+        self.min_level = float(np.nanmin([self.min_level, *running_min[-1:]]))
+        ends_ok = ends >= w - 1
+        if not ends_ok.any():
+            return []
+        ends, end_level, running_min = ends[ends_ok], end_level[ends_ok], running_min[ends_ok]
+        start_level = level[ends - w + 1]
+        rel = (start_level - end_level) / np.abs(start_level)
+        all_finite = rolling_mean(finite.astype(float), w)[ends - w + 1] == 1.0
+        lr0, lr1 = lrs[ends - w + 1], lrs[ends]
+        warmup = np.isfinite(lr0) & np.isfinite(lr1) & (lr1 > 1.5 * lr0)
+        flat = (np.abs(rel) < self.th["flat_rel_change"]) & (running_min >= self.th["flat_level"] * init)
+        hit = first_true(flat & all_finite & ~warmup)
+        if hit is None:
+            return []
+        self.done = True
+        p = int(ends[hit])
+        step, lr, a, b = int(steps[p]), float(lrs[p]), float(start_level[hit]), float(end_level[hit])
+        span = int(steps[p] - steps[p - w + 1])
+        msg = (f"loss {fmt(b)} at step {step} moved {fmt(100 * abs(a - b) / abs(a), 2)}% over the last {span} steps "
+               f"({fmt(a)} -> {fmt(b)}) and is still {fmt(100 * b / init, 3)}% of the initial {fmt(init)}"
+               f"{_lr_note(lr)}")
+        evidence = {"step": step, "window": span, "loss_start": a, "loss_end": b, "rel_change": float(rel[hit]),
+                    "initial_loss": init, "level_vs_initial": b / init, "lr": lr}
+        fix = list(self.fix)
+        if math.isfinite(lr):
+            fix[0] = f"raise the learning rate (3-10x, from {fmt(lr)})"
+        reg = _cfg(ctx, "reg", "weight_decay", "l2")
+        if isinstance(reg, (int, float)) and reg >= 0.1:  # lecture: lr too low OR regularization too high
+            fix[0], fix[1] = f"lower the regularization (it is {fmt(reg)})", fix[0]
+        return [self.finding(ctx, "warning", step, msg, evidence, fix)]
+
+
+def infer_num_classes(ctx: Context) -> tuple[int | None, str]:
+    """C from meta (num_classes) or, as a guess, from the last linear layer's output size."""
+    c = ctx.num_classes
+    if c is not None:
+        return c, "meta"
+    layers = ((ctx.meta.get("model") or {}).get("layers")) or []
+    for layer in reversed(layers):
+        shape = (layer.get("params") or {}).get("weight") if isinstance(layer, dict) else None
+        if isinstance(shape, list) and len(shape) == 2 and "Linear" in str(layer.get("type", "")):
+            return (max(int(shape[0]), 2), "model") if shape[0] >= 1 else (None, "")
+    return None, ""
+
+
+class InitLossMismatch(Rule):
+    """The first loss, computed before any update, should be about ln(C) with regularization off."""
+
+    id = "init_loss_mismatch"
+    title = "Initial loss far from ln(C)"
+    fix = (
+        "scale the initial weights down (PyTorch's default init, or std ~0.01 on the last layer)",
+        "check the labels are class indices 0..C-1 and num_classes matches the data",
+        "pass raw logits to cross_entropy (no softmax or log_softmax before it)",
+        "normalize the inputs (subtract the mean, divide by the std)",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.first: tuple[int, float] | None = None
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.done:
+            return []
+        if self.first is None and len(ctx.new_loss):
+            finite = np.flatnonzero(np.isfinite(ctx.new_loss))
+            if not len(finite):
+                return []
+            i = finite[0]
+            self.first = (int(ctx.new_step[i]), float(ctx.new_loss[i]))
+            if self.first[0] > 10 + (ctx.first_step or 0) or (ctx.first_step or 0) > 1:
+                self.done = True  # recording started late: this is not the loss at init
+                return []
+        if self.first is None:
+            return []
+        c, source = infer_num_classes(ctx)
+        has_acc = any(col in batch.epochs.columns for col in ("train_acc", "val_acc"))
+        if c is None or (source == "model" and not has_acc):
+            return []  # a guessed C is trusted only once accuracies show this is a classifier
+        self.done = True
+        step, loss = self.first
+        expected = math.log(c)
+        ratio = loss / expected
+        evidence = {"step": step, "loss": loss, "expected": expected, "num_classes": c, "ratio": ratio,
+                    "num_classes_from": source}
+        reg = _cfg(ctx, "reg", "l2")
+        reg_note = (f"; regularization {fmt(reg)} may add to it: check with reg off"
+                    if isinstance(reg, (int, float)) and reg > 0 else "")
+        if ratio > self.th["init_loss_ratio"]:
+            msg = (f"first loss {fmt(loss)} at step {step} is {fmt(ratio, 2)}x ln({c}) = {fmt(expected)}, "
+                   f"the loss of a net that starts out guessing uniformly{reg_note}")
+            return [self.finding(ctx, "warning", step, msg, evidence)]
+        if ratio < self.th["init_loss_low_ratio"]:
+            msg = (f"first loss {fmt(loss)} at step {step} is well below ln({c}) = {fmt(expected)}: "
+                   "fine for a pretrained net, otherwise check for a label leak or a wrong num_classes")
+            fix = ["if the net is not pretrained, check that labels do not leak into the inputs",
+                   "check num_classes matches the data"]
+            return [self.finding(ctx, "info", step, msg, evidence, fix)]
+        return []
+
+
+class NoisyLoss(Rule):
+    """Step-to-step spread of the loss that is large against its trend (the lecture: width ~ batch size).
+
+    Spread is a robust std of first differences (the trend cancels), per window of `noisy_window` steps;
+    it must exceed `noisy_rel_spread` x the window's level and `noisy_init_spread` x the initial loss, in two
+    consecutive windows.
+    """
+
+    id = "noisy_loss"
+    title = "Loss is very noisy"
+    fix = (
+        "increase the batch size (the curve's width shrinks about as 1/sqrt(batch size))",
+        "lower the learning rate",
+        "decay the learning rate (step, 0.97/epoch, 1/t) or use momentum",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.w = max(int(thresholds["noisy_window"]), 10)
+        self.buf = Tail(self.w, float, np.int64)
+        self.buf.parts = [np.array([]), np.array([], dtype=np.int64)]
+        self.streak = 0
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.done or not len(ctx.new_loss):
+            return []
+        start = (ctx.first_step or 0) + int(self.th["noisy_min_steps"])
+        keep = ctx.new_step >= start
+        x = np.concatenate([self.buf.parts[0], ctx.new_loss[keep]])
+        s = np.concatenate([self.buf.parts[1], ctx.new_step[keep]])
+        k = len(x) // self.w
+        self.buf.parts = [x[k * self.w :], s[k * self.w :]]
+        init = ctx.initial_loss
+        if not k or init is None or init <= 0:
+            return []
+        xs, ss = x[: k * self.w].reshape(k, self.w), s[: k * self.w].reshape(k, self.w)
+        d = np.diff(xs, axis=1)
+        mad = np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
+        spread = 1.4826 * mad / math.sqrt(2)
+        level = np.median(xs, axis=1)
+        finite = np.isfinite(xs).all(axis=1) & (level > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = spread / level
+        noisy = finite & (rel > self.th["noisy_rel_spread"]) & (spread > self.th["noisy_init_spread"] * init)
+        for i in range(k):
+            self.streak = self.streak + 1 if noisy[i] else 0
+            if self.streak >= 2:
+                self.done = True
+                step = int(ss[i, -1])
+                bs = _cfg(ctx, "batch_size", "batch")
+                bs_note = f"; batch size {bs}" if bs is not None else ""
+                msg = (f"loss jumps by {fmt(spread[i])} step to step (robust std) around a level of {fmt(level[i])} "
+                       f"at step {step}: {fmt(100 * rel[i], 3)}% of the level, {fmt(100 * spread[i] / init, 3)}% "
+                       f"of the initial loss, for {self.streak * self.w} steps{bs_note}")
+                evidence = {"step": step, "spread": spread[i], "level": level[i], "rel_spread": rel[i],
+                            "initial_loss": init, "window": self.w, "batch_size": bs}
+                return [self.finding(ctx, "warning", step, msg, evidence)]
+        return []

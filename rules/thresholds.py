@@ -1,0 +1,208 @@
+"""Every number a rule compares against, in one table, each with where it came from.
+
+Override per run with `hooks.Run(thresholds={...})`, `diagnose(run, thresholds={...})`, or on the command line
+(`babysit diagnose RUN --threshold explosion_factor=5 --config thresholds.toml`). Unknown names are an error,
+so a typo never silently leaves a default in place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Threshold", "TABLE", "THRESHOLDS", "resolve", "parse_assignment", "load_config"]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    what: str
+    source: str
+
+
+LECTURE = "lecture (seed/000)"
+TABLE: dict[str, Threshold] = {
+    # --- loss curve
+    "explosion_factor": Threshold(
+        3.0, "loss_explosion: smoothed loss above this multiple of the initial loss", LECTURE + ": 'loss > 3x original loss, quit early'"
+    ),
+    "explosion_window": Threshold(
+        5, "loss_explosion: steps in the rolling median that must exceed the factor", "Lightning SpikeDetection window=10, halved for latency"
+    ),
+    "init_steps": Threshold(
+        5, "steps whose median is 'the initial loss' for relative comparisons", "ours: one step is a single noisy batch"
+    ),
+    "flat_window": Threshold(
+        100, "flat_loss: steps over which the loss must barely move", "smdebug LossNotDecreasing (10 steps) made sustained"
+    ),
+    "flat_rel_change": Threshold(
+        0.02, "flat_loss: relative change of the smoothed loss across the window below this", LECTURE + ": 'loss barely changing: lr too low'"
+    ),
+    "flat_level": Threshold(
+        0.85, "flat_loss: only while the loss is still above this fraction of the initial loss", "ours: a run that learned and converged is not flat"
+    ),
+    "flat_min_epochs": Threshold(
+        2, "flat_loss from epoch train_loss when no step losses: epochs needed", "ours"
+    ),
+    "noisy_window": Threshold(
+        100, "noisy_loss: steps per window of spread measurement", LECTURE + ": loss curve width ~ batch size"
+    ),
+    "noisy_rel_spread": Threshold(
+        1.0, "noisy_loss: step-to-step spread (robust std) above this multiple of the trend level", "ours, tuned on healthy runs (batch >= 16)"
+    ),
+    "noisy_init_spread": Threshold(
+        0.2, "noisy_loss: and the spread above this fraction of the initial loss", "ours, tuned on healthy runs"
+    ),
+    "noisy_min_steps": Threshold(
+        50, "noisy_loss: ignore the first steps (the fast initial drop is trend, not noise)", "ours"
+    ),
+    # --- initial loss and accuracy
+    "init_loss_ratio": Threshold(
+        1.5, "init_loss_mismatch: first loss above this multiple of ln(C)", LECTURE + ": 'loss at init ~ ln(C) (2.30 for 10 classes)'"
+    ),
+    "init_loss_low_ratio": Threshold(
+        0.5, "init_loss_mismatch (info): first loss below this multiple of ln(C)", "ours: pretrained nets start low"
+    ),
+    "chance_margin": Threshold(
+        0.05, "chance_accuracy: val accuracy within max(this, 0.5/C) of 1/C", LECTURE + ": accuracy at chance = nothing learned"
+    ),
+    "chance_min_epochs": Threshold(
+        2, "chance_accuracy: epochs of training before judging", "ours"
+    ),
+    "overfit_gap": Threshold(
+        0.15, "overfitting: train accuracy minus val accuracy above this", LECTURE + ": 'big gap = overfitting'; smdebug Overfit uses 0.1 on loss"
+    ),
+    "overfit_val_rise": Threshold(
+        0.3, "overfitting: val loss this fraction above its minimum while train loss keeps falling", "ours (smdebug Overfit patience)"
+    ),
+    "overfit_patience": Threshold(
+        2, "overfitting: consecutive epochs the condition must hold", "Keras/Lightning EarlyStopping patience"
+    ),
+    "underfit_gap": Threshold(
+        0.05, "underfitting: train/val accuracy gap below this ('no gap')", LECTURE + ": 'no gap = underfitting, increase capacity'"
+    ),
+    "underfit_acc": Threshold(
+        0.7, "underfitting: train accuracy, scaled from chance (0) to perfect (1), below this", "ours"
+    ),
+    "underfit_plateau": Threshold(
+        0.02, "underfitting: train accuracy gained over the last epochs below this", "ours"
+    ),
+    "underfit_min_epochs": Threshold(
+        4, "underfitting: epochs of training before judging", "ours"
+    ),
+    # --- layers
+    "update_ratio_low": Threshold(
+        1e-6, "update_ratio: median update/weight ratio below this (optimizer barely moves the weights)", "CS231n notes: ~1e-3 is healthy; smdebug WeightUpdateRatio < 1e-8"
+    ),
+    "update_ratio_high": Threshold(
+        0.1, "update_ratio: median update/weight ratio above this (lr too high)", "CS231n notes: ~1e-3 is healthy; smdebug WeightUpdateRatio > 10"
+    ),
+    "update_ratio_records": Threshold(
+        3, "update_ratio: consecutive layer records the ratio must stay off", "ours: a sustained condition, not one sample"
+    ),
+    "lr_decayed_factor": Threshold(
+        0.01, "update_ratio: a low ratio is expected once the lr has decayed below this fraction of its peak", "ours (schedules)"
+    ),
+    "dead_frac": Threshold(
+        0.6, "dead_units: fraction of a ReLU layer's units that never fire on the probe batch", "smdebug DeadRelu (>50% of a layer); AutoTrainer dying ReLU (>=70%)"
+    ),
+    "dead_records": Threshold(
+        2, "dead_units: consecutive layer records the layer must stay dead", "ours"
+    ),
+    "saturated_frac": Threshold(
+        0.5, "saturated_activations: fraction of tanh/sigmoid outputs pinned at their limits", "smdebug SaturatedActivation (tanh input beyond +-9.5)"
+    ),
+    "saturated_records": Threshold(
+        2, "saturated_activations: consecutive layer records the layer must stay saturated", "ours"
+    ),
+    "vanishing_ratio": Threshold(
+        1e-3, "vanishing_gradients: first layer's gradient norm over the last layer's below this", "AutoTrainer vanishing gradient (ratio <= 1e-3)"
+    ),
+    "vanishing_abs": Threshold(
+        1e-7, "vanishing_gradients: or every gradient norm below this", "smdebug VanishingGradient (mean |grad| < 1e-7)"
+    ),
+    "vanishing_records": Threshold(
+        3, "vanishing_gradients: consecutive layer records", "ours"
+    ),
+    "exploding_factor": Threshold(
+        100.0, "exploding_gradients: total gradient norm above this multiple of its early median", "ours; AutoTrainer exploding (ratio >= 70)"
+    ),
+    "exploding_records": Threshold(
+        2, "exploding_gradients: consecutive layer records (non-finite gradients fire at once)", "ours"
+    ),
+    "stalled_records": Threshold(
+        3, "stalled_weights: consecutive layer records with gradient but no change", "smdebug UnchangedTensor (allclose over 3 steps)"
+    ),
+    "stalled_min_s": Threshold(
+        60.0, "stalled_run: seconds without a heartbeat, at least", "ours; smdebug StalledTrainingRule uses 1800 s"
+    ),
+    "stalled_factor": Threshold(
+        10.0, "stalled_run: and this multiple of the run's own longest gap between records", "ours"
+    ),
+    "noisy_weights_roughness": Threshold(
+        0.85, "noisy_weights: high-frequency energy of first-layer filters (white noise = 1, smooth = 0) above this", "Karpathy's recipe / lecture: noisy filters; ours"
+    ),
+    "noisy_weights_min_steps": Threshold(
+        500, "noisy_weights: steps of training before judging", "ours"
+    ),
+    "test_reuse_max": Threshold(
+        1, "test_set_reuse: evaluations of one test split allowed", LECTURE + ": 'touch the test set once' (false discovery)"
+    ),
+}
+
+THRESHOLDS: dict[str, float] = {name: t.value for name, t in TABLE.items()}
+
+
+def resolve(overrides: dict | None = None) -> dict[str, float]:
+    """Defaults with `overrides` applied; raises ValueError on an unknown name or a non-number."""
+    out = dict(THRESHOLDS)
+    for name, value in (overrides or {}).items():
+        if name not in out:
+            raise ValueError(f"unknown threshold {name!r} (known: {', '.join(sorted(out))})")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold {name} must be a number, not {value!r}") from None
+        if math.isnan(v):
+            raise ValueError(f"threshold {name} must be a number, not NaN")
+        out[name] = v
+    return out
+
+
+def parse_assignment(text: str) -> tuple[str, float]:
+    """'name=value' from the command line."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    resolve({name: value.strip()})  # validates
+    return name, float(value)
+
+
+def load_config(path: str | os.PathLike) -> dict[str, float]:
+    """Thresholds from a .json or .toml file: either top-level names or a [thresholds] table."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt config {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path}: expected a table of thresholds")
+    if isinstance(data.get("thresholds"), dict):
+        data = data["thresholds"]
+    resolve(data)
+    return {k: float(v) for k, v in data.items()}

@@ -1,0 +1,58 @@
+"""Small numpy helpers the rules share: a bounded tail of past values and vectorized windows."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["Tail", "rolling_mean", "rolling_median", "first_true", "runs_of"]
+
+
+class Tail:
+    """The last `size` values of one or more aligned arrays: O(window) state for rolling checks."""
+
+    def __init__(self, size: int, *dtypes: type):
+        self.size = int(size)
+        self.parts = [np.array([], dtype=d) for d in (dtypes or (float,))]
+
+    def extend(self, *new: np.ndarray) -> list[np.ndarray]:
+        """Return tail+new for each array (to evaluate on), and keep the last `size` as the new tail."""
+        joined = [np.concatenate([old, np.asarray(n, dtype=old.dtype)]) for old, n in zip(self.parts, new)]
+        self.parts = [j[-self.size :] if self.size else j[:0] for j in joined]
+        return joined
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+
+def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
+    """Means of every full window of w values (len(x) - w + 1 of them); NaN-free input expected."""
+    if len(x) < w:
+        return np.array([], dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(x, dtype=float)])
+    return (c[w:] - c[:-w]) / w
+
+
+def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
+    if len(x) < w:
+        return np.array([], dtype=float)
+    return np.median(sliding_window_view(x, w), axis=1)
+
+
+def first_true(mask: np.ndarray) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if len(idx) else None
+
+
+def runs_of(mask: np.ndarray, prior: int = 0) -> np.ndarray:
+    """Length of the run of consecutive True ending at each position, continuing a run of `prior` before."""
+    mask = np.asarray(mask, dtype=bool)
+    if not len(mask):
+        return np.array([], dtype=np.int64)
+    idx = np.arange(1, len(mask) + 1)
+    last_false = np.maximum.accumulate(np.where(mask, 0, idx))
+    runs = idx - last_false
+    # positions before the first False continue the prior run
+    head = last_false == 0
+    runs[head] += prior
+    return runs
