@@ -54,7 +54,7 @@ def _materialize(records: list[dict]) -> None:
         by_device.setdefault(t.device, []).append(i)
     for idx in by_device.values():
         values = torch.stack([leaves[i][2].detach().reshape(()).float() for i in idx]).tolist()
-        for i, v in zip(idx, values):
+        for i, v in zip(idx, values, strict=True):
             container, key, _ = leaves[i]
             container[key] = v
 
@@ -279,7 +279,7 @@ class Run:
                     if column is None:
                         column = self._scalars[name] = [math.nan] * (len(self._steps) - 1)
                     column.append(_as_scalar(value))
-                for name, column in self._scalars.items():
+                for column in self._scalars.values():
                     if len(column) < len(self._steps):
                         column.append(math.nan)
             except Exception as exc:  # noqa: BLE001
