@@ -62,16 +62,17 @@ def _warn(message: str) -> None:
     warnings.warn(f"babysit: {message}; training continues", RuntimeWarning, stacklevel=2)
 
 
+# The statistics below run under torch.no_grad() and keep every op count low: on a CPU each op costs
+# microseconds of dispatch whatever its size, and that is most of a sample's cost on small models.
+
+
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One float tensor holding all values (no copy for the usual single float32 parameter)."""
-    parts = [x.detach().reshape(-1) for x in tensors]
-    t = parts[0] if len(parts) == 1 else torch.cat(parts)
+    """All values as one float tensor (no copy for the usual single float32 parameter)."""
+    t = tensors[0] if len(tensors) == 1 else torch.cat([x.reshape(-1) for x in tensors])
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    if len(tensors) == 1 and tensors[0].dtype in (torch.float32, torch.float64):
-        return torch.linalg.vector_norm(tensors[0])
     return torch.linalg.vector_norm(_flat(tensors))
 
 
@@ -201,6 +202,7 @@ class LayerProbe:
         self.budget = float(budget)
         self.min_every = max(1, int(min_every))
         self.samples = 0  # sampled steps so far
+        self.seconds = 0.0  # wall time the probes took so far (hooks, statistics, snapshots)
         self.disabled = False
 
         root = type(model).__name__
@@ -230,8 +232,7 @@ class LayerProbe:
         self._collecting = False  # forward hooks record only between arming and the optimizer step
         self._stepped = False  # the optimizer's post-hook ran for this sample
         self._cost = 0.0  # seconds spent in hooks for the sample in progress
-        self._spent = 0.0  # seconds spent by the probes since watch()
-        self._cost_estimate = 0.0
+        self._uncharged = 0.0  # the first sample's cost: one-time costs (first hook calls), paid with watch()
         self._start = time.perf_counter()
         self._next_step = 1  # the next step that may be sampled
         self._next_time = self._start  # adaptive: the earliest time the next sample fits the budget
@@ -264,7 +265,7 @@ class LayerProbe:
             rec = self._snapshot(step)
             if rec:
                 records.append(rec)
-            self._spent += time.perf_counter() - t0
+            self.seconds += time.perf_counter() - t0
         if not self._armed and step + 1 >= self._next_step:
             if self.every is not None or time.perf_counter() >= self._next_time:
                 self._arm()
@@ -281,14 +282,16 @@ class LayerProbe:
 
     # ----------------------------------------------------------------- scheduling
     def _schedule(self, step: int, cost: float) -> None:
-        self._spent += cost
+        self.seconds += cost
+        if self.samples == 1:
+            self._uncharged = cost
         if self.every is not None:
             self._next_step = (step // self.every + 1) * self.every
             return
-        # Token bucket: the next sample waits until spent + its expected cost fits in budget * elapsed.
-        self._cost_estimate = cost if self.samples == 1 else 0.5 * (self._cost_estimate + cost)
+        # Token bucket: the next sample waits until the time spent plus its expected cost (the last one's)
+        # fits in budget * elapsed. Over a run the probes take `budget` of the time, whatever they cost.
         self._next_step = step + self.min_every
-        self._next_time = self._start + (self._spent + self._cost_estimate) / self.budget
+        self._next_time = self._start + (self.seconds - self._uncharged + cost) / self.budget
 
     def _fail(self, where: str, exc: BaseException) -> None:
         """Switch the probes off. Never removes hooks here: we may be inside the loop that calls them."""
@@ -299,6 +302,7 @@ class LayerProbe:
 
     # ----------------------------------------------------------------- arming
     def _arm(self) -> None:
+        t0 = time.perf_counter()
         for act in self._acts:
             act.reset()
             self._handles.append(act.module.register_forward_hook(self._forward_hook(act)))
@@ -309,7 +313,7 @@ class LayerProbe:
             self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
         self._armed = self._collecting = True
         self._stepped = False
-        self._cost = 0.0
+        self._cost = time.perf_counter() - t0  # this sample's cost starts with arming
 
     def _disarm(self) -> None:
         for handle in self._handles:
@@ -347,7 +351,7 @@ class LayerProbe:
             with torch.no_grad():
                 for layer in self._optimized():
                     layer.stats = {"kind": "weight", **_grad_stats(layer.params)}
-                    layer.before = [p.detach().clone() for p in layer.params]
+                    layer.before = [p.clone() for p in layer.params]
                     layer.before_norm = _norm(layer.before)
         except Exception as exc:  # noqa: BLE001 - an error here would break optimizer.step()
             self._fail("the optimizer pre-step hook", exc)
@@ -366,7 +370,7 @@ class LayerProbe:
                         continue
                     # ||w_after - w_before||, computed in the clone we own (no second copy)
                     pairs = zip(layer.before, layer.params, strict=True)
-                    delta = _norm([b.sub_(p.detach()) for b, p in pairs])
+                    delta = _norm([b.sub_(p) for b, p in pairs])
                     norm = layer.before_norm
                     ratio = torch.where(norm > 0, delta / norm, math.nan)  # undefined for a zero weight
                     layer.stats.update(_weight_stats(layer.params), update_ratio=ratio)

@@ -25,6 +25,13 @@ from monitor.reader import records_to_batch
 __all__ = ["Run", "StopTraining"]
 
 
+# Online rules cost milliseconds per call (frames, every rule): between state changes they run when their last
+# cost fits in this fraction of the time since, at once on the first non-finite loss, and always at close.
+RULES_BUDGET = 0.005
+# status.json (an atomic rename: about a millisecond on ext4) is rewritten at most this often, and at close.
+STATUS_INTERVAL = 5.0
+
+
 class StopTraining(RuntimeError):
     """Raised by `run.step()` when `on_critical="raise"` and a critical finding appears."""
 
@@ -53,7 +60,10 @@ def _materialize(records: list[dict]) -> None:
     for i, (_, _, t) in enumerate(leaves):
         by_device.setdefault(t.device, []).append(i)
     for idx in by_device.values():
-        values = torch.stack([leaves[i][2].detach().reshape(()).float() for i in idx]).tolist()
+        with torch.no_grad():  # stack as-is what is already a float32 scalar: per-leaf ops cost microseconds each
+            scalars = [leaves[i][2] for i in idx]
+            scalars = [t if t.dtype == torch.float32 and t.dim() == 0 else t.reshape(()).float() for t in scalars]
+            values = torch.stack(scalars).tolist()
         for i, v in zip(idx, values, strict=True):
             container, key, _ = leaves[i]
             container[key] = v
@@ -122,6 +132,9 @@ class Run:
         self._scalars: dict[str, list[Any]] = {}
         self._pending: list[dict] = []  # non-step records waiting for the next flush
         self._last_flush = time.monotonic()
+        self._last_status = -math.inf
+        self._undiagnosed: list[dict] = []  # written records the online rules have not seen yet
+        self._diagnose_after = -math.inf
         self._fsynced_nonfinite = False
         self._optimizer = None
         self._probe = None
@@ -225,6 +238,7 @@ class Run:
         runfile.write_json_atomic(self.path / runfile.META, self.meta)
 
     def _write_status(self, **fields: Any) -> None:
+        self._last_status = time.monotonic()
         self._status.update(fields, step=self.global_step, epoch=self.epoch_count, heartbeat=time.time())
         runfile.write_json_atomic(self.path / runfile.STATUS, self._status)
 
@@ -289,7 +303,7 @@ class Run:
             if records:
                 self._pending.extend(records)
         if len(self._steps) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_interval:
-            self.flush()
+            self._flush(force=False)
 
     def _lr(self) -> Any:
         if self._optimizer is None:
@@ -310,7 +324,7 @@ class Run:
             "metrics": {k: _as_scalar(v) for k, v in metrics.items()},
         }
         self._pending.append(record)
-        self.flush()
+        self._flush(force=False)
 
     def log_event(self, name: str, **data: Any) -> None:
         """A free-form event (e.g. a test-set evaluation) in the log; shown by the dashboard."""
@@ -322,15 +336,22 @@ class Run:
 
     def flush(self) -> None:
         """Move buffered values to the host in one transfer, append them, update status, run online rules."""
+        self._flush(force=True)
+
+    def _flush(self, force: bool) -> None:
+        """The records always; status.json and the online rules when `force`, a first non-finite loss or
+        their schedule (STATUS_INTERVAL, RULES_BUDGET) say so: both cost milliseconds, a step microseconds."""
         self._last_flush = time.monotonic()
         if not self.enabled:
             return
         records = self._take_records()
         if records is None:
             return
-        nonfinite = self._guard("writer", self._write_flush, records)
-        if self._diagnoser is not None and records:
-            self._guard("online rules", self._diagnose, records)
+        nonfinite = self._guard("writer", self._write_flush, records, force)
+        if self._diagnoser is not None:
+            self._undiagnosed.extend(records)
+            if self._undiagnosed and (force or nonfinite or time.monotonic() >= self._diagnose_after):
+                self._guard("online rules", self._diagnose_pending)
         self._guard("stop check", self._check_stop_file)
         if nonfinite:
             self._fsynced_nonfinite = True
@@ -359,12 +380,13 @@ class Run:
             self._warn_once("step recording", exc)
             return None
 
-    def _write_flush(self, records: list[dict]) -> bool:
+    def _write_flush(self, records: list[dict], force: bool = True) -> bool:
         nonfinite = not self._fsynced_nonfinite and any(
             r["type"] == "steps" and any(not math.isfinite(v) for v in r["loss"]) for r in records
         )
         self._write_lines(records, fsync=nonfinite)
-        self._write_status()
+        if force or nonfinite or time.monotonic() - self._last_status >= STATUS_INTERVAL:
+            self._write_status()
         return nonfinite
 
     def _start_diagnoser(self) -> None:
@@ -373,6 +395,14 @@ class Run:
         self._diagnoser = OnlineDiagnoser(
             meta={"num_classes": self.num_classes, "config": self.config}, thresholds=self.thresholds
         )
+
+    def _diagnose_pending(self) -> None:
+        records, self._undiagnosed = self._undiagnosed, []
+        start = time.monotonic()
+        try:
+            self._diagnose(records)
+        finally:  # the next call waits until this one's cost fits in RULES_BUDGET of the time since
+            self._diagnose_after = time.monotonic() + (time.monotonic() - start) / RULES_BUDGET
 
     def _diagnose(self, records: list[dict]) -> None:
         new = self._diagnoser.update(records_to_batch(records), status=self._status)

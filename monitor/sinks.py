@@ -131,7 +131,8 @@ class TerminalSink:
             return
         c = _COLOURS[alert.severity]
         msg = _one_line(alert.finding.get("message", ""))
-        line = f"{_DIM}{stamp}{_RESET} {c}{alert.severity.upper():<8}{_RESET} {alert.run} {c}{alert.rule}{_RESET}: {msg}"
+        line = (f"{_DIM}{stamp}{_RESET} {c}{alert.severity.upper():<8}{_RESET} {alert.run} "
+                f"{c}{alert.rule}{_RESET}: {msg}")
         if alert.previous:
             line += f" (was {alert.previous})"
         if alert.first_fix:
@@ -280,7 +281,7 @@ class WebhookSink(_Worker):
                     break
             except urllib.error.URLError as e:
                 why = "timed out" if isinstance(e.reason, TimeoutError) else "connection failed"
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 why = "timed out"
             except (OSError, ValueError) as e:
                 why = type(e).__name__

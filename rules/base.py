@@ -101,6 +101,24 @@ class Context:
     new_loss: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
     new_lr: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
     new_time: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
+    nonfinite_step: int | None = None  # first step with a NaN/inf loss: later layer records are not evidence
+    prev_lr: float = math.nan  # the last lr of the previous update
+    update_ratio_recent: float = math.nan  # median update/weight ratio of the latest layer record
+
+    def lr_at(self, steps: np.ndarray) -> np.ndarray:
+        """The lr recorded at (or just before) each step; NaN where unknown."""
+        steps = np.asarray(steps, dtype=np.int64)
+        if not len(self.new_step):
+            return np.full(len(steps), self.last_lr)
+        i = np.searchsorted(self.new_step, steps, side="right") - 1
+        lrs = self.new_lr[np.clip(i, 0, len(self.new_lr) - 1)]
+        return np.where(i >= 0, lrs, self.prev_lr)
+
+    def finite_steps(self, steps: np.ndarray) -> np.ndarray:
+        """Mask of steps before the loss went non-finite (records after that are garbage, not evidence)."""
+        if self.nonfinite_step is None:
+            return np.ones(len(steps), dtype=bool)
+        return np.asarray(steps) < self.nonfinite_step
 
     @property
     def num_classes(self) -> int | None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from rules.base import Context, Finding, Rule, severity_rank
 from rules.catalogue import CAUSES, RULES
+from rules.layers import observe_layers
 from rules.thresholds import resolve
 
 __all__ = ["OnlineDiagnoser", "diagnose", "RuleWarning", "sort_findings"]
@@ -70,7 +71,12 @@ class OnlineDiagnoser:
         ctx.new_loss = _column(steps, "loss")
         ctx.new_lr = _column(steps, "lr")
         ctx.new_time = _column(steps, "time")
+        ctx.prev_lr = ctx.last_lr
         if len(ctx.new_step):
+            if ctx.nonfinite_step is None:
+                bad = np.flatnonzero(~np.isfinite(ctx.new_loss))
+                if len(bad):
+                    ctx.nonfinite_step = int(ctx.new_step[bad[0]])
             if ctx.first_step is None:
                 ctx.first_step = int(ctx.new_step[0])
             ctx.last_step = max(ctx.last_step, int(ctx.new_step[-1]))
@@ -83,6 +89,7 @@ class OnlineDiagnoser:
         if len(epochs):
             ctx.epoch_ends.extend(int(s) for s in epochs["step"].to_numpy())
             ctx.last_step = max(ctx.last_step, int(epochs["step"].max()))
+        observe_layers(batch, ctx)
         for frame in (batch.layers, batch.snapshots):
             if len(frame):
                 ctx.last_step = max(ctx.last_step, int(frame["step"].max()))

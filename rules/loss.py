@@ -213,6 +213,17 @@ class FlatLoss(Rule):
         reg = _cfg(ctx, "reg", "weight_decay", "l2")
         if isinstance(reg, (int, float)) and reg >= 0.1:  # lecture: lr too low OR regularization too high
             fix[0], fix[1] = f"lower the regularization (it is {fmt(reg)})", fix[0]
+        ur = ctx.update_ratio_recent
+        evidence["update_ratio"] = ur
+        if math.isfinite(ur) and ur >= self.th["flat_moving_ratio"]:
+            # The weights move at a healthy (or larger) rate and the loss does not follow: raising the lr
+            # would be wrong. Either the updates bounce (too large) or the labels carry no signal.
+            msg += f"; yet the weights move (update/weight ratio {fmt(ur)}, healthy ~1e-3)"
+            labels = "check the labels and the data pipeline: are labels aligned with inputs? look at a batch"
+            lower = f"lower the learning rate{_lr_note(lr).replace(' (lr is', ' (it is')}: updates this large bounce"
+            fix = [lower, labels] if ur >= 1e-2 else [labels, lower]
+            fix.append("check the loss function matches the outputs (logits into cross_entropy)")
+            evidence["weights_move"] = True
         return [self.finding(ctx, "warning", step, msg, evidence, fix)]
 
 
@@ -330,13 +341,16 @@ class NoisyLoss(Rule):
         finite = np.isfinite(xs).all(axis=1) & (level > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = spread / level
-        noisy = finite & (rel > self.th["noisy_rel_spread"]) & (spread > self.th["noisy_init_spread"] * init)
+        bs = _cfg(ctx, "batch_size", "batch", "bs")
+        small = isinstance(bs, (int, float)) and not isinstance(bs, bool) and 0 < bs <= self.th["noisy_small_batch"]
+        relax = self.th["noisy_small_batch_relax"] if small else 1.0  # a known tiny batch explains the noise
+        noisy = finite & (rel > relax * self.th["noisy_rel_spread"]) & (
+            spread > relax * self.th["noisy_init_spread"] * init)
         for i in range(k):
             self.streak = self.streak + 1 if noisy[i] else 0
             if self.streak >= 2:
                 self.done = True
                 step = int(ss[i, -1])
-                bs = _cfg(ctx, "batch_size", "batch")
                 bs_note = f"; batch size {bs}" if bs is not None else ""
                 msg = (f"loss jumps by {fmt(spread[i])} step to step (robust std) around a level of {fmt(level[i])} "
                        f"at step {step}: {fmt(100 * rel[i], 3)}% of the level, {fmt(100 * spread[i] / init, 3)}% "

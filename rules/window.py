@@ -17,7 +17,7 @@ class Tail:
 
     def extend(self, *new: np.ndarray) -> list[np.ndarray]:
         """Return tail+new for each array (to evaluate on), and keep the last `size` as the new tail."""
-        joined = [np.concatenate([old, np.asarray(n, dtype=old.dtype)]) for old, n in zip(self.parts, new)]
+        joined = [np.concatenate([old, np.asarray(n, dtype=old.dtype)]) for old, n in zip(self.parts, new, strict=True)]
         self.parts = [j[-self.size :] if self.size else j[:0] for j in joined]
         return joined
 
@@ -56,3 +56,32 @@ def runs_of(mask: np.ndarray, prior: int = 0) -> np.ndarray:
     head = last_false == 0
     runs[head] += prior
     return runs
+
+
+class Streak:
+    """Consecutive records where a condition holds, carried across updates.
+
+    Sustained means `need` records in a row, or at least 2 in a row spanning `min_span` steps: with sparse
+    (time-budgeted) layer sampling, two records 100 steps apart are as convincing as five 10 apart.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.start: int | None = None
+
+    def feed(self, cond: np.ndarray, steps: np.ndarray, need: int, min_span: float) -> tuple[int | None, int]:
+        """(index of the first record where the streak is sustained or None, its length there)."""
+        cond = np.asarray(cond, dtype=bool)
+        if not len(cond):
+            return None, self.count
+        runs = runs_of(cond, self.count)
+        idx = np.arange(len(cond))
+        start_idx = idx - runs + 1
+        prior_start = self.start if self.start is not None else int(steps[0])
+        start_step = np.where(start_idx >= 0, steps[np.clip(start_idx, 0, len(steps) - 1)], prior_start)
+        span = steps - start_step
+        ok = cond & ((runs >= max(need, 1)) | ((runs >= 2) & (span >= min_span)))
+        self.count = int(runs[-1])
+        self.start = int(start_step[-1]) if self.count else None
+        i = first_true(ok)
+        return i, (int(runs[i]) if i is not None else self.count)

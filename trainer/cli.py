@@ -1,59 +1,54 @@
-"""`babysit train`: the reference trainer on the command line."""
+"""`babysit train`: the reference trainer on the command line (every option: `babysit train --help`)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 from monitor.cli import UsageError
+from trainer.options import add_train_options, config_from_args
 
-__all__ = ["configure", "run"]
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+__all__ = ["configure", "run", "set_threads"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="digits", choices=["digits"])
-    parser.add_argument("--model", default="convnet", choices=["convnet", "mlp"])
-    parser.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate (default 0.05)")
-    parser.add_argument("--reg", type=_positive_float, default=1e-4, help="L2 strength on weights (default 1e-4)")
-    parser.add_argument("--momentum", type=_positive_float, default=0.9)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--run-dir", default=None, help="where to record the run (default runs/<time>)")
-    parser.add_argument("--on-critical", default="stop", choices=["warn", "stop", "raise"],
-                        help="what a critical finding does to the run (default: stop it)")
+    add_train_options(parser)
+    parser.set_defaults(run_dir=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    from trainer.train import TrainConfig, train
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
 
-    if args.epochs < 1 or args.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
+        if threads < 1:
+            raise UsageError("--threads must be at least 1")
+        torch.set_num_threads(threads)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     run_dir = args.run_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    cfg = TrainConfig(
-        dataset=args.dataset, model=args.model, lr=args.lr, reg=args.reg, momentum=args.momentum,
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        run_dir=run_dir, on_critical=args.on_critical, progress=not args.no_progress,
-    )
     try:
+        cfg = config_from_args(args, run_dir=run_dir, progress=not args.no_progress).validate()
+        from trainer.train import train
+
         result = train(cfg)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, OSError) as e:
         raise UsageError(str(e)) from None
-    print(f"train acc {result.get('train_acc', float('nan')):.4f}  val acc {result.get('val_acc', float('nan')):.4f}"
-          f"  ({result['steps']} steps, {result['state']})")
+    for note in result.get("notes", []):
+        print(note)
+    print(f"train acc {_fmt(result.get('train_acc'))}  val acc {_fmt(result.get('val_acc'))}"
+          f"  best val acc {_fmt(result.get('best_val_acc'))}  ({result['steps']} steps, {result['state']})")
+    if "probe_val_acc" in result:
+        print(f"linear probe: train acc {result['probe_train_acc']:.4f}  val acc {result['probe_val_acc']:.4f}")
     for f in result["findings"]:
         print(f"  {f.get('severity')}: {f.get('rule')}: {f.get('message')}")
     if result.get("reason"):

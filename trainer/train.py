@@ -1,131 +1,225 @@
-"""The reference training loop, with the hooks inside."""
+"""The reference training loop, with the hooks inside.
+
+One step: gather a batch from the on-device training split, augment it on the device, forward (bf16 autocast on
+CUDA), loss + regularization penalty, backward, update, max-norm, lr schedule, `run.step(loss)`. Nothing in the
+step waits for the device: the loss stays a tensor (the hooks move it to the host in batches), and the trainer's
+own divergence check keeps a running maximum on the device that it reads every CHECK_EVERY steps and at the end
+of each epoch, where the epoch's metrics are read in one transfer anyway.
+"""
 
 from __future__ import annotations
 
 import math
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 import hooks
-from trainer.data import load_digits_split
+from monitor import runfile
+from trainer import distributed, losses, regularize
+from trainer.augment import augment
+from trainer.checkpoint import CHECKPOINT, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import Splits, load_splits
+from trainer.device import autocast, resolve_device, use_channels_last
 from trainer.models import build_model
+from trainer.optim import make_optimizer
+from trainer.progress import Progress
+from trainer.schedules import make_scheduler
+from trainer.transfer import freeze_up_to, linear_probe, load_pretrained, train_mode
 
-__all__ = ["TrainConfig", "train", "resolve_device"]
+__all__ = ["TrainConfig", "train", "prepare", "evaluate", "resolve_device", "CHECK_EVERY", "TRAIN_EVAL_MAX"]
 
-
-@dataclass
-class TrainConfig:
-    dataset: str = "digits"
-    model: str = "convnet"
-    lr: float = 0.05
-    reg: float = 1e-4
-    momentum: float = 0.9
-    epochs: int = 20
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    run_dir: str = "runs/train"
-    on_critical: str = "stop"
-    progress: bool = True
+CHECK_EVERY = 50  # steps between reads of the divergence monitor (one small device->host copy each)
+TRAIN_EVAL_MAX = 1000  # training accuracy is measured on this many (already shuffled) examples, as CS231n does
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is available")
-    return torch.device(name)
+def prepare(cfg: TrainConfig, device: torch.device) -> tuple[Splits, nn.Module, list[nn.Module], list[str]]:
+    """Data (train and val only), the model built and initialized, transfer applied, both on `device`."""
+    splits = load_splits(cfg)
+    if (cfg.crop_pad or cfg.flip) and len(splits.input_shape) != 3:
+        raise ValueError(f"--crop-pad and --flip need images; {cfg.dataset} has features")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, splits.input_shape, splits.num_classes)
+    notes = load_pretrained(model, cfg.init_from) if cfg.init_from else []
+    frozen = freeze_up_to(model, cfg.freeze) if cfg.freeze else []
+    model.to(device)
+    splits = splits.to(device)
+    if use_channels_last(cfg, device, splits.input_shape):
+        model.to(memory_format=torch.channels_last)
+        splits.x_train = splits.x_train.contiguous(memory_format=torch.channels_last)
+        splits.x_val = splits.x_val.contiguous(memory_format=torch.channels_last)
+    return splits, model, frozen, notes
 
 
 @torch.no_grad()
-def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+             batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean data loss, accuracy) as device tensors, in eval mode (dropout off: inverted dropout needs no
+    test-time scaling). The caller restores training mode."""
     model.eval()
-    logits = model(x)
-    model.train()
-    return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
+    loss_fn = losses.get(cfg.loss)
+    total = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        with autocast(cfg, x.device):
+            scores = model(xb)
+        total += loss_fn(scores, yb) * len(yb)
+        correct += (scores.argmax(1) == yb).sum()
+    return total / max(len(x), 1), correct / max(len(x), 1)
 
 
-class _Progress:
-    """One line on stderr, rewritten in place: epoch, loss, speed."""
+def _check_run_dir(path: str) -> None:
+    events = Path(path) / runfile.EVENTS
+    if events.exists() and events.stat().st_size:
+        raise ValueError(f"{path} already holds a run; pick a new --run-dir")
 
-    def __init__(self, enabled: bool, total_epochs: int):
-        self.enabled = enabled and sys.stderr is not None
-        self.total = total_epochs
-        self.start = time.perf_counter()
 
-    def update(self, epoch: int, steps: int, loss: float, val_acc: float) -> None:
-        if not self.enabled:
-            return
-        rate = steps / max(time.perf_counter() - self.start, 1e-9)
-        done = int(20 * epoch / self.total)
-        bar = "#" * done + "." * (20 - done)
-        sys.stderr.write(
-            f"\r[{bar}] epoch {epoch}/{self.total}  loss {loss:.4f}  val acc {val_acc:.3f}  {rate:,.0f} steps/s"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+def _divergence(first: torch.Tensor, peak: torch.Tensor, ratio: float, chance: float) -> str | None:
+    """The lecture's "loss > 3x original: quit early", and NaN/inf. One device->host copy."""
+    f, p = torch.stack([first, peak]).float().tolist()
+    if not math.isfinite(p):
+        return f"loss became non-finite ({p}): learning rate too high?"
+    reference = max(f, chance)  # a fine-tuned net starts far below chance; measure blow-ups against chance
+    if p > ratio * reference:
+        return f"loss {p:.4g} exceeded {ratio:g}x the initial {reference:.4g}: learning rate too high?"
+    return None
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train, recording into cfg.run_dir. Returns final metrics and the run's state."""
-    if cfg.dataset != "digits":
-        raise ValueError(f"unknown dataset {cfg.dataset!r}")
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    data = load_digits_split(cfg.seed).to(device)  # small enough to live on the device: no loader, no copies
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
-    decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.reg}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-    )
-    n = len(data.x_train)
-    progress = _Progress(cfg.progress, cfg.epochs)
-    result: dict = {}
-    with hooks.Run(cfg.run_dir, num_classes=data.num_classes, config=asdict(cfg), on_critical=cfg.on_critical) as run:
-        run.watch(model, optimizer, input_shape=data.input_shape)
+    """Train, recording into cfg.run_dir (rank 0). Returns final metrics and the run's state."""
+    cfg.validate()
+    d, device = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, d, device)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
+    if d.is_main:
+        _check_run_dir(cfg.run_dir)
+    splits, model, frozen, notes = prepare(cfg, device)
+    if cfg.linear_probe:
+        if d.world > 1:
+            raise ValueError("--linear-probe runs in one process, not under torchrun")
+        return _linear_probe_run(cfg, splits, model, notes)
+
+    torch.manual_seed(cfg.seed + d.rank)  # dropout and augmentation differ across ranks
+    optimizer = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
+                               cfg.momentum)
+    n = len(splits.x_train)
+    batch = max(1, cfg.batch_size // d.world)  # --batch-size is the global batch
+    steps_per_epoch = math.ceil((n // d.world) / batch)
+    scheduler = make_scheduler(optimizer, cfg.schedule, steps_per_epoch, steps_per_epoch * cfg.epochs,
+                               gamma=cfg.lr_gamma, lr_step=cfg.lr_step, decay=cfg.lr_decay, warmup=cfg.warmup)
+    loss_fn = losses.get(cfg.loss)
+    reg_params = regularize.penalized(model, cfg.reg_bias)
+    norm_params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1] if cfg.max_norm else []
+    chance = losses.initial_loss(cfg.loss, splits.num_classes)
+    fmt = torch.channels_last if use_channels_last(cfg, device, splits.input_shape) else torch.contiguous_format
+
+    net: nn.Module = model
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    order = torch.Generator().manual_seed(cfg.seed)  # the same permutations on every rank
+    progress = Progress(cfg.epochs, "epoch", cfg.progress and d.is_main)
+    first = peak = None
+    reason = None
+    result: dict = {"notes": notes}
+    best_val = -math.inf
+    with hooks.Run(cfg.run_dir, num_classes=splits.num_classes, config=asdict(cfg), on_critical=cfg.on_critical) as run:
+        run.watch(model, optimizer, input_shape=splits.input_shape)
         for epoch in range(1, cfg.epochs + 1):
-            perm = torch.randperm(n, device=device)
-            total, batches = torch.zeros((), device=device), 0
-            for i in range(0, n, cfg.batch_size):
-                idx = perm[i : i + cfg.batch_size]
-                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            train_mode(model, frozen)
+            perm = distributed.shard(torch.randperm(n, generator=order), d).to(device, non_blocking=True)
+            total = torch.zeros((), device=device)
+            steps = 0
+            stopping = False
+            for i in range(steps_per_epoch):
+                idx = perm[i * batch:(i + 1) * batch]
+                x = augment(splits.x_train[idx], cfg.crop_pad, cfg.flip).contiguous(memory_format=fmt)
+                with autocast(cfg, device):
+                    scores = net(x)
+                loss = loss_fn(scores, splits.y_train[idx])
+                penalty = regularize.penalty(reg_params, cfg.reg, cfg.reg_type, cfg.l1_ratio)
+                if penalty is not None:
+                    loss = loss + penalty
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                run.step(loss=loss)
-                total += loss.detach()
-                batches += 1
-                if run.should_stop:
+                if norm_params:
+                    regularize.apply_max_norm(norm_params, cfg.max_norm)
+                scheduler.step()
+                value = loss.detach()
+                run.step(loss=value)
+                total += value
+                steps += 1
+                first = value if first is None else first
+                peak = value if peak is None else torch.maximum(peak, value)  # NaN propagates
+                if run.global_step % CHECK_EVERY == 0:
+                    if cfg.max_loss_ratio and not reason:
+                        reason = _divergence(first, peak, cfg.max_loss_ratio, chance)
+                    stopping = distributed.any_rank(bool(reason) or run.should_stop, d, device)
+                elif d.world == 1:
+                    stopping = run.should_stop  # a plain bool the hooks set at a flush: free to read
+                if stopping:
                     break
-            train_loss, train_acc = _evaluate(model, data.x_train, data.y_train)
-            val_loss, val_acc = _evaluate(model, data.x_val, data.y_val)
-            metrics = {
-                "train_loss": train_loss.item(), "train_acc": train_acc.item(),
-                "val_loss": val_loss.item(), "val_acc": val_acc.item(),
-                "epoch_loss": (total / max(batches, 1)).item(),
-            }
-            run.epoch(**metrics)
-            result = metrics
-            progress.update(epoch, run.global_step, metrics["epoch_loss"], metrics["val_acc"])
-            if run.should_stop:
+
+            metrics = {}
+            if d.is_main:
+                train_loss, train_acc = evaluate(model, splits.x_train[:TRAIN_EVAL_MAX],
+                                                 splits.y_train[:TRAIN_EVAL_MAX], cfg)
+                val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, cfg)
+                values = torch.stack([train_loss, train_acc, val_loss, val_acc, total / max(steps, 1)]).tolist()
+                names = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_loss")
+                metrics = dict(zip(names, values, strict=True))
+                metrics["lr"] = optimizer.param_groups[0]["lr"]
+                run.epoch(**metrics)
+                best_val = max(best_val, metrics["val_acc"])
+                progress.update(epoch, f"loss {metrics['epoch_loss']:.4f}  val acc {metrics['val_acc']:.3f}")
+                result.update(metrics)
+            if cfg.max_loss_ratio and first is not None and not reason:
+                reason = _divergence(first, peak, cfg.max_loss_ratio, chance)
+            if distributed.any_rank(bool(reason) or run.should_stop, d, device):
                 break
         progress.close()
-        Path(cfg.run_dir, "checkpoint.pt").parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), Path(cfg.run_dir) / "checkpoint.pt")
-    result.update(state="stopped" if run.should_stop else "finished", reason=run.stop_reason,
-                  steps=run.global_step, run_dir=str(run.path),
-                  findings=[f for f in run.findings if f.get("severity") in ("warning", "critical")])
-    if not math.isfinite(result.get("epoch_loss", 0.0)):
-        result["state"] = "stopped"
+        if reason:
+            run.request_stop(reason)
+        elif d.world > 1 and not run.should_stop and epoch < cfg.epochs:
+            run.request_stop("stopped by another rank")
+        if d.is_main:
+            save_checkpoint(Path(cfg.run_dir) / CHECKPOINT, model, splits.preprocess, splits.classes,
+                            splits.input_shape, cfg)
+    result.update(
+        state="stopped" if run.should_stop else "finished", reason=run.stop_reason, steps=run.global_step,
+        epochs=run.epoch_count, best_val_acc=best_val if best_val > -math.inf else math.nan,
+        run_dir=str(run.path), split_id=splits.split_id,
+        findings=[f for f in run.findings if f.get("severity") in ("warning", "critical")],
+    )
     return result
+
+
+def _linear_probe_run(cfg: TrainConfig, splits: Splits, model: nn.Module, notes: list[str]) -> dict:
+    with hooks.Run(cfg.run_dir, num_classes=splits.num_classes, config=asdict(cfg), on_critical=None) as run:
+        run.watch(model, input_shape=splits.input_shape)
+        probe = linear_probe(model, splits.x_train, splits.y_train, splits.x_val, splits.y_val, cfg.reg)
+        train_loss, train_acc = evaluate(model, splits.x_train[:TRAIN_EVAL_MAX], splits.y_train[:TRAIN_EVAL_MAX], cfg)
+        val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, cfg)
+        values = torch.stack([train_loss, train_acc, val_loss, val_acc]).tolist()
+        metrics = dict(zip(("train_loss", "train_acc", "val_loss", "val_acc"), values, strict=True))
+        run.epoch(**metrics)
+        run.log_event("linear_probe", **probe)
+        save_checkpoint(Path(cfg.run_dir) / CHECKPOINT, model, splits.preprocess, splits.classes,
+                        splits.input_shape, cfg)
+    return {**metrics, **probe, "notes": notes, "state": "finished", "reason": None, "steps": 0, "epochs": 1,
+            "best_val_acc": metrics["val_acc"], "run_dir": str(run.path), "split_id": splits.split_id,
+            "findings": []}

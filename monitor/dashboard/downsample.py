@@ -69,11 +69,9 @@ def nonfinite_runs(y: np.ndarray, offset: int = 0) -> list[list[int]]:
         return []
     # A run starts where the code changes to a non-zero value and ends before the next change.
     change = np.flatnonzero(np.diff(codes, prepend=np.int8(0), append=np.int8(0)))
-    runs = []
-    for a, b in zip(change[:-1], change[1:]):
-        if codes[a] != _FINITE:
-            runs.append([int(a) + offset, int(b) - 1 + offset, int(codes[a])])
-    return runs
+    starts, ends = change[:-1], change[1:] - 1
+    bad = codes[starts] != _FINITE
+    return np.stack([starts[bad] + offset, ends[bad] + offset, codes[starts[bad]]], axis=1).tolist()
 
 
 class SeriesBuffer:
@@ -268,7 +266,8 @@ def minmax_downsample(x, y, max_points: int = DEFAULT_POINTS) -> Downsampled:
 
 
 def ema(values, weight: float) -> np.ndarray:
-    """TensorBoard's debiased exponential moving average; NaN/inf values are skipped, not propagated."""
+    """TensorBoard's debiased exponential moving average. NaN/inf values do not enter the average, and the
+    output is NaN where the input is (a smoothed line must not paper over a NaN stretch)."""
     values = np.asarray(values, dtype=float)
     out = np.full(len(values), np.nan)
     weight = float(min(max(weight, 0.0), 0.999))
@@ -277,6 +276,5 @@ def ema(values, weight: float) -> np.ndarray:
         if v == v and abs(v) != float("inf"):
             acc = acc * weight + (1 - weight) * v
             norm = norm * weight + (1 - weight)
-        if norm > 0:
             out[i] = acc / norm
     return out

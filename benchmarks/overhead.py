@@ -1,0 +1,249 @@
+"""What the hooks cost a training loop: the same loop plain and with `hooks.Run` + `watch()` at default settings.
+
+    python -m benchmarks.overhead            # 20 pairs of 300 steps (about 2 minutes on 2 CPU cores)
+    python -m benchmarks.overhead --quick    # 6 pairs of 100 steps
+
+The variants run interleaved (plain, hooks, plain, ...; the order flips every pair, so drift and other
+processes' load hit both alike), each from the same initial weights on the same batches. Each timing covers
+the training steps only; what a run costs once (creating the run directory, watch(), close()) is reported
+apart, in milliseconds. The result is the median of the per-pair ratios, with the 25th-75th percentile
+spread. Where tensorboard is importable, a third variant logs the same kind of content with SummaryWriter
+the way its users usually do (`.item()` per scalar).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import hooks
+from trainer.config import TrainConfig
+from trainer.data import load_splits
+from trainer.models import build_model
+
+__all__ = ["main", "measure"]
+
+
+def _setup(model_name: str, seed: int, steps: int, batch_size: int):
+    cfg = TrainConfig(dataset="digits", model=model_name, seed=seed)
+    data = load_splits(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(data.x_train)
+    batches = []
+    while len(batches) < steps:
+        perm = torch.randperm(n, generator=gen)
+        batches.extend(perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size))
+    torch.manual_seed(seed)
+    init = build_model(cfg, data.input_shape, data.num_classes).state_dict()
+    return data, batches[:steps], init
+
+
+def _fresh(model_name: str, data, init):
+    model = build_model(TrainConfig(model=model_name), data.input_shape, data.num_classes)
+    model.load_state_dict(init)
+    return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+
+def _loop(model, optimizer, data, batches, on_step=None, on_epoch=None, epoch_steps: int = 16) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this thread) for the training steps, with a validation pass every
+    `epoch_steps` steps (an epoch of digits) as in the reference trainer."""
+    start, cpu = time.perf_counter(), time.thread_time()
+    for i, idx in enumerate(batches, 1):
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(loss)
+        if i % epoch_steps == 0:
+            model.eval()
+            with torch.no_grad():
+                logits = model(data.x_val)
+                val_loss, val_acc = F.cross_entropy(logits, data.y_val), (logits.argmax(1) == data.y_val).float().mean()
+            model.train()
+            if on_epoch is not None:
+                on_epoch(val_loss, val_acc)
+    return time.perf_counter() - start, time.thread_time() - cpu
+
+
+def _plain(model_name, data, batches, init, tmp: Path) -> tuple[float, float, dict]:
+    model, optimizer = _fresh(model_name, data, init)
+    return _loop(model, optimizer, data, batches), 0.0, {}
+
+
+def _hooks(model_name, data, batches, init, tmp: Path) -> tuple[tuple[float, float], float, dict]:
+    model, optimizer = _fresh(model_name, data, init)
+    t0 = time.perf_counter()
+    run = hooks.Run(tmp / f"run{time.monotonic_ns()}", num_classes=data.num_classes, config={"lr": 0.05})
+    run.watch(model, optimizer, input_shape=data.input_shape)
+    fixed = time.perf_counter() - t0
+    probe = run._probe
+    probe_start = probe.seconds if probe is not None else 0.0
+    inside = probe_inside = 0.0  # seconds inside run.step, and the probes' share of them
+
+    def on_step(loss):
+        nonlocal inside, probe_inside
+        before = probe.seconds if probe is not None else 0.0
+        t = time.perf_counter()
+        run.step(loss=loss)
+        inside += time.perf_counter() - t
+        if probe is not None:
+            probe_inside += probe.seconds - before
+
+    def on_epoch(val_loss, val_acc):
+        nonlocal inside
+        t = time.perf_counter()
+        run.epoch(val_loss=val_loss, val_acc=val_acc)
+        inside += time.perf_counter() - t
+
+    seconds = _loop(model, optimizer, data, batches, on_step, on_epoch)
+    # Timed directly: run.step, plus the probes' forward and optimizer hooks (which run outside run.step).
+    hooks_outside = (probe.seconds - probe_start - probe_inside) if probe is not None else 0.0
+    extra = {"samples": probe.samples if probe is not None else 0, "timed": inside + hooks_outside}
+    t0 = time.perf_counter()
+    run.close()
+    return seconds, fixed + time.perf_counter() - t0, extra
+
+
+def _tensorboard(model_name, data, batches, init, tmp: Path, every: int = 20, snapshot_every: int = 100):
+    """SummaryWriter with the same kind of content: loss and lr every step, per-layer weight and gradient
+    statistics every `every` steps, the first layer's weights (a histogram) every `snapshot_every` steps."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    model, optimizer = _fresh(model_name, data, init)
+    t0 = time.perf_counter()
+    writer = SummaryWriter(str(tmp / f"tb{time.monotonic_ns()}"))
+    layers = [(n, m.weight) for n, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    fixed = time.perf_counter() - t0
+    step = 0
+
+    def on_step(loss):
+        nonlocal step
+        step += 1
+        writer.add_scalar("loss", loss.item(), step)
+        writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
+        if step == 1 or step % every == 0:
+            for name, w in layers:
+                writer.add_scalar(f"{name}/w_norm", w.norm().item(), step)
+                writer.add_scalar(f"{name}/w_mean", w.mean().item(), step)
+                writer.add_scalar(f"{name}/w_std", w.std().item(), step)
+                writer.add_scalar(f"{name}/g_norm", w.grad.norm().item(), step)
+                writer.add_scalar(f"{name}/zero_grad_frac", (w.grad == 0).float().mean().item(), step)
+        if step % snapshot_every == 0:
+            writer.add_histogram(f"{layers[0][0]}/weights", layers[0][1].detach(), step)
+
+    def on_epoch(val_loss, val_acc):
+        writer.add_scalar("val_loss", val_loss.item(), step)
+        writer.add_scalar("val_acc", val_acc.item(), step)
+
+    seconds = _loop(model, optimizer, data, batches, on_step, on_epoch)
+    t0 = time.perf_counter()
+    writer.close()
+    return seconds, fixed + time.perf_counter() - t0, {}
+
+
+def _summary(ratios: list[float]) -> dict:
+    ratios = sorted(ratios)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "p25": q[0], "p75": q[2], "ratios": ratios}
+
+
+def measure(pairs: int, steps: int, model_name: str = "convnet", batch_size: int = 64, seed: int = 0,
+            tensorboard: bool = True, out=sys.stdout) -> dict:
+    """Run the interleaved comparison.
+
+    Returns {"hooks": {"wall": summary, "cpu": summary, "fixed_ms": ...}, "tensorboard": ..., ...} where a
+    summary holds the median and quartiles of the per-pair ratios variant/plain.
+    """
+    torch.set_num_threads(1)  # steadier timings on a shared 2-core machine; the ratio is what matters
+    warnings.simplefilter("once")
+    data, batches, init = _setup(model_name, seed, steps, batch_size)
+    variants = {"hooks": _hooks}
+    if tensorboard:
+        try:
+            from torch.utils import tensorboard as _tb  # noqa: F401
+
+            variants["tensorboard"] = _tensorboard
+        except ImportError:
+            print("tensorboard is not installed: skipping the SummaryWriter comparison", file=out)
+    wall: dict[str, list[float]] = {"plain": [], **{k: [] for k in variants}}
+    cpu: dict[str, list[float]] = {"plain": [], **{k: [] for k in variants}}
+    fixed: dict[str, list[float]] = {k: [] for k in variants}
+    samples: list[int] = []
+    timed: list[float] = []  # per hooks timing: wall / (wall - time timed inside the hooks)
+    with tempfile.TemporaryDirectory(prefix="babysit-overhead-") as tmp:
+        tmp = Path(tmp)
+        for _name, fn in [("plain", _plain), *variants.items()]:  # warm up: first calls, allocator, caches
+            fn(model_name, data, batches[: max(10, steps // 10)], init, tmp)
+        for i in range(pairs):
+            order = [("plain", _plain), *variants.items()]
+            if i % 2:
+                order.reverse()
+            for name, fn in order:
+                (seconds, cpu_seconds), once, extra = fn(model_name, data, batches, init, tmp)
+                wall[name].append(seconds)
+                cpu[name].append(cpu_seconds)
+                if name != "plain":
+                    fixed[name].append(once)
+                if "timed" in extra:
+                    samples.append(extra["samples"])
+                    timed.append(seconds / (seconds - extra["timed"]))
+            print(f"pair {i + 1:2d}/{pairs}: plain {wall['plain'][-1]:.3f}s  "
+                  + "  ".join(f"{k} {wall[k][-1]:.3f}s ({wall[k][-1] / wall['plain'][-1]:.3f})" for k in variants),
+                  file=out)
+    result: dict = {}
+    for name in variants:
+        result[name] = {
+            "wall": _summary([v / p for v, p in zip(wall[name], wall["plain"], strict=True)]),
+            "cpu": _summary([v / p for v, p in zip(cpu[name], cpu["plain"], strict=True)]),
+            "fixed_ms": 1e3 * statistics.median(fixed[name]),
+        }
+    result["hooks"]["timed"] = _summary(timed)
+    result["plain_step_ms"] = 1e3 * statistics.median(wall["plain"]) / steps
+    result["layer_samples"] = statistics.median(samples) if samples else 0
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="6 pairs of 100 steps")
+    parser.add_argument("--pairs", type=int, help="interleaved pairs (default 20)")
+    parser.add_argument("--steps", type=int, help="training steps per timing (default 300)")
+    parser.add_argument("--model", default="convnet", choices=["convnet", "mlp"])
+    parser.add_argument("--no-tensorboard", action="store_true", help="skip the SummaryWriter comparison")
+    args = parser.parse_args(argv)
+    pairs = args.pairs or (6 if args.quick else 20)
+    steps = args.steps or (100 if args.quick else 300)
+    print(f"{args.model} on digits, batch 64, {steps} steps per timing, {pairs} interleaved pairs, "
+          f"torch {torch.__version__}, 1 thread")
+    result = measure(pairs, steps, args.model, tensorboard=not args.no_tensorboard)
+    print(f"\nplain: {result['plain_step_ms']:.2f} ms/step; the hooks took {result['layer_samples']:.0f} layer "
+          f"samples per {steps} steps")
+    print("clock: wall = wall-clock ratio to the plain loop of the same pair; cpu = this thread's CPU time;\n"
+          "       timed = time measured inside run.step and the probes' hooks, over the rest of the loop")
+    print(f"{'variant':<12} {'clock':<5} {'median ratio':>12} {'p25':>7} {'p75':>7} {'once (ms)':>10}")
+    for name in ("hooks", "tensorboard"):
+        if name in result:
+            r = result[name]
+            for clock in ("wall", "cpu", "timed"):
+                if clock not in r:
+                    continue
+                c = r[clock]
+                once = f"{r['fixed_ms']:>10.1f}" if clock == "wall" else ""
+                print(f"{name:<12} {clock:<5} {c['median']:>12.4f} {c['p25']:>7.4f} {c['p75']:>7.4f} {once}")
+    median = result["hooks"]["wall"]["median"]
+    print(f"\nhooks overhead (wall clock) {100 * (median - 1):+.2f}% (target <= +1%): "
+          f"{'met' if median <= 1.01 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""What the dashboard keeps between refreshes: one `RunState` per open run and one `RunsIndex` per root.
+
+Both are plain objects (no Streamlit in them: the benchmark and the tests use them directly); the app keeps
+them in `st.cache_resource` (`cached_run_state`, `cached_runs_index`) so that a refresh only reads what was
+appended since the last one. They are shared by every browser session, hence the locks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from monitor import runfile
+from monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
+from monitor.reader import LineTailer, RunBatch, RunReadError, RunTailer, find_runs, read_meta, read_status
+
+__all__ = [
+    "RunState",
+    "RunsIndex",
+    "RunSummary",
+    "resolve_run",
+    "inside",
+    "run_name",
+    "worst_finding",
+    "severity_rank",
+    "config_value",
+    "LAYER_POINTS",
+    "SEVERITIES",
+    "cached_run_state",
+    "cached_runs_index",
+]
+
+LAYER_POINTS = 400  # per layer and statistic: small multiples need fewer points than the main charts
+LAYER_CHART_STATS = ("g_norm", "update_ratio", "dead_frac", "saturated_frac", "w_norm", "zero_grad_frac")
+SEVERITIES = ("info", "warning", "critical")
+
+try:  # the rule engine is optional here: without it the dashboard shows the findings the run recorded
+    from rules import OnlineDiagnoser as _OnlineDiagnoser
+except Exception:  # noqa: BLE001 - a rules package that fails to import must not take the dashboard down
+    _OnlineDiagnoser = None
+
+
+def severity_rank(severity: Any) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+def worst_finding(findings: list[dict]) -> dict | None:
+    """The most severe finding; among equals the latest."""
+    best, rank = None, -2
+    for f in findings:
+        r = severity_rank(f.get("severity"))
+        if r >= rank:
+            best, rank = f, r
+    return best
+
+
+def config_value(config: Any, *names: str) -> float | None:
+    """A positive-or-zero number from a run's config under the first of `names` present (lr, reg, ...)."""
+    if not isinstance(config, dict):
+        return None
+    for name in names:
+        v = config.get(name)
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                f = float(v)
+            except ValueError:
+                continue
+            if math.isfinite(f):
+                return f
+    return None
+
+
+def run_name(root: Path, path: Path) -> str:
+    """A run's name: its path relative to the root, with forward slashes ('.' when the root is the run)."""
+    rel = path.relative_to(root)
+    return rel.as_posix() if rel.parts else "."
+
+
+def inside(root: str | os.PathLike, rel: str) -> Path | None:
+    """root/rel if `rel` is a harmless relative path that stays inside root (symlinks included), else None.
+
+    Names come from the URL (?run=...) and from files, so they are untrusted: absolute paths, '..',
+    backslashes and control characters are refused before the file system is touched.
+    """
+    if not isinstance(rel, str) or not rel or len(rel) > 1000:
+        return None
+    if "\\" in rel or any(ord(c) < 32 for c in rel):
+        return None
+    p = PurePosixPath(rel)
+    if p.is_absolute() or rel.startswith("~") or ".." in p.parts or (len(rel) > 1 and rel[1] == ":"):
+        return None
+    root_path = Path(root)
+    path = root_path if rel == "." else root_path.joinpath(*p.parts)
+    try:
+        if not path.resolve().is_relative_to(root_path.resolve()):
+            return None
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return path
+
+
+def resolve_run(root: str | os.PathLike, name: str) -> Path | None:
+    """The run directory `name` names under `root`, or None: never a path outside the root."""
+    path = inside(root, name)
+    return path if path is not None and path.is_dir() else None
+
+
+class RunState:
+    """One run as the dashboard shows it, kept current by `update()` at the cost of what was appended."""
+
+    def __init__(self, path: str | os.PathLike, max_points: int = DEFAULT_POINTS, diagnose: bool = True):
+        self.path = Path(path)
+        self.lock = threading.RLock()
+        self.tailer = RunTailer(self.path)
+        self.max_points = max_points
+        self.loss = SeriesBuffer(max_points)
+        self.lr = SeriesBuffer(max_points)
+        self.scalars: dict[str, SeriesBuffer] = {}
+        self._epoch_parts: list[pd.DataFrame] = []
+        self._epochs: pd.DataFrame | None = None
+        self.layers: dict[tuple[str, str], SeriesBuffer] = {}
+        self.layer_kinds: dict[str, str] = {}
+        self.layer_order: list[str] = []
+        self.snapshots: list[dict] = []
+        self.events: list[dict] = []
+        self.diagnoser = None
+        self.diagnoser_error: str | None = None
+        self.online_findings: list[dict] = []
+        self.version = 0  # bumps whenever new data arrived; lets callers skip work
+        self.polled_at = 0.0
+        self._rate: tuple[float, int] | None = None  # (time, step) at the previous update, for steps/s
+        self.steps_per_s: float | None = None
+        if diagnose and _OnlineDiagnoser is not None:
+            try:
+                self.diagnoser = _OnlineDiagnoser(meta=dict(self.tailer.meta))
+            except Exception as exc:  # noqa: BLE001
+                self.diagnoser_error = f"{type(exc).__name__}: {exc}"
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def meta(self) -> dict:
+        return self.tailer.meta
+
+    @property
+    def status(self) -> dict:
+        return self.tailer.status
+
+    @property
+    def corrupt_lines(self) -> int:
+        return self.tailer.corrupt_lines
+
+    def update(self) -> int:
+        """Read what was appended since the last call; returns the number of new records."""
+        with self.lock:
+            batch = self.tailer.poll()
+            self.polled_at = time.time()
+            self._add(batch)
+            n = len(batch)
+            if n:
+                self.version += 1
+            self._diagnose(batch)
+            last = self.loss.last()
+            if last is not None:
+                now = time.monotonic()
+                if self._rate is not None and now > self._rate[0] and last[0] > self._rate[1]:
+                    rate = (last[0] - self._rate[1]) / (now - self._rate[0])
+                    self.steps_per_s = rate if self.steps_per_s is None else 0.5 * self.steps_per_s + 0.5 * rate
+                if self._rate is None or last[0] != self._rate[1]:
+                    self._rate = (now, int(last[0]))
+            return n
+
+    def _add(self, batch: RunBatch) -> None:
+        steps = batch.steps
+        if len(steps):
+            x = steps["step"].to_numpy(dtype=float)
+            self.loss.extend(x, steps["loss"].to_numpy(dtype=float))
+            self.lr.extend(x, steps["lr"].to_numpy(dtype=float))
+            for col in steps.columns:
+                if col in ("step", "time", "loss", "lr"):
+                    continue
+                buf = self.scalars.get(col)
+                if buf is None:
+                    buf = self.scalars[col] = SeriesBuffer(self.max_points)
+                buf.extend(x, steps[col].to_numpy(dtype=float))
+        if len(batch.epochs):
+            self._epoch_parts.append(batch.epochs)
+            self._epochs = None
+        if len(batch.layers):
+            self._add_layers(batch.layers)
+        if len(batch.snapshots):
+            self.snapshots.extend(batch.snapshots.to_dict("records"))
+        for e in batch.events:
+            if e.get("type") != "finding":
+                self.events.append(e)
+
+    def _add_layers(self, frame: pd.DataFrame) -> None:
+        if "kind" in frame.columns:
+            kinds = frame.drop_duplicates("layer", keep="last")
+            for layer, kind in zip(kinds["layer"], kinds["kind"], strict=True):
+                if isinstance(kind, str):
+                    self.layer_kinds[str(layer)] = kind
+        stats = [c for c in LAYER_CHART_STATS if c in frame.columns]
+        for layer, group in frame.groupby("layer", sort=False):
+            layer = str(layer)
+            if layer not in self.layer_order:
+                self.layer_order.append(layer)
+            x = group["step"].to_numpy(dtype=float)
+            for stat in stats:
+                y = group[stat].to_numpy(dtype=float)
+                buf = self.layers.get((layer, stat))
+                if buf is None:
+                    if np.all(np.isnan(y)):
+                        continue  # this layer does not have this statistic (a ReLU has no gradient norm)
+                    buf = self.layers[(layer, stat)] = SeriesBuffer(LAYER_POINTS)
+                buf.extend(x, y)
+
+    def _diagnose(self, batch: RunBatch) -> None:
+        if self.diagnoser is None:
+            return
+        try:
+            new = self.diagnoser.update(batch, status=self.status)
+        except Exception as exc:  # noqa: BLE001 - a rule bug must not take the dashboard down
+            self.diagnoser = None
+            self.diagnoser_error = f"{type(exc).__name__}: {exc}"
+            return
+        for f in new or []:
+            d = f.to_dict() if hasattr(f, "to_dict") else dict(f)
+            d.setdefault("source", "dashboard")
+            self.online_findings.append(d)
+
+    # ----------------------------------------------------------------- views
+    @property
+    def epochs(self) -> pd.DataFrame:
+        with self.lock:
+            if self._epochs is None:
+                if self._epoch_parts:
+                    self._epochs = pd.concat(self._epoch_parts, ignore_index=True)
+                    self._epoch_parts = [self._epochs]
+                else:
+                    self._epochs = pd.DataFrame({"epoch": np.empty(0, dtype=np.int64),
+                                                 "step": np.empty(0, dtype=np.int64)})
+            return self._epochs
+
+    def findings(self) -> list[dict]:
+        """Recorded findings (findings.jsonl) plus the dashboard's own diagnosis, newest first.
+
+        The dashboard's findings fill gaps only: a rule at a severity the run already recorded is not repeated.
+        """
+        with self.lock:
+            recorded = list(self.tailer.findings)
+            seen = {(f.get("rule"), f.get("severity")) for f in recorded}
+            merged = recorded + [f for f in self.online_findings if (f.get("rule"), f.get("severity")) not in seen]
+        order = {id(f): i for i, f in enumerate(merged)}
+
+        def key(f: dict) -> tuple:
+            step = f.get("step")
+            return (step if isinstance(step, (int, float)) and math.isfinite(step) else -1, order[id(f)])
+
+        return sorted(merged, key=key, reverse=True)
+
+    def initial_loss(self) -> float | None:
+        return self.loss.first_finite()
+
+    def num_classes(self) -> int | None:
+        c = self.meta.get("num_classes")
+        return c if isinstance(c, int) and not isinstance(c, bool) and c > 1 else None
+
+    def layer_frame(self, stat: str, lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
+        """Long-form (step, layer, value) of one statistic, downsampled per layer, in layer order."""
+        parts = []
+        with self.lock:
+            for layer in self.layer_order:
+                buf = self.layers.get((layer, stat))
+                if buf is None or buf.n == 0:
+                    continue
+                d = buf.view() if lo is None else buf.window(lo, hi, LAYER_POINTS)
+                if len(d.x):
+                    parts.append(pd.DataFrame({"step": d.x, "layer": layer, "value": d.y}))
+        if not parts:
+            return pd.DataFrame({"step": np.empty(0), "layer": np.empty(0, dtype=object), "value": np.empty(0)})
+        return pd.concat(parts, ignore_index=True)
+
+    def snapshot_layers(self) -> list[str]:
+        seen: list[str] = []
+        for s in self.snapshots:
+            if s["layer"] not in seen:
+                seen.append(s["layer"])
+        return seen
+
+    def load_snapshot(self, record: dict) -> np.ndarray | None:
+        """A snapshot's array, read without pickle, and only from inside this run's directory."""
+        target = inside(self.path, str(record.get("file", "")))
+        if target is None:
+            return None
+        try:
+            arr = np.load(target, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return arr if isinstance(arr, np.ndarray) and arr.dtype.kind in "fiub" else None
+
+
+class RunSummary:
+    """What the runs table shows about one run, kept current cheaply: it parses only epoch records."""
+
+    def __init__(self, root: Path, path: Path):
+        self.path = path
+        self.name = run_name(root, path)
+        self.meta: dict = {}
+        self.meta_error: str | None = None
+        self.status: dict = {}
+        self.best_val_acc: float | None = None
+        self.last_val_acc: float | None = None
+        self.epoch: int | None = None
+        self._offset = 0
+        self._findings = LineTailer(path / runfile.FINDINGS)
+        self.findings: list[dict] = []
+        self.mtime = 0.0
+
+    def refresh(self) -> None:
+        if not self.meta or self.meta.get("missing_meta"):
+            try:
+                self.meta = read_meta(self.path)
+                self.meta_error = None
+            except RunReadError as e:
+                self.meta, self.meta_error = {}, str(e)
+        self.status = read_status(self.path)
+        self._scan_epochs()
+        try:
+            self.findings.extend(self._findings.read())
+        except RunReadError:
+            pass
+
+    _EPOCH_MARKS = (b'"type":"epoch"', b'"type": "epoch"')
+
+    def _scan_epochs(self) -> None:
+        """Find epoch lines in the bytes appended since the last scan without parsing the step lines."""
+        try:
+            with open(self.path / runfile.EVENTS, "rb") as f:
+                st = os.fstat(f.fileno())
+                self.mtime = st.st_mtime
+                if st.st_size < self._offset:
+                    self._offset, self.best_val_acc, self.last_val_acc, self.epoch = 0, None, None, None
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        data = data[: end + 1]
+        self._offset += end + 1
+        for mark in self._EPOCH_MARKS:
+            i = data.find(mark)
+            while i >= 0:
+                a = data.rfind(b"\n", 0, i) + 1
+                b = data.find(b"\n", i)
+                self._take_epoch(data[a:b])
+                i = data.find(mark, b)
+
+    def _take_epoch(self, line: bytes) -> None:
+        try:
+            rec = json.loads(line)
+            epoch = int(rec["epoch"])
+            metrics = rec.get("metrics") or {}
+        except (ValueError, KeyError, TypeError):
+            return
+        self.epoch = max(self.epoch or 0, epoch)
+        try:
+            acc = runfile.decode_float(metrics.get("val_acc")) if "val_acc" in metrics else math.nan
+        except (ValueError, TypeError):
+            acc = math.nan
+        if math.isfinite(acc):
+            self.last_val_acc = acc
+            self.best_val_acc = acc if self.best_val_acc is None else max(self.best_val_acc, acc)
+
+    @property
+    def updated(self) -> float | None:
+        """When the run last wrote anything (heartbeat, end, or the event log's mtime)."""
+        times = [t for t in (self.status.get("heartbeat"), self.status.get("end_time"), self.mtime or None)
+                 if isinstance(t, (int, float))]
+        return max(times) if times else None
+
+    def row(self) -> dict:
+        worst = worst_finding(self.findings)
+        config = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
+        return {
+            "run": self.name,
+            "state": str(self.status.get("state", "unknown")),
+            "step": int(self.status["step"]) if isinstance(self.status.get("step"), int) else None,
+            "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
+            "last_val_acc": self.last_val_acc,
+            "worst_severity": worst.get("severity") if worst else None,
+            "worst_finding": (worst.get("title") or worst.get("rule")) if worst else None,
+            "findings": len(self.findings),
+            "started": self.status.get("start_time") or self.meta.get("start_time"),
+            "updated": self.updated,
+            "lr": config_value(config, "lr", "learning_rate"),
+            "reg": config_value(config, "reg", "weight_decay", "l2", "wd"),
+            "model": config.get("model") if isinstance(config.get("model"), str) else None,
+        }
+
+
+class RunsIndex:
+    """Every run under a root, rediscovered on each refresh (new runs appear by themselves)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.lock = threading.RLock()
+        self.summaries: dict[str, RunSummary] = {}
+
+    def refresh(self) -> list[RunSummary]:
+        """Rescan the root and bring every run's summary up to date; returns them newest activity first."""
+        with self.lock:
+            paths = find_runs(self.root) if self.root.is_dir() else []
+            current = {}
+            for p in paths:
+                name = run_name(self.root, p)
+                current[name] = self.summaries.get(name) or RunSummary(self.root, p)
+            self.summaries = current
+            for s in current.values():
+                s.refresh()
+            return self.ordered()
+
+    def discover(self) -> list[str]:
+        """The names of the runs under the root now (cheap: a directory scan, no file is read)."""
+        paths = find_runs(self.root) if self.root.is_dir() else []
+        return sorted(run_name(self.root, p) for p in paths)
+
+    def ordered(self) -> list[RunSummary]:
+        return sorted(self.summaries.values(), key=lambda s: (-(s.updated or 0.0), s.name))
+
+    def names(self) -> list[str]:
+        return sorted(self.summaries)
+
+    def frame(self) -> pd.DataFrame:
+        rows = [s.row() for s in self.ordered()]
+        cols = ["run", "state", "step", "epoch", "best_val_acc", "last_val_acc", "worst_severity", "worst_finding",
+                "findings", "started", "updated", "lr", "reg", "model"]
+        return pd.DataFrame(rows, columns=cols)
+
+
+# ----------------------------------------------------------------- Streamlit caches
+# st.cache_resource, not st.cache_data: the tailers' file offsets must persist, and cache_data would hand
+# every rerun a fresh copy that starts reading from byte 0 again.
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _state_at(path: str) -> RunState:
+    return RunState(path)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _index_at(root: str) -> RunsIndex:
+    return RunsIndex(root)
+
+
+def cached_run_state(root: str, name: str) -> RunState | None:
+    """The shared RunState of run `name` under `root` (None when the name does not resolve inside root)."""
+    path = resolve_run(root, name)
+    if path is None:
+        return None
+    return _state_at(str(path.resolve()))
+
+
+def cached_runs_index(root: str) -> RunsIndex:
+    return _index_at(str(Path(root).resolve()))

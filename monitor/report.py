@@ -1,0 +1,784 @@
+"""`babysit report RUN [-o report.html]`: one standalone HTML file that says what happened to a run.
+
+RUN is a babysit run directory, a TensorBoard log or a CSV of metrics (monitor/importers). The file holds the
+config and status, the findings with their evidence and fixes (by severity), the rules that could not run
+for lack of data, loss / accuracy / learning-rate / per-layer charts as inline SVG, and the first-layer weight
+snapshots as inline PNG. It loads nothing from anywhere (an air-gapped cluster opens it as well as a laptop),
+runs no script (a Content-Security-Policy forbids any), and escapes every string that came from the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import time
+import warnings
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitor.cli import UsageError
+from monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
+from monitor.runfile import decode_float
+
+__all__ = ["configure", "run", "build_report", "write_report", "data_available", "not_evaluated", "REQUIRES"]
+
+SEVERITY_ORDER = ("critical", "warning", "info")
+MAX_LAYERS = 12  # lines per layer chart; more is a tangle
+MAX_SNAPSHOTS = 4
+
+# What each rule needs to say anything: alternatives, each a set of data keys (see DATA). Rules that
+# declare `requires` themselves (a tuple of these keys) take precedence.
+REQUIRES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "nonfinite_loss": (("loss",), ("layers",), ("epoch_metrics",)),
+    "loss_explosion": (("loss",),),
+    "flat_loss": (("step_loss",),),
+    "init_loss_mismatch": (("loss_from_start", "num_classes"),),
+    "noisy_loss": (("step_loss",),),
+    "overfitting": (("train_acc", "val_acc"), ("train_loss", "val_loss")),
+    "underfitting": (("train_acc",),),
+    "chance_accuracy": (("val_acc", "num_classes"), ("train_acc", "num_classes")),
+    "noisy_weights": (("snapshots",),),
+    "update_ratio": (("update_ratio",),),
+    "dead_units": (("relu",),),
+    "saturated_activations": (("tanh_sigmoid",),),
+    "vanishing_gradients": (("g_norm",),),
+    "exploding_gradients": (("g_norm",),),
+    "stalled_weights": (("w_norm", "g_norm"),),
+    "stalled_run": (("process",),),
+    "test_set_reuse": (("test_ledger",),),
+}
+DATA = {
+    "loss": "a training loss",
+    "step_loss": "a loss logged per step (not one per epoch)",
+    "loss_from_start": "the loss from the first step on (the loss at initialization)",
+    "num_classes": "the number of classes (pass --num-classes)",
+    "layers": "per-layer statistics",
+    "epoch_metrics": "per-epoch metrics",
+    "train_loss": "a training loss per epoch",
+    "val_loss": "a validation loss per epoch",
+    "train_acc": "a training accuracy per epoch",
+    "val_acc": "a validation accuracy per epoch",
+    "snapshots": "first-layer weight snapshots (two or more)",
+    "update_ratio": "per-layer update/weight ratios",
+    "g_norm": "per-layer gradient norms",
+    "w_norm": "per-layer weight norms",
+    "relu": "ReLU activation statistics (dead fraction)",
+    "tanh_sigmoid": "tanh/sigmoid activation statistics (saturation)",
+    "process": "the status of the training process (only a babysit run has one)",
+    "test_ledger": "the test-evaluation ledger (only a babysit run has one)",
+}
+_SOURCES = {"tensorboard": "TensorBoard log", "csv": "CSV of metrics"}
+
+
+# --------------------------------------------------------------------------- command
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a babysit run directory, a TensorBoard log directory or "
+                        "event file, or a CSV of metrics (Lightning's metrics.csv, an exported history)")
+    parser.add_argument("-o", "--output", metavar="FILE", default=None,
+                        help="where to write the HTML (default: RUN/report.html for a babysit run, else "
+                        "./<name>-report.html)")
+    parser.add_argument("--map", action="append", default=[], metavar="OURS=THEIRS",
+                        help="for imported logs: which tag or column is our loss, lr, train_loss, train_acc, "
+                        "val_loss, val_acc, step, epoch or time (repeatable), e.g. --map val_acc=acc/valid")
+    parser.add_argument("--num-classes", type=int, default=None, metavar="C",
+                        help="number of classes, when the log does not say (enables the ln(C) and chance rules)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from monitor.importers import parse_map
+
+    try:
+        mapping = parse_map(args.map)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UsageError("--num-classes must be at least 2")
+    out, data = write_report(args.run, args.output, mapping=mapping, num_classes=args.num_classes)
+    counts = {s: sum(1 for f in data["findings"] if f.get("severity") == s) for s in SEVERITY_ORDER}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
+    print(f"report written to {out} ({summary})")
+    return 0
+
+
+def default_output(run_path: Path, run_data: Any) -> Path:
+    if (run_data.meta or {}).get("source") is None and run_path.is_dir():
+        return run_path / "report.html"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(run_data.meta.get("name") or run_path.stem)).strip("_.")
+    return Path(f"{name or 'run'}-report.html")
+
+
+def write_report(
+    path: str | Path,
+    output: str | Path | None = None,
+    *,
+    mapping: dict[str, str] | None = None,
+    num_classes: int | None = None,
+) -> tuple[Path, dict]:
+    """Read RUN, diagnose it, write the HTML. Returns (the file written, what went into it)."""
+    from monitor.importers import load_any
+    from monitor.reader import RunReadError
+
+    path = Path(path)
+    try:
+        run_data = load_any(path, mapping=mapping, num_classes=num_classes)
+    except RunReadError as e:
+        raise UsageError(str(e)) from None
+    findings, problems = diagnose_all(run_data)
+    out = Path(output) if output else default_output(path, run_data)
+    html = build_report(run_data, findings, problems=problems)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
+    return out, {"findings": findings, "problems": problems}
+
+
+def diagnose_all(run_data: Any) -> tuple[list[dict], list[str]]:
+    """Post-hoc findings, plus those recorded during training that the post-hoc pass did not reproduce.
+
+    Returns (findings as dicts, problems: rules that broke, or an engine that would not load).
+    """
+    problems: list[str] = []
+    findings: list[dict] = []
+    try:
+        import rules
+    except Exception as e:  # noqa: BLE001 - the report still shows the data
+        problems.append(f"the rule engine could not be loaded ({type(e).__name__}: {e}); findings recorded "
+                        "during training are shown")
+        rules = None
+    if rules is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                findings = [f.to_dict() for f in rules.diagnose(run_data)]
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"diagnosis failed ({type(e).__name__}: {e})")
+        problems += [str(w.message) for w in caught if issubclass(w.category, getattr(rules, "RuleWarning", ()))]
+    seen = {f.get("rule") for f in findings}
+    for f in run_data.findings or []:
+        if isinstance(f, dict) and f.get("rule") not in seen:
+            findings.append({**f, "recorded": True})
+            seen.add(f.get("rule"))
+    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+    findings.sort(key=lambda f: rank.get(f.get("severity"), 9))  # stable: the engine's order within a severity
+    return findings, problems
+
+
+# --------------------------------------------------------------------------- what data there is
+def _has(frame: pd.DataFrame, col: str) -> bool:
+    return col in frame.columns and bool(frame[col].notna().any())
+
+
+def _finite(frame: pd.DataFrame, col: str) -> bool:
+    return col in frame.columns and bool(np.isfinite(frame[col].to_numpy(dtype=float, na_value=np.nan)).any())
+
+
+def data_available(run_data: Any) -> dict[str, bool]:
+    """Which kinds of data (keys of DATA) the run holds."""
+    meta = run_data.meta or {}
+    steps, epochs, layers = run_data.steps, run_data.epochs, run_data.layers
+    imported = meta.get("source") is not None
+    loss = _has(steps, "loss") and len(steps) > 0
+    step_loss = loss and (meta.get("import") or {}).get("loss_per", "step") == "step"
+    first = int(steps["step"].min()) if len(steps) else None
+    kinds = set(layers["kind"].astype(str)) if "kind" in layers.columns else set()
+    config = meta.get("config") or {}
+    return {
+        "loss": loss,
+        "step_loss": step_loss,
+        "loss_from_start": step_loss and first is not None and first <= 1,
+        "num_classes": bool(meta.get("num_classes") or config.get("num_classes")
+                            or ((meta.get("model") or {}).get("layers"))),
+        "layers": len(layers) > 0,
+        "epoch_metrics": any(_has(epochs, c) for c in ("train_loss", "val_loss", "train_acc", "val_acc")),
+        **{c: _has(epochs, c) for c in ("train_loss", "val_loss", "train_acc", "val_acc")},
+        "snapshots": len(run_data.snapshots) >= 2,
+        "update_ratio": _finite(layers, "update_ratio"),
+        "g_norm": _has(layers, "g_norm"),
+        "w_norm": _has(layers, "w_norm"),
+        "relu": "relu" in kinds,
+        "tanh_sigmoid": bool(kinds & {"tanh", "sigmoid"}),
+        "process": not imported,
+        "test_ledger": not imported,
+    }
+
+
+def _rule_catalogue() -> list[tuple[str, str, Any]]:
+    """(id, title, requires or None) for every rule the engine runs; our table's ids if it will not load."""
+    try:
+        from rules import RULES
+    except Exception:  # noqa: BLE001
+        return [(rid, rid.replace("_", " "), None) for rid in REQUIRES]
+    return [(r.id, r.title, getattr(r, "requires", None)) for r in RULES]
+
+
+def not_evaluated(run_data: Any) -> list[dict]:
+    """Rules that could not run on this data: [{"rule", "title", "missing": [descriptions]}]."""
+    have = data_available(run_data)
+    out = []
+    for rid, title, own in _rule_catalogue():
+        options = (tuple(own),) if own and all(isinstance(k, str) for k in own) else REQUIRES.get(rid)
+        if not options:
+            continue
+        if any(all(have.get(k, True) for k in option) for option in options):
+            continue
+        missing_sets = [[DATA.get(k, k) for k in option if not have.get(k, True)] for option in options]
+        best = min(missing_sets, key=len)
+        out.append({"rule": rid, "title": title, "missing": best,
+                    "alternatives": [" and ".join(m) for m in missing_sets]})
+    return out
+
+
+# --------------------------------------------------------------------------- formatting
+def esc(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _num(v: Any) -> str:
+    try:
+        x = decode_float(v) if isinstance(v, str) else float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):,}" if abs(x) >= 1e4 else str(int(x))
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e6):
+        return f"{x:.3e}"
+    return f"{x:.4g}"
+
+
+def _value(v: Any, depth: int = 0) -> str:
+    """Evidence or config values as short text (escaped by the caller)."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        return _num(v)
+    if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity"):
+        return _num(v)
+    if isinstance(v, (list, tuple)):
+        items = [_value(x, depth + 1) for x in v[:12]]
+        return ("[" if depth else "") + ", ".join(items) + (", …" if len(v) > 12 else "") + ("]" if depth else "")
+    if isinstance(v, dict):
+        if depth > 1:
+            return "{…}"
+        items = [f"{k}: {_value(x, depth + 1)}" for k, x in list(v.items())[:12]]
+        return "{" + ", ".join(items) + (", …" if len(v) > 12 else "") + "}"
+    text = str(v)
+    return text if len(text) <= 600 else text[:600] + "…"
+
+
+def _when(t: Any) -> str:
+    if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(config, dict):
+        return [(prefix or "value", config)]
+    rows: list[tuple[str, Any]] = []
+    for k, v in config.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v and len(rows) < 500:
+            rows.extend(_flatten(v, key))
+        else:
+            rows.append((key, v))
+    return rows
+
+
+def _last_finite(frame: pd.DataFrame, col: str) -> float | None:
+    if col not in frame.columns:
+        return None
+    v = frame[col].to_numpy(dtype=float, na_value=np.nan)
+    v = v[np.isfinite(v)]
+    return float(v[-1]) if len(v) else None
+
+
+def _pct(v: float | None, percent: bool) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.1f}%" if percent else f"{100 * v:.1f}%"
+
+
+# --------------------------------------------------------------------------- sections
+def _header(run_data: Any, findings: list[dict]) -> str:
+    meta, status = run_data.meta or {}, run_data.status or {}
+    name = meta.get("name") or run_data.name
+    state = str(status.get("state") or "unknown")
+    source = meta.get("source")
+    where = (f"{_SOURCES.get(source, source)} imported from {meta.get('imported_from')}" if source
+             else f"babysit run at {run_data.path}")
+    worst = next((s for s in SEVERITY_ORDER if any(f.get("severity") == s for f in findings)), None)
+    verdict = {"critical": ("bad", "Critical problems found"), "warning": ("warn", "Warnings found"),
+               "info": ("ok", "No problems found (notes only)"), None: ("ok", "No problems found")}[worst]
+    reason = status.get("reason")
+    error = status.get("error") if isinstance(status.get("error"), dict) else None
+    extra = ""
+    if error:
+        extra += f'<p class="why">error: {esc(error.get("type", "error"))}: {esc(error.get("message", ""))}</p>'
+    if reason:
+        extra += f'<p class="why">reason: {esc(reason)}</p>'
+    return (
+        f'<header><div class="kicker">babysit report</div><h1>{esc(name)}</h1>'
+        f'<p class="where">{esc(where)}</p>'
+        f'<div class="badges"><span class="badge state-{esc(re.sub("[^a-z]", "", state.lower()))}">{esc(state)}</span>'
+        f'<span class="badge verdict-{verdict[0]}">{esc(verdict[1])}</span></div>{extra}</header>'
+    )
+
+
+def _cards(run_data: Any) -> str:
+    steps, epochs, meta, status = run_data.steps, run_data.epochs, run_data.meta or {}, run_data.status or {}
+    last_step = int(steps["step"].max()) if len(steps) else status.get("step") or 0
+    n_epochs = int(epochs["epoch"].max()) if len(epochs) else status.get("epoch") or 0
+    start = status.get("start_time") or meta.get("start_time")
+    end = status.get("end_time") or status.get("heartbeat")
+    dur = (float(end) - float(start)) if isinstance(start, (int, float)) and isinstance(end, (int, float)) else math.nan
+    accs = [epochs[c].to_numpy(dtype=float, na_value=np.nan) for c in ("train_acc", "val_acc") if c in epochs]
+    percent = any(np.nanmax(a) > 1.0 + 1e-9 for a in accs if np.isfinite(a).any())
+    val = epochs["val_acc"].to_numpy(dtype=float, na_value=np.nan) if "val_acc" in epochs else np.array([])
+    best_val = float(np.nanmax(val)) if np.isfinite(val).any() else None
+    loss = steps["loss"].to_numpy(dtype=float, na_value=np.nan) if "loss" in steps else np.array([])
+    nonfinite = int((~np.isfinite(loss)).sum())
+    lr = _last_finite(steps, "lr")
+    items = [
+        ("steps", f"{last_step:,}" if isinstance(last_step, int) else esc(last_step), ""),
+        ("epochs", str(n_epochs), ""),
+        ("duration", _duration(dur), _when(start)),
+        ("final loss", _num(_last_finite(steps, "loss")) if _last_finite(steps, "loss") is not None else "—",
+         f"{nonfinite:,} non-finite" if nonfinite else ""),
+        ("train acc", _pct(_last_finite(epochs, "train_acc"), percent), "last epoch"),
+        ("val acc", _pct(_last_finite(epochs, "val_acc"), percent),
+         f"best {_pct(best_val, percent)}" if best_val is not None else ""),
+        ("learning rate", _num(lr) if lr is not None else "—", "last"),
+    ]
+    cards = "".join(
+        f'<div class="card{" card-bad" if k == "final loss" and nonfinite else ""}"><div class="k">{esc(k)}</div>'
+        f'<div class="v">{v}</div><div class="s">{esc(s)}</div></div>'
+        for k, v, s in items
+    )
+    return f'<section class="cards">{cards}</section>'
+
+
+def _finding(f: dict) -> str:
+    sev = str(f.get("severity") or "info")
+    where = []
+    if f.get("step") is not None:
+        where.append(f"step {_num(f['step'])}")
+    if f.get("epoch") is not None:
+        where.append(f"epoch {_num(f['epoch'])}")
+    fixes = f.get("fix") or []
+    if isinstance(fixes, str):
+        fixes = [fixes]
+    evidence = f.get("evidence") if isinstance(f.get("evidence"), dict) else {}
+    ev_rows = "".join(
+        f"<tr><th>{esc(str(k).replace('_', ' '))}</th><td>{esc(_value(v))}</td></tr>"
+        for k, v in evidence.items() if k not in ("own_fix", "own_message")
+    )
+    recorded = '<span class="tag">recorded during training</span>' if f.get("recorded") else ""
+    body = [
+        f'<article class="finding sev-{esc(re.sub("[^a-z]", "", sev))}">',
+        f'<div class="fhead"><span class="sev">{esc(sev)}</span><h3>{esc(f.get("title") or f.get("rule"))}</h3>'
+        f'<code class="rule">{esc(f.get("rule", ""))}</code>{recorded}'
+        f'<span class="at">{esc(" · ".join(where))}</span></div>',
+        f'<p class="msg">{esc(f.get("message", ""))}</p>',
+    ]
+    if fixes:
+        body.append('<div class="fix"><div class="lbl">What to try, in order</div><ol>'
+                    + "".join(f"<li>{esc(x)}</li>" for x in fixes) + "</ol></div>")
+    if ev_rows:
+        body.append(f'<details class="evidence" open><summary>Evidence</summary><table>{ev_rows}</table></details>')
+    body.append("</article>")
+    return "".join(body)
+
+
+def _findings(findings: list[dict], skipped: list[dict], problems: list[str], n_rules: int) -> str:
+    parts = ['<section id="findings"><h2>Findings</h2>']
+    if not findings:
+        ran = max(n_rules - len(skipped), 0)
+        parts.append(f'<div class="allclear">No problems found by the {ran} rules that could run on this data.</div>')
+    names = {"critical": "Critical", "warning": "Warnings", "info": "Notes"}
+    for sev in SEVERITY_ORDER:
+        group = [f for f in findings if f.get("severity") == sev]
+        if group:
+            parts.append(f'<h3 class="group sev-{sev}">{names[sev]} <span class="count">{len(group)}</span></h3>')
+            parts.extend(_finding(f) for f in group)
+    other = [f for f in findings if f.get("severity") not in SEVERITY_ORDER]
+    parts.extend(_finding(f) for f in other)
+    for p in problems:
+        parts.append(f'<div class="problem">{esc(p)}</div>')
+    if skipped:
+        rows = "".join(
+            f'<tr><td><code>{esc(s["rule"])}</code></td><td>{esc(s["title"])}</td>'
+            f'<td>needs {esc(" — or — ".join(s["alternatives"]))}</td></tr>'
+            for s in skipped
+        )
+        parts.append(f'<div class="skipped"><h3>Not evaluated for lack of data <span class="count">{len(skipped)}'
+                     f'</span></h3><table class="plain"><tr><th>rule</th><th>checks</th><th>why not</th></tr>'
+                     f"{rows}</table></div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _legend(lines: list[Line]) -> str:
+    items = "".join(
+        f'<li><span class="sw{" sw-pt" if ln.points else ""}{" sw-dash" if ln.dashed else ""}" '
+        f'style="--c:{ln.color}"></span>{esc(ln.label)}</li>' for ln in lines
+    )
+    return f'<ul class="legend">{items}</ul>'
+
+
+def _figure(title: str, lines: list[Line], note: str = "", **kwargs: Any) -> str:
+    lines = [ln for ln in lines if len(ln.x)]
+    if not lines:
+        return ""
+    for i, ln in enumerate(lines):
+        ln.color = ln.color or PALETTE[i % len(PALETTE)]
+    svg = line_chart(lines, aria=title, **kwargs)
+    note_html = f'<p class="note">{esc(note)}</p>' if note else ""
+    return f'<figure class="fig"><figcaption>{esc(title)}</figcaption>{svg}{_legend(lines)}{note_html}</figure>'
+
+
+def _col(frame: pd.DataFrame, col: str) -> np.ndarray:
+    return frame[col].to_numpy(dtype=float, na_value=np.nan)
+
+
+def _num_classes(meta: dict) -> int | None:
+    c = meta.get("num_classes") or (meta.get("config") or {}).get("num_classes")
+    try:
+        c = int(c)
+    except (TypeError, ValueError):
+        return None
+    return c if c >= 2 else None
+
+
+def _charts(run_data: Any) -> str:
+    steps, epochs, layers, meta = run_data.steps, run_data.epochs, run_data.layers, run_data.meta or {}
+    per_epoch = (meta.get("import") or {}).get("loss_per") == "epoch"
+    c = _num_classes(meta)
+    figs = []
+
+    loss_lines = []
+    if "loss" in steps and len(steps):
+        loss_lines.append(Line("loss per epoch" if per_epoch else "training loss (per step)",
+                               _col(steps, "step"), _col(steps, "loss"), width=1.3, points=per_epoch))
+    for col, label in (("train_loss", "train loss (end of epoch)"), ("val_loss", "val loss (end of epoch)")):
+        if col in epochs and epochs[col].notna().any() and not (per_epoch and col == "train_loss"):
+            rows = epochs[epochs[col].notna() | ~np.isfinite(_col(epochs, col))]
+            loss_lines.append(Line(label, _col(rows, "step"), _col(rows, col), points=True, width=2.0))
+    refs = [Ref(math.log(c), f"ln({c}) = {math.log(c):.3g}: loss at init")] if c else []
+    figs.append(_figure("Loss", loss_lines, x_label="epoch" if per_epoch else "step", y_label="loss", refs=refs))
+
+    acc_lines = []
+    for col, label in (("train_acc", "train accuracy"), ("val_acc", "val accuracy")):
+        if col in epochs and epochs[col].notna().any():
+            acc_lines.append(Line(label, _col(epochs, "epoch"), _col(epochs, col), points=True, width=2.0))
+    if acc_lines:
+        top = max(float(np.nanmax(np.where(np.isfinite(ln.y), ln.y, np.nan))) if np.isfinite(ln.y).any() else 1.0
+                  for ln in acc_lines)
+        scale = 100.0 if top > 1.0 + 1e-9 else 1.0
+        refs = [Ref(scale / c, f"chance 1/{c}")] if c else []
+        figs.append(_figure("Accuracy", acc_lines, x_label="epoch", y_label="accuracy", refs=refs,
+                            y_range=(0.0, scale * 1.02), log_y=False))
+
+    if "lr" in steps and np.isfinite(_col(steps, "lr")).any():
+        lr = _col(steps, "lr")
+        pos = lr[np.isfinite(lr) & (lr > 0)]
+        log = bool(len(pos)) and pos.max() / pos.min() > 20 and (lr[np.isfinite(lr)] > 0).all()
+        figs.append(_figure("Learning rate", [Line("learning rate", _col(steps, "step"), lr, width=1.8)],
+                            x_label="epoch" if per_epoch else "step", y_label="lr", log_y=log))
+
+    layer_figs = _layer_charts(layers, meta)
+    out = ['<section id="charts"><h2>Training curves</h2><div class="grid">', *[f for f in figs if f], "</div>"]
+    if layer_figs:
+        out += ['<h2>Per-layer statistics</h2><div class="grid">', *layer_figs, "</div>"]
+    elif not len(layers):
+        out.append('<p class="muted">No per-layer statistics in this run.</p>')
+    out.append("</section>")
+    return "".join(out)
+
+
+def _layer_charts(layers: pd.DataFrame, meta: dict) -> list[str]:
+    if not len(layers) or "layer" not in layers.columns:
+        return []
+    try:
+        from rules import THRESHOLDS
+    except Exception:  # noqa: BLE001
+        THRESHOLDS = {}  # noqa: N806
+    specs = [
+        ("g_norm", "Gradient norm per layer", "weight", True, None, "‖∇W‖"),
+        ("update_ratio", "Update / weight ratio per layer", "weight", True,
+         [Ref(1e-3, "~1e-3 healthy (CS231n)", color="#067647")], "‖ΔW‖ / ‖W‖"),
+        ("w_norm", "Weight norm per layer", "weight", None, None, "‖W‖"),
+        ("dead_frac", "Dead ReLU units (fraction never active)", "relu", False,
+         [Ref(THRESHOLDS["dead_frac"], "dead_units threshold", color="#b42318")] if "dead_frac" in THRESHOLDS
+         else None, "fraction"),
+        ("saturated_frac", "Saturated tanh/sigmoid units", None, False,
+         [Ref(THRESHOLDS["saturated_frac"], "saturation threshold", color="#b42318")]
+         if "saturated_frac" in THRESHOLDS else None, "fraction"),
+    ]
+    figs = []
+    for stat, title, kind, log, refs, ylab in specs:
+        if stat not in layers.columns:
+            continue
+        frame = layers[layers[stat].notna()]
+        if kind is not None and "kind" in frame.columns:
+            frame = frame[frame["kind"].astype(str) == kind]
+        if not len(frame):
+            continue
+        names = list(dict.fromkeys(frame["layer"].astype(str)))
+        note = ""
+        if len(names) > MAX_LAYERS:
+            half = MAX_LAYERS // 2
+            note = f"{len(names)} layers: the first {half} and the last {half} are drawn"
+            names = names[:half] + names[-half:]
+        lines = []
+        for name in names:
+            rows = frame[frame["layer"].astype(str) == name]
+            lines.append(Line(name, _col(rows, "step"), _col(rows, stat), width=1.5,
+                              points=len(rows) <= 30))
+        y_range = (0.0, 1.0) if stat in ("dead_frac", "saturated_frac") else None
+        figs.append(_figure(title, lines, note, x_label="step", y_label=ylab, log_y=log, refs=refs, y_range=y_range))
+    return [f for f in figs if f]
+
+
+def _load_snapshot(run_dir: Path, rel: str) -> np.ndarray | None:
+    """A snapshot .npy inside the run directory, without pickle; None if absent, outside, or not numbers."""
+    try:
+        root = Path(run_dir).resolve()
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root):
+            return None
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, TypeError):
+        return None
+    return arr if np.issubdtype(arr.dtype, np.number) and arr.ndim >= 1 and arr.size else None
+
+
+def _snapshots(run_data: Any) -> str:
+    snaps = run_data.snapshots
+    if not len(snaps):
+        return ""
+    snaps = snaps.sort_values("step", kind="stable").reset_index(drop=True)
+    n = len(snaps)
+    pick = sorted({round(i * (n - 1) / (MAX_SNAPSHOTS - 1)) for i in range(MAX_SNAPSHOTS)}) if n > 1 else [0]
+    tiles, captions = [], []
+    for i in pick:
+        row = snaps.iloc[i]
+        arr = _load_snapshot(run_data.path, str(row["file"]))
+        label = "initialization" if int(row["step"]) == 0 else f"step {int(row['step']):,}"
+        if arr is None:
+            tiles.append(f'<figure class="snap missing"><div class="nopic">snapshot unreadable</div>'
+                         f"<figcaption>{esc(label)}</figcaption></figure>")
+            continue
+        grid = filter_grid(arr)
+        captions.append(grid.caption)
+        h, w = grid.pixels.shape[:2]
+        scale = max(1, min(12, 240 // max(h, w, 1)))
+        bad = (f'<div class="bad">{grid.nonfinite:,} non-finite weights (red)</div>' if grid.nonfinite else "")
+        notes = "".join(f'<div class="s">{esc(x)}</div>' for x in grid.notes)
+        tiles.append(
+            f'<figure class="snap"><img alt="{esc(row["layer"])} weights at {esc(label)}" '
+            f'src="{png_data_uri(grid.pixels)}" width="{w * scale}" height="{h * scale}">'
+            f"<figcaption>{esc(label)}</figcaption>{bad}{notes}</figure>"
+        )
+    layer = snaps.iloc[-1]["layer"]
+    caption = captions[-1] if captions else ""
+    return (
+        f'<section id="weights"><h2>First-layer weights</h2><p class="muted">{esc(layer)}: {esc(caption)}; '
+        f"{n} snapshot{'s' if n != 1 else ''} recorded, {len(pick)} shown. Trained filters look smooth "
+        "(edges, blobs, strokes); noise-like filters mean too little regularization or training.</p>"
+        f'<div class="snaps">{"".join(tiles)}</div></section>'
+    )
+
+
+def _table(rows: list[tuple[str, Any]], cls: str = "kv") -> str:
+    if not rows:
+        return '<p class="muted">—</p>'
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_value(v))}</td></tr>" for k, v in rows)
+    return f'<table class="{cls}">{body}</table>'
+
+
+def _details(run_data: Any) -> str:
+    meta, status = run_data.meta or {}, run_data.status or {}
+    parts = ['<section id="details"><h2>Configuration</h2><div class="two">']
+    parts.append(f"<div><h3>Hyperparameters</h3>{_table(_flatten(meta.get('config') or {}))}</div>")
+    run_rows = [
+        ("run id", meta.get("run_id")),
+        ("state", status.get("state")),
+        ("started", _when(status.get("start_time") or meta.get("start_time"))),
+        ("ended", _when(status.get("end_time"))),
+        ("last step", status.get("step")),
+        ("classes", meta.get("num_classes")),
+        ("torch", meta.get("torch_version")),
+        ("device", meta.get("device")),
+        ("host", meta.get("host")),
+        ("command", " ".join(map(str, meta.get("command") or [])) or None),
+    ]
+    if run_data.corrupt_lines:
+        run_rows.append(("corrupt log lines skipped", run_data.corrupt_lines))
+    parts.append(f"<div><h3>Run</h3>{_table([(k, v) for k, v in run_rows if v not in (None, '', '—')])}</div>")
+    parts.append("</div>")
+    imp = meta.get("import")
+    if isinstance(imp, dict):
+        cols = [(f"{ours}", f"← {theirs}") for ours, theirs in (imp.get("columns") or {}).items()]
+        notes = list(imp.get("notes") or []) + list(imp.get("derived") or [])
+        if imp.get("unmapped"):
+            notes.append("not used: " + ", ".join(map(str, imp["unmapped"][:20])) + " (name them with --map)")
+        parts.append(f'<h3>Import</h3><div class="two"><div>{_table(cols)}</div><div><ul class="notes">'
+                     + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div></div>")
+    model = meta.get("model")
+    if isinstance(model, dict) and model.get("layers"):
+        rows = "".join(
+            f"<tr><td>{esc(x.get('name'))}</td><td>{esc(x.get('type'))}</td>"
+            f"<td>{esc(', '.join(f'{k} {tuple(v)}' for k, v in (x.get('params') or {}).items()))}</td>"
+            f"<td class='r'>{esc(_num(x.get('count', 0)))}</td></tr>"
+            for x in model["layers"][:200] if isinstance(x, dict)
+        )
+        parts.append(
+            f"<details><summary>Model: {esc(model.get('class'))}, {esc(_num(model.get('parameters', 0)))} "
+            f"parameters</summary><table class='plain'><tr><th>layer</th><th>type</th><th>parameters</th>"
+            f"<th class='r'>count</th></tr>{rows}</table></details>"
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+_CSS = """
+:root{--fg:#1f2328;--muted:#59636e;--line:#d0d7de;--bg:#f6f8fa;--crit:#b42318;--critbg:#fef3f2;
+--warn:#b54708;--warnbg:#fffaeb;--info:#175cd3;--infobg:#eff8ff;--ok:#067647;--okbg:#ecfdf3}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",
+Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1180px;margin:0 auto;padding:28px 28px 48px}
+header{background:#fff;border:1px solid var(--line);border-radius:10px;padding:20px 24px;margin-bottom:16px}
+.kicker{text-transform:uppercase;letter-spacing:.08em;font-size:11px;color:var(--muted);font-weight:600}
+h1{margin:2px 0 2px;font-size:26px;word-break:break-all}
+h2{font-size:18px;margin:28px 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line)}
+h3{font-size:15px;margin:14px 0 8px}
+.where{margin:0 0 10px;color:var(--muted);word-break:break-all}
+.why{margin:8px 0 0;color:var(--crit);word-break:break-word}
+.badges{display:flex;gap:8px;flex-wrap:wrap}
+.badge{display:inline-block;padding:2px 10px;border-radius:999px;font-size:12px;font-weight:600;border:1px solid}
+.state-finished{color:var(--ok);background:var(--okbg);border-color:#abefc6}
+.state-running{color:var(--info);background:var(--infobg);border-color:#b2ddff}
+.state-stopped{color:var(--warn);background:var(--warnbg);border-color:#fedf89}
+.state-crashed{color:var(--crit);background:var(--critbg);border-color:#fecdca}
+.state-unknown{color:var(--muted);background:#fff;border-color:var(--line)}
+.verdict-ok{color:var(--ok);background:var(--okbg);border-color:#abefc6}
+.verdict-warn{color:var(--warn);background:var(--warnbg);border-color:#fedf89}
+.verdict-bad{color:var(--crit);background:var(--critbg);border-color:#fecdca}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:10px}
+.card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 14px}
+.card .k{font-size:12px;color:var(--muted)}.card .v{font-size:20px;font-weight:600;font-variant-numeric:tabular-nums}
+.card .s{font-size:12px;color:var(--muted);min-height:1em}
+.card-bad{border-color:#fecdca;background:var(--critbg)}.card-bad .v{color:var(--crit)}
+h3.group{display:flex;align-items:center;gap:8px;margin-top:18px}
+.count{font-size:12px;font-weight:600;background:#eaeef2;border-radius:999px;padding:0 8px;color:var(--muted)}
+h3.sev-critical{color:var(--crit)}h3.sev-warning{color:var(--warn)}h3.sev-info{color:var(--info)}
+.finding{background:#fff;border:1px solid var(--line);border-left:5px solid var(--info);border-radius:8px;
+padding:12px 16px;margin:10px 0}
+.finding.sev-critical{border-left-color:var(--crit)}.finding.sev-warning{border-left-color:var(--warn)}
+.fhead{display:flex;align-items:baseline;gap:10px;flex-wrap:wrap}
+.fhead h3{margin:0;font-size:15px}
+.sev{text-transform:uppercase;font-size:11px;font-weight:700;letter-spacing:.05em;padding:1px 7px;border-radius:4px;
+background:var(--infobg);color:var(--info)}
+.sev-critical .sev{background:var(--critbg);color:var(--crit)}
+.sev-warning .sev{background:var(--warnbg);color:var(--warn)}
+.rule{font-size:12px;color:var(--muted)}.at{margin-left:auto;color:var(--muted);font-size:12px}
+.tag{font-size:11px;border:1px solid var(--line);border-radius:4px;padding:0 6px;color:var(--muted)}
+.msg{margin:8px 0;word-break:break-word}
+.fix{background:var(--bg);border-radius:6px;padding:8px 12px;margin:8px 0}
+.fix .lbl{font-size:12px;font-weight:600;color:var(--muted)}.fix ol{margin:4px 0 0;padding-left:20px}
+.evidence summary{cursor:pointer;font-size:12px;color:var(--muted);font-weight:600}
+.evidence table,.kv{border-collapse:collapse;font-size:12.5px;margin-top:4px}
+.evidence th,.evidence td,.kv th,.kv td{text-align:left;padding:2px 12px 2px 0;vertical-align:top;
+font-variant-numeric:tabular-nums;word-break:break-word}
+.evidence th,.kv th{color:var(--muted);font-weight:500;white-space:nowrap}
+.allclear{background:var(--okbg);border:1px solid #abefc6;color:var(--ok);border-radius:8px;padding:12px 16px;
+font-weight:600}
+.problem{background:var(--warnbg);border:1px solid #fedf89;border-radius:8px;padding:8px 12px;margin:8px 0}
+.skipped{background:#fff;border:1px dashed var(--line);border-radius:8px;padding:4px 16px 12px;margin-top:16px}
+table.plain{border-collapse:collapse;width:100%;font-size:13px}
+table.plain th,table.plain td{text-align:left;padding:4px 8px;border-bottom:1px solid #eaeef2;vertical-align:top}
+table.plain th{color:var(--muted);font-weight:600}.r{text-align:right}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:14px}
+.fig{background:#fff;border:1px solid var(--line);border-radius:8px;margin:0;padding:10px 12px 8px}
+.fig figcaption{font-weight:600;margin-bottom:4px}
+svg.chart{width:100%;height:auto;display:block}
+svg .tick{font-size:11px;fill:#59636e}svg .axis{font-size:11.5px;fill:#59636e}
+svg .ref{font-size:10.5px;fill:#59636e}svg .bad{font-size:11px;fill:#d62728;font-weight:600}
+.legend{list-style:none;display:flex;flex-wrap:wrap;gap:4px 14px;margin:4px 0 0;padding:0;font-size:12px}
+.legend li{display:flex;align-items:center;gap:5px;word-break:break-all}
+.sw{display:inline-block;width:16px;height:3px;background:var(--c);border-radius:2px}
+.sw-pt{height:8px;width:8px;border-radius:50%}
+.sw-dash{background:repeating-linear-gradient(90deg,var(--c) 0 5px,transparent 5px 8px)}
+.note{font-size:12px;color:var(--muted);margin:4px 0 0}.muted{color:var(--muted)}
+.snaps{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-end}
+.snap{margin:0;background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px;text-align:center}
+.snap img{image-rendering:pixelated;image-rendering:crisp-edges;display:block;margin:0 auto}
+.snap figcaption{font-size:12px;color:var(--muted);margin-top:6px}.snap .bad{color:var(--crit);font-size:12px}
+.snap .s{font-size:11px;color:var(--muted)}.nopic{width:160px;height:120px;display:flex;align-items:center;
+justify-content:center;color:var(--muted);background:var(--bg)}
+.two{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:16px}
+.two>div{background:#fff;border:1px solid var(--line);border-radius:8px;padding:4px 16px 12px}
+details>summary{cursor:pointer}
+#details details{background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px 16px;margin-top:16px}
+.notes{margin:8px 0;padding-left:18px}
+footer{color:var(--muted);font-size:12px;margin-top:32px;text-align:center}
+@media print{body{background:#fff}.fig,.finding,header{break-inside:avoid}}
+"""
+
+
+def build_report(run_data: Any, findings: list[dict] | None = None, *, problems: list[str] | None = None) -> str:
+    """The whole report as one HTML string. `findings` None: diagnose the run here."""
+    if findings is None:
+        findings, more = diagnose_all(run_data)
+        problems = list(problems or []) + more
+    skipped = not_evaluated(run_data)
+    n_rules = len(_rule_catalogue())
+    name = (run_data.meta or {}).get("name") or run_data.name
+    try:
+        from importlib.metadata import version
+
+        ver = version("babysit")
+    except Exception:  # noqa: BLE001
+        ver = "dev"
+    body = [
+        _header(run_data, findings),
+        _cards(run_data),
+        _findings(findings, skipped, list(problems or []), n_rules),
+        _charts(run_data),
+        _snapshots(run_data),
+        _details(run_data),
+        f"<footer>babysit {esc(ver)} · report generated {esc(_when(time.time()))} · "
+        "standalone file: no scripts, no network</footer>",
+    ]
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>babysit report: {esc(name)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+

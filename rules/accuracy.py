@@ -1,0 +1,199 @@
+"""Rules on end-of-epoch metrics: overfitting, underfitting, accuracy stuck at chance.
+
+Epoch records are few (one per epoch), so these rules keep a short history of them and loop in Python.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from rules.base import Context, Finding, Rule, fmt
+from rules.loss import infer_num_classes
+
+__all__ = ["Overfitting", "Underfitting", "ChanceAccuracy"]
+
+_HISTORY = 64  # epochs of metrics kept (O(window) state)
+
+
+def _epoch_rows(batch) -> list[dict]:
+    ep = batch.epochs
+    if not len(ep):
+        return []
+    cols = [c for c in ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc") if c in ep.columns]
+    rows = []
+    for rec in ep[cols].to_dict("records"):
+        row = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in rec.items()}
+        rows.append(row)
+    return rows
+
+
+class _EpochRule(Rule):
+    """Keeps the last epochs' metrics; accuracies given in percent are scaled to [0, 1]."""
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.history: deque[dict] = deque(maxlen=_HISTORY)
+        self.percent = False
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.done:
+            return []
+        for row in _epoch_rows(batch):
+            for k in ("train_acc", "val_acc"):
+                v = row.get(k)
+                if v is not None and v > 1.0 + 1e-9:
+                    self.percent = True
+            self.history.append(row)
+            found = self.check(ctx, row)
+            if found:
+                self.done = True
+                return found
+        return []
+
+    def acc(self, row: dict, key: str) -> float | None:
+        v = row.get(key)
+        if v is None or not math.isfinite(v):
+            return None
+        return v / 100.0 if self.percent else v
+
+    def check(self, ctx: Context, row: dict) -> list[Finding]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Overfitting(_EpochRule):
+    """A large train/val accuracy gap, or val loss rising well above its best while train loss keeps falling."""
+
+    id = "overfitting"
+    title = "Overfitting: train and val diverge"
+    fix = (
+        "add regularization: weight decay / L2 (try 10x), dropout",
+        "more training data or data augmentation (random crops, flips)",
+        "early stopping: keep the checkpoint with the best val metric",
+        "a smaller model",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.gap_streak = 0
+        self.rise_streak = 0
+        self.best: dict | None = None  # the epoch with the lowest val loss
+
+    def check(self, ctx: Context, row: dict) -> list[Finding]:
+        patience = max(int(self.th["overfit_patience"]), 1)
+        tr, va = self.acc(row, "train_acc"), self.acc(row, "val_acc")
+        gap = tr - va if tr is not None and va is not None else None
+        self.gap_streak = self.gap_streak + 1 if gap is not None and gap > self.th["overfit_gap"] else 0
+        epoch, step = int(row["epoch"]), int(row["step"])
+        if self.gap_streak >= patience:
+            msg = (f"train accuracy {fmt(tr)} vs val accuracy {fmt(va)} at epoch {epoch}: a gap of "
+                   f"{fmt(100 * gap, 3)} points for {self.gap_streak} epochs "
+                   f"(limit {fmt(100 * self.th['overfit_gap'])})")
+            evidence = {"epoch": epoch, "step": step, "train_acc": tr, "val_acc": va, "gap": gap,
+                        "epochs": self.gap_streak}
+            return [self.finding(ctx, "warning", step, msg, evidence, epoch=epoch)]
+        vl, tl = row.get("val_loss"), row.get("train_loss")
+        if vl is None or not math.isfinite(vl):
+            return []
+        if self.best is None or vl < self.best["val_loss"]:
+            self.best = dict(row)
+            self.rise_streak = 0
+            return []
+        best_vl, best_tl = self.best["val_loss"], self.best.get("train_loss")
+        rising = vl > best_vl * (1 + self.th["overfit_val_rise"]) and best_vl > 0
+        falling = tl is not None and best_tl is not None and tl < best_tl
+        small_gap = gap is not None and gap < self.th["overfit_gap"] / 3
+        self.rise_streak = self.rise_streak + 1 if rising and falling and not small_gap else 0
+        if self.rise_streak >= patience:
+            msg = (f"val loss {fmt(vl)} at epoch {epoch} is {fmt(100 * (vl / best_vl - 1), 3)}% above its best "
+                   f"{fmt(best_vl)} (epoch {self.best['epoch']}) while train loss fell {fmt(best_tl)} -> {fmt(tl)}")
+            evidence = {"epoch": epoch, "step": step, "val_loss": vl, "best_val_loss": best_vl,
+                        "best_epoch": self.best["epoch"], "train_loss": tl, "best_train_loss": best_tl,
+                        "train_acc": tr, "val_acc": va}
+            fix = [self.fix[2], self.fix[0], self.fix[1], self.fix[3]]
+            return [self.finding(ctx, "warning", step, msg, evidence, fix, epoch=epoch)]
+        return []
+
+
+class Underfitting(_EpochRule):
+    """No train/val gap, and train accuracy has plateaued far from perfect (scaled from chance)."""
+
+    id = "underfitting"
+    title = "Underfitting: low accuracy, no gap"
+    fix = (
+        "more capacity: bigger/more layers",
+        "less regularization (weight decay, dropout)",
+        "train longer, or with a higher learning rate",
+    )
+
+    def check(self, ctx: Context, row: dict) -> list[Finding]:
+        epoch, step = int(row["epoch"]), int(row["step"])
+        if epoch < int(self.th["underfit_min_epochs"]) or len(self.history) < 3:
+            return []
+        c, _ = infer_num_classes(ctx)
+        chance = 1.0 / c if c else 0.0
+        trs = [self.acc(r, "train_acc") for r in list(self.history)[-3:]]
+        tr, va = trs[-1], self.acc(row, "val_acc")
+        if tr is None or any(t is None for t in trs):
+            return []
+        gap = tr - va if va is not None else 0.0
+        scaled = (tr - chance) / (1 - chance)
+        gain = tr - min(trs[:-1])
+        no_gap = abs(gap) < self.th["underfit_gap"]
+        if no_gap and scaled < self.th["underfit_acc"] and gain < self.th["underfit_plateau"]:
+            msg = (f"train accuracy {fmt(tr)} and val accuracy {fmt(va)} at epoch {epoch}: no gap "
+                   f"({fmt(100 * gap, 2)} points) and train accuracy gained {fmt(100 * gain, 2)} points over the last "
+                   f"2 epochs" + (f" (chance is {fmt(chance)})" if c else ""))
+            evidence = {"epoch": epoch, "step": step, "train_acc": tr, "val_acc": va, "gap": gap,
+                        "gain_last_epochs": gain, "chance": chance, "scaled_train_acc": scaled}
+            fix = list(self.fix)
+            reg = (ctx.meta.get("config") or {}).get("reg", (ctx.meta.get("config") or {}).get("weight_decay"))
+            dropout = (ctx.meta.get("config") or {}).get("dropout")
+            if isinstance(reg, (int, float)) and reg >= 0.01 or isinstance(dropout, (int, float)) and dropout >= 0.5:
+                fix[0], fix[1] = fix[1] + f" (reg {fmt(reg) if reg is not None else '-'}, dropout "\
+                                          f"{fmt(dropout) if dropout is not None else '-'})", fix[0]
+            return [self.finding(ctx, "warning", step, msg, evidence, fix, epoch=epoch)]
+        return []
+
+
+class ChanceAccuracy(_EpochRule):
+    """Accuracy at 1/C after training has progressed: the net learned nothing that carries to new data."""
+
+    id = "chance_accuracy"
+    title = "Accuracy stuck at chance"
+    fix = (
+        "check the labels: are they aligned with the inputs (same shuffle/permutation)?",
+        "check the data pipeline: look at a batch of inputs with their labels",
+        "check that val preprocessing matches train (normalization, channel order)",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.streak = 0
+
+    def check(self, ctx: Context, row: dict) -> list[Finding]:
+        c, _ = infer_num_classes(ctx)
+        if c is None:
+            return []
+        va, tr = self.acc(row, "val_acc"), self.acc(row, "train_acc")
+        acc, which = (va, "val") if va is not None else (tr, "train")
+        if acc is None:
+            return []
+        chance = 1.0 / c
+        limit = chance + min(self.th["chance_margin"], 0.5 / c)
+        self.streak = self.streak + 1 if acc <= limit else 0
+        epoch, step = int(row["epoch"]), int(row["step"])
+        if self.streak >= 2 and epoch >= int(self.th["chance_min_epochs"]):
+            msg = (f"{which} accuracy {fmt(acc)} at epoch {epoch} (step {step}) is at chance 1/{c} = {fmt(chance)} "
+                   f"for {self.streak} epochs")
+            fix = list(self.fix)
+            if which == "val" and tr is not None and tr > limit + 0.2:
+                msg += f", while train accuracy is {fmt(tr)}: the net memorizes but learns nothing general"
+                fix = [fix[0], fix[2], fix[1]]
+            evidence = {"epoch": epoch, "step": step, "accuracy": acc, "which": which, "chance": chance,
+                        "num_classes": c, "train_acc": tr, "epochs": self.streak}
+            return [self.finding(ctx, "warning", step, msg, evidence, fix, epoch=epoch)]
+        return []
+
+

@@ -1,0 +1,511 @@
+"""Rules on per-layer statistics (hooks/probes.py): update ratio, dead ReLUs, saturation, vanishing and
+exploding gradients, weights that never change.
+
+Layer records come on sampled steps only, so "sustained" means a number of consecutive records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from rules.base import Context, Finding, Rule, fmt
+from rules.window import Streak, first_true
+
+__all__ = ["LayerView", "layer_view", "UpdateRatio", "DeadUnits", "SaturatedActivations",
+           "VanishingGradients", "ExplodingGradients", "StalledWeights"]
+
+_NORM_TYPES = ("Norm",)  # BatchNorm/LayerNorm/GroupNorm weights: scale parameters, not feature detectors
+
+
+@dataclass
+class LayerView:
+    """The new layer records as matrices: one row per sampled step, one column per layer."""
+
+    steps: np.ndarray
+    names: list[str]
+    kinds: list[str]
+    frame: pd.DataFrame
+
+    def stat(self, name: str) -> np.ndarray:
+        """(records x layers) matrix of one statistic, NaN where a layer did not report it."""
+        out = np.full((len(self.steps), len(self.names)), np.nan)
+        if name in self.frame.columns:
+            vals = self.frame[name].to_numpy(dtype=float, na_value=np.nan)
+            out[self._rows, self._cols] = vals
+        return out
+
+    def columns(self, kind: str) -> list[int]:
+        return [i for i, k in enumerate(self.kinds) if k == kind]
+
+
+def layer_view(batch, ctx: Context) -> LayerView | None:
+    """Built once per update and shared by the layer rules."""
+    lay = batch.layers
+    cached = getattr(ctx, "_layer_view", None)
+    if cached is not None and cached[0] is lay:
+        return cached[1]
+    view = None
+    if len(lay) and ctx.nonfinite_step is not None:
+        lay = lay[lay["step"].to_numpy() < ctx.nonfinite_step]  # after a NaN loss, layer stats are garbage
+    if len(lay) and "layer" in lay.columns:
+        steps, rows = np.unique(lay["step"].to_numpy(dtype=np.int64), return_inverse=True)
+        cols, names = pd.factorize(lay["layer"], sort=False)
+        kinds_col = lay["kind"].astype(str).to_numpy() if "kind" in lay.columns else np.full(len(lay), "weight")
+        kinds = [""] * len(names)
+        for c, k in zip(cols, kinds_col, strict=True):
+            if not kinds[c]:
+                kinds[c] = k
+        view = LayerView(steps, [str(n) for n in names], kinds, lay)
+        view._rows, view._cols = rows, cols
+    ctx._layer_view = (batch.layers, view)
+    return view
+
+
+def observe_layers(batch, ctx: Context) -> None:
+    """Publish what several rules want to know: the latest median update/weight ratio."""
+    view = layer_view(batch, ctx)
+    if view is None:
+        return
+    cols = _trainable_columns(view, ctx)
+    if not cols:
+        return
+    ratio = view.stat("update_ratio")[:, cols]
+    ok = np.isfinite(ratio).any(axis=1)
+    if ok.any():
+        ctx.update_ratio_recent = float(np.nanmedian(ratio[np.flatnonzero(ok)[-1]]))
+
+
+def _model_types(ctx: Context) -> dict[str, str]:
+    layers = ((ctx.meta.get("model") or {}).get("layers")) or []
+    return {str(x.get("name")): str(x.get("type", "")) for x in layers if isinstance(x, dict)}
+
+
+def _trainable_columns(view: LayerView, ctx: Context) -> list[int]:
+    """Weight layers that are feature detectors (conv/linear...), in model order; norm layers left out."""
+    types = _model_types(ctx)
+    cols = view.columns("weight")
+    keep = [i for i in cols if not any(t in types.get(view.names[i], "") for t in _NORM_TYPES)]
+    return keep or cols
+
+
+class _LayerRule(Rule):
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if getattr(self, "done", False):
+            return []
+        view = layer_view(batch, ctx)
+        if view is None:
+            return []
+        return self.check(view, ctx)
+
+    def check(self, view: LayerView, ctx: Context) -> list[Finding]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def sustained(self, streak: Streak, cond: np.ndarray, view: LayerView, need_key: str) -> tuple[int | None, int]:
+        return streak.feed(cond, view.steps, int(self.th[need_key]), self.th["sustain_steps"])
+
+
+class UpdateRatio(_LayerRule):
+    """The median update/weight ratio across layers, far from ~1e-3 for a sustained stretch of records.
+
+    A low ratio is no alarm once the lr has decayed (schedules end low) or the loss has come down (a
+    converged run takes small steps). The first steps are skipped for "high": Adam's first update is ~lr
+    per weight whatever the gradient.
+    """
+
+    id = "update_ratio"
+    title = "Update/weight ratio far from ~1e-3"
+    fix = ("scale the learning rate toward an update/weight ratio of ~1e-3",)
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.low, self.high = Streak(), Streak()
+        self.done = False
+        self.recent_loss = math.nan
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if len(ctx.new_loss):
+            tail = ctx.new_loss[-20:]
+            tail = tail[np.isfinite(tail)]
+            if len(tail):
+                self.recent_loss = float(np.median(tail))
+        return super().update(batch, ctx)
+
+    def check(self, view: LayerView, ctx: Context) -> list[Finding]:
+        cols = _trainable_columns(view, ctx)
+        if not cols:
+            return []
+        ratio = view.stat("update_ratio")[:, cols]
+        has = np.isfinite(ratio).any(axis=1)
+        if not has.any():
+            return []
+        steps = view.steps[has]
+        ratio = ratio[has]
+        med = np.nanmedian(ratio, axis=1)
+        lr = ctx.lr_at(steps)
+        peak = ctx.max_lr
+        decayed = np.isfinite(lr) & math.isfinite(peak) & (lr < self.th["lr_decayed_factor"] * peak)
+        init = ctx.initial_loss
+        learned = init is not None and math.isfinite(self.recent_loss) and self.recent_loss < 0.5 * init
+        low = (med < self.th["update_ratio_low"]) & ~decayed & (not learned)
+        high = (med > self.th["update_ratio_high"]) & (steps >= (ctx.first_step or 1) + 5)
+        sub = _Sub(view, steps)
+        for streak, cond, direction in ((self.high, high, "high"), (self.low, low, "low")):
+            i, n = self.sustained(streak, cond, sub, "update_ratio_records")
+            if i is None:
+                continue
+            self.done = True
+            step, lri = int(steps[i]), float(lr[i])
+            per_layer = {view.names[c]: float(ratio[i, j]) for j, c in enumerate(cols)}
+            msg = (f"median update/weight ratio {fmt(med[i])} at step {step}, too {direction} for {n} layer "
+                   f"records in a row (healthy ~1e-3; limit {fmt(self.th['update_ratio_' + direction])}){_lr(lri)}")
+            if direction == "high":
+                fix = [f"lower the learning rate ~{fmt(max(med[i] / 1e-3, 3), 2)}x{_from(lri)}",
+                       "add a learning-rate warmup or gradient clipping"]
+            else:
+                fix = [f"raise the learning rate ~{fmt(min(1e-3 / max(med[i], 1e-12), 1000), 2)}x{_from(lri)}",
+                       "lower the regularization if it holds the weights back",
+                       "if the ratio is 0, check the optimizer holds the parameters (see stalled_weights)"]
+            evidence = {"step": step, "median_ratio": float(med[i]), "direction": direction,
+                        "records": n, "per_layer": per_layer, "lr": lri}
+            return [self.finding(ctx, "warning", step, msg, evidence, fix)]
+        return []
+
+
+class _Sub:
+    """A LayerView restricted to some records (only `steps` is read by Streak)."""
+
+    def __init__(self, view: LayerView, steps: np.ndarray):
+        self.steps = steps
+
+
+def _batch_size(ctx: Context) -> int | None:
+    config = ctx.meta.get("config") or {}
+    for key in ("batch_size", "batch", "bs"):
+        v = config.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            return int(v)
+    return None
+
+
+class DeadUnits(_LayerRule):
+    """Most units of a ReLU layer never fire on the probe batch, sustained over records.
+
+    With tiny batches many healthy units do not fire on the few probe examples, so the limit rises with
+    the fraction already 'dead' at init (random weights), and to `dead_frac_small_batch` for known batches
+    under 8 examples.
+    """
+
+    id = "dead_units"
+    title = "Dead ReLU units"
+    fix = (
+        "lower the learning rate (a large update can push ReLUs into never firing)",
+        "initialize biases at 0 or slightly positive (0.01) and use He (kaiming) init",
+        "use LeakyReLU/ELU, or add batch normalization before the ReLU",
+        "normalize the inputs (subtract the mean, divide by the std)",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.streaks: dict[str, Streak] = {}
+        self.at_init: dict[str, float] = {}
+        self.severity = None
+
+    def limit(self, name: str, ctx: Context) -> float:
+        lim = self.th["dead_frac"]
+        bs = _batch_size(ctx)
+        if bs is not None and bs < 8:
+            lim = max(lim, self.th["dead_frac_small_batch"])
+        return max(lim, min(self.th["dead_frac_small_batch"], self.at_init.get(name, 0.0) + 0.3))
+
+    def check(self, view: LayerView, ctx: Context) -> list[Finding]:
+        cols = view.columns("relu")
+        if not cols:
+            return []
+        dead = view.stat("dead_frac")
+        units = view.stat("num_units")
+        best = None
+        for c in cols:
+            name = view.names[c]
+            col = dead[:, c]
+            if name not in self.at_init and np.isfinite(col).any():
+                self.at_init[name] = float(col[np.isfinite(col)][0])
+            lim = self.limit(name, ctx)
+            i, n = self.sustained(self.streaks.setdefault(name, Streak()), col >= lim, view, "dead_records")
+            if i is not None and (best is None or (i, -col[i]) < (best[0], -dead[best[0], best[1]])):
+                best = (i, c, n, lim)
+        if best is None:
+            return []
+        i, c, n, lim = best
+        frac = float(dead[i, c])
+        severity = "critical" if frac >= 0.99 else "warning"
+        if self.severity == severity or self.severity == "critical":
+            return []
+        self.severity = severity
+        step, name = int(view.steps[i]), view.names[c]
+        if severity == "critical":
+            self.done = True
+        nu = units[i, c]
+        lr = float(ctx.lr_at(np.array([step]))[0])
+        all_dead = {view.names[k]: float(dead[i, k]) for k in cols if np.isfinite(dead[i, k])}
+        msg = (f"{fmt(100 * frac, 3)}% of the {int(nu) if np.isfinite(nu) else '?'} units of ReLU layer {name} "
+               f"never fired on the probe batch at step {step} ({n} layer records in a row; limit "
+               f"{fmt(100 * lim, 3)}%){_lr(lr)}")
+        evidence = {"step": step, "layer": name, "dead_frac": frac, "num_units": nu, "records": n,
+                    "limit": lim, "at_init": self.at_init.get(name), "per_layer": all_dead, "lr": lr}
+        fix = list(self.fix)
+        if self.at_init.get(name, 0.0) >= lim:  # dead from the first step: init, not the lr
+            fix = [fix[1], fix[3], fix[2], fix[0]]
+        return [self.finding(ctx, severity, step, msg, evidence, fix)]
+
+
+def _output_activation(view: LayerView, c: int, ctx: Context) -> bool:
+    """An activation after the last weight layer is the output (a confident sigmoid output is no fault).
+
+    The probes report weight layers before activations, so the model's order comes from meta.json's summary.
+    """
+    order = {name: i for i, name in enumerate(_model_types(ctx))}
+    if view.names[c] not in order:
+        return False
+    weights = [order[view.names[w]] for w in view.columns("weight") if view.names[w] in order]
+    return bool(weights) and order[view.names[c]] > max(weights)
+
+
+class SaturatedActivations(_LayerRule):
+    """tanh/sigmoid layers whose outputs sit at their limits (gradient ~0), sustained over records."""
+
+    id = "saturated_activations"
+    title = "Saturated tanh/sigmoid units"
+    fix = (
+        "normalize the inputs (subtract the mean, divide by the std)",
+        "smaller initial weights: Xavier/Glorot init for tanh/sigmoid",
+        "use ReLU (or add batch normalization before the nonlinearity)",
+        "lower the learning rate",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.streaks: dict[str, Streak] = {}
+        self.done = False
+
+    def check(self, view: LayerView, ctx: Context) -> list[Finding]:
+        cols = [c for c in view.columns("tanh") + view.columns("sigmoid") if not _output_activation(view, c, ctx)]
+        if not cols:
+            return []
+        sat = view.stat("saturated_frac")
+        hits = []
+        for c in sorted(cols):
+            name = view.names[c]
+            cond = sat[:, c] >= self.th["saturated_frac"]
+            i, n = self.sustained(self.streaks.setdefault(name, Streak()), cond, view, "saturated_records")
+            if i is not None:
+                hits.append((i, c, n))
+        if not hits:
+            return []
+        i, c, n = min(hits)
+        self.done = True
+        step, name = int(view.steps[i]), view.names[c]
+        msg = (f"{fmt(100 * sat[i, c], 3)}% of the outputs of {view.kinds[c]} layer {name} are saturated at "
+               f"step {step} ({n} layer records in a row; limit {fmt(100 * self.th['saturated_frac'])}%): "
+               "their gradient is ~0")
+        evidence = {"step": step, "layer": name, "kind": view.kinds[c], "saturated_frac": float(sat[i, c]),
+                    "records": n,
+                    "per_layer": {view.names[k]: float(sat[i, k]) for k in cols if np.isfinite(sat[i, k])}}
+        return [self.finding(ctx, "warning", step, msg, evidence)]
+
+
+class VanishingGradients(_LayerRule):
+    """The first layer's gradient norm orders of magnitude below the last layer's (AutoTrainer's test)."""
+
+    id = "vanishing_gradients"
+    title = "Vanishing gradients in early layers"
+    fix = (
+        "use ReLU (or LeakyReLU) instead of sigmoid/tanh in hidden layers",
+        "He (kaiming) init for ReLU, Xavier for tanh",
+        "add normalization (batch norm / layer norm) between layers",
+        "add residual connections; use a shallower network",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.streak = Streak()
+        self.done = False
+
+    def check(self, view: LayerView, ctx: Context) -> list[Finding]:
+        cols = _trainable_columns(view, ctx)
+        if len(cols) < 2:
+            return []
+        g = view.stat("g_norm")[:, cols]
+        first, last = g[:, 0], g[:, -1]
+        with np.errstate(all="ignore"):
+            ratio = first / last
+        finite = np.isfinite(g).all(axis=1)
+        tiny = finite & (np.where(finite[:, None], g, np.inf).max(axis=1) < self.th["vanishing_abs"])
+        small = np.isfinite(ratio) & (last > 0) & (ratio < self.th["vanishing_ratio"])
+        i, n = self.sustained(self.streak, small | tiny, view, "vanishing_records")
+        if i is None:
+            return []
+        self.done = True
+        step = int(view.steps[i])
+        fname, lname = view.names[cols[0]], view.names[cols[-1]]
+        if tiny[i] and not small[i]:
+            msg = (f"every layer's gradient norm is below {fmt(self.th['vanishing_abs'])} at step {step} "
+                   f"(largest {fmt(np.nanmax(g[i]))}, {n} layer records in a row)")
+        else:
+            msg = (f"gradient norm of the first layer {fname} ({fmt(first[i])}) is {fmt(ratio[i])}x the last layer "
+                   f"{lname}'s ({fmt(last[i])}) at step {step}, for {n} layer records in a row (limit "
+                   f"{fmt(self.th['vanishing_ratio'])}x)")
+        evidence = {"step": step, "first_layer": fname, "last_layer": lname, "first_g_norm": float(first[i]),
+                    "last_g_norm": float(last[i]), "ratio": float(ratio[i]) if np.isfinite(ratio[i]) else None,
+                    "records": n, "per_layer": {view.names[c]: float(g[i, j]) for j, c in enumerate(cols)}}
+        return [self.finding(ctx, "warning", step, msg, evidence)]
+
+
+class ExplodingGradients(_LayerRule):
+    """The total gradient norm far above its early median, sustained; or non-finite gradients (at once)."""
+
+    id = "exploding_gradients"
+    title = "Exploding gradients"
+    fix = (
+        "clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
+        "lower the learning rate",
+        "add normalization (batch norm / layer norm); check the init scale",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.early: list[float] = []
+        self.streak = Streak()
+        self.severity = None
+
+    def check(self, view: LayerView, ctx: Context) -> list[Finding]:
+        cols = view.columns("weight")
+        if not cols:
+            return []
+        g = view.stat("g_norm")[:, cols]
+        zf = view.stat("zero_grad_frac")[:, cols]
+        # NaN g_norm next to a reported zero_grad_frac is a NaN gradient, not a missing statistic
+        bad_g = np.isinf(g) | (np.isnan(g) & np.isfinite(zf))
+        bad = first_true(bad_g.any(axis=1))
+        if bad is not None and self.severity != "critical":
+            self.severity = "critical"
+            self.done = True
+            step = int(view.steps[bad])
+            layers = [view.names[c] for j, c in enumerate(cols) if bad_g[bad, j]]
+            value = "inf" if np.isinf(g[bad]).any() else "NaN"
+            msg = f"gradient norm of {', '.join(layers[:5])} is {value} at step {step}"
+            return [self.finding(ctx, "critical", step, msg, {"step": step, "layers": layers, "g_norm": value})]
+        finite = np.isfinite(g)
+        has = finite.any(axis=1)
+        total = np.sqrt((np.where(finite, g, 0.0) ** 2).sum(axis=1))
+        for t in total[has][: max(0, 3 - len(self.early))]:
+            self.early.append(float(t))
+        if not self.early or self.severity is not None:
+            return []
+        base = float(np.median(self.early))
+        if base <= 0:
+            return []
+        factor = self.th["exploding_factor"]
+        i, n = self.sustained(self.streak, has & (total > factor * base), view, "exploding_records")
+        if i is None:
+            return []
+        self.severity = "warning"
+        step = int(view.steps[i])
+        lr = float(ctx.lr_at(np.array([step]))[0])
+        msg = (f"total gradient norm {fmt(total[i])} at step {step} is {fmt(total[i] / base, 3)}x its early median "
+               f"{fmt(base)} (limit {fmt(factor)}x, {n} layer records in a row){_lr(lr)}")
+        evidence = {"step": step, "g_norm": float(total[i]), "baseline": base, "ratio": float(total[i] / base),
+                    "records": n, "lr": lr,
+                    "per_layer": {view.names[c]: float(g[i, j]) for j, c in enumerate(cols)}}
+        return [self.finding(ctx, "warning", step, msg, evidence)]
+
+
+class StalledWeights(_LayerRule):
+    """Layers that get a gradient but whose weights do not change (not in the optimizer, lr 0, ...).
+
+    Frozen layers (requires_grad False) are not reported by the probes, so fine-tuning never trips this;
+    an lr schedule that reached 0 (cosine, linear decay) is not a stall either.
+    """
+
+    id = "stalled_weights"
+    title = "Weights do not change"
+    fix = (
+        "check the optimizer's parameter list: build it from model.parameters() after the whole model exists "
+        "(not a stale or partial list)",
+        "check requires_grad and that nothing detaches the layer or re-creates it after the optimizer was built",
+        "check the learning rate is not 0 (schedulers, param groups)",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.streaks: dict[str, Streak] = {}
+        self.prev: dict[str, tuple[float, float, float]] = {}
+        self.severity = None
+
+    def check(self, view: LayerView, ctx: Context) -> list[Finding]:
+        cols = view.columns("weight")
+        if not cols:
+            return []
+        ur, g = view.stat("update_ratio"), view.stat("g_norm")
+        wn, wm, ws = view.stat("w_norm"), view.stat("w_mean"), view.stat("w_std")
+        lr = ctx.lr_at(view.steps)
+        schedule_zero = (lr == 0) & math.isfinite(ctx.max_lr) & (ctx.max_lr > 0)
+        hits: dict[str, tuple[int, int]] = {}
+        stalled_at: list[np.ndarray] = []
+        for c in cols:
+            name = view.names[c]
+            present = np.isfinite(wn[:, c])
+            if not present.any():
+                continue
+            w = np.stack([wn[:, c], wm[:, c], ws[:, c]], axis=1)[present]
+            prev = np.vstack([np.array([self.prev.get(name, (np.nan,) * 3)]), w[:-1]])
+            same = (w == prev).all(axis=1)
+            self.prev[name] = tuple(w[-1])
+            u = ur[present, c]
+            cond = (g[present, c] > 0) & ((u == 0) | (np.isnan(u) & same)) & ~schedule_zero[present]
+            sub = _Sub(view, view.steps[present])
+            i, n = self.sustained(self.streaks.setdefault(name, Streak()), cond, sub, "stalled_records")
+            full = np.zeros(len(view.steps), dtype=bool)
+            if i is not None:
+                idx = np.flatnonzero(present)
+                full[idx[i]:] = True  # sustained from here on (good enough for "all layers at once")
+                hits[name] = (int(idx[i]), n)
+            stalled_at.append(full)
+        if not hits:
+            return []
+        every = np.logical_and.reduce(stalled_at) if len(stalled_at) == len(cols) else np.zeros(1, bool)
+        i_all = first_true(every)
+        severity = "critical" if i_all is not None else "warning"
+        if self.severity == severity or self.severity == "critical":
+            return []
+        self.severity = severity
+        i = i_all if i_all is not None else min(i for i, _ in hits.values())
+        step = int(view.steps[i])
+        names = sorted(hits, key=lambda n: hits[n][0])
+        lri = float(lr[i])
+        lr_note = " (the learning rate is 0)" if lri == 0 else _lr(lri)
+        if severity == "critical":
+            msg = (f"no layer's weights changed at step {step} although all {len(cols)} get gradients: the optimizer "
+                   f"updates nothing{lr_note}")
+        else:
+            msg = (f"{len(names)} of {len(cols)} layers get gradients but their weights do not change (step "
+                   f"{step}): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}{lr_note}")
+        fix = list(self.fix)
+        if lri == 0:
+            fix = [fix[2], fix[0], fix[1]]
+        evidence = {"step": step, "layers": names, "all_layers": severity == "critical", "lr": lri,
+                    "records": {n: hits[n][1] for n in names}}
+        if severity == "critical":
+            self.done = True
+        return [self.finding(ctx, severity, step, msg, evidence, fix)]
+
+
+def _lr(lr: float) -> str:
+    return f" (lr {fmt(lr)})" if lr is not None and math.isfinite(lr) else ""
+
+
+def _from(lr: float) -> str:
+    return f" from {fmt(lr)}" if lr is not None and math.isfinite(lr) else ""

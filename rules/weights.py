@@ -1,0 +1,124 @@
+"""noisy_weights: first-layer filters that still look like noise once training has progressed.
+
+Trained first-layer filters are smooth (edges, blobs, strokes); random init is white noise. Roughness is the
+high-frequency energy of each filter: the mean squared difference between neighbouring pixels over 4x the
+filter's variance, 1 for white noise and near 0 for a smooth filter. Snapshots are .npy files listed in the
+snapshots frame, loaded without pickle.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from rules.base import Context, Finding, Rule, fmt
+
+__all__ = ["NoisyWeights", "roughness", "as_images"]
+
+MIN_SIDE = 5  # 3x3 filters are too small to call noisy
+
+
+def as_images(w: np.ndarray) -> np.ndarray | None:
+    """Filters as (n, channels, h, w): conv weights as they are, linear rows as square (or 3-channel) images."""
+    w = np.asarray(w, dtype=float)
+    if w.ndim == 4:
+        return w
+    if w.ndim == 3:
+        return w[:, None]
+    if w.ndim == 2:
+        n, d = w.shape
+        side = int(round(math.sqrt(d)))
+        if side * side == d:
+            return w.reshape(n, 1, side, side)
+        side = int(round(math.sqrt(d / 3)))
+        if 3 * side * side == d:
+            return w.reshape(n, 3, side, side)
+    return None
+
+
+def roughness(filters: np.ndarray) -> float:
+    """Median over filters of high-frequency energy: ~1 for white noise, ~0 for smooth filters."""
+    a = filters - filters.mean(axis=(2, 3), keepdims=True)
+    var = (a**2).mean(axis=(1, 2, 3))
+    dy = ((a[:, :, 1:, :] - a[:, :, :-1, :]) ** 2).mean(axis=(1, 2, 3))
+    dx = ((a[:, :, :, 1:] - a[:, :, :, :-1]) ** 2).mean(axis=(1, 2, 3))
+    ok = var > 0
+    if not ok.any():
+        return math.nan
+    return float(np.median((dx[ok] + dy[ok]) / (4 * var[ok])))
+
+
+class NoisyWeights(Rule):
+    id = "noisy_weights"
+    title = "First-layer weights look like noise"
+    fix = (
+        "stronger regularization (weight decay / L2): the lecture's 'noisy weights: regularization not strong enough'",
+        "train longer (the filters have not formed yet)",
+        "lower the learning rate if the filters got noisier than at init",
+    )
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.init: tuple[int, np.ndarray] | None = None
+        self.severity = None
+        self.latest: tuple[int, str] | None = None
+
+    def _load(self, ctx: Context, rel: str) -> np.ndarray | None:
+        if ctx.run_dir is None:
+            return None
+        path = Path(ctx.run_dir) / rel
+        try:
+            resolved = path.resolve()
+            if not resolved.is_relative_to(Path(ctx.run_dir).resolve()):
+                return None  # a snapshot path must stay inside the run directory
+            arr = np.load(resolved, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        return arr if np.issubdtype(arr.dtype, np.number) else None
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        snaps = batch.snapshots
+        if self.severity == "warning" or not len(snaps):
+            return []
+        snaps = snaps.sort_values("step", kind="stable")
+        if self.init is None:
+            row = snaps.iloc[0]
+            arr = self._load(ctx, str(row["file"]))
+            if arr is None:
+                return []
+            self.init = (int(row["step"]), arr)
+        row = snaps.iloc[-1]
+        step = int(row["step"])
+        if step - self.init[0] < self.th["noisy_weights_min_steps"]:
+            return []
+        w0 = as_images(self.init[1])
+        arr = self._load(ctx, str(row["file"]))
+        w = as_images(arr) if arr is not None else None
+        if w is None or w0 is None or w.shape != w0.shape or min(w.shape[2:]) < MIN_SIDE:
+            return []
+        if not np.isfinite(w).all():
+            return []  # nonfinite_loss reports NaN weights
+        r, r0 = roughness(w), roughness(w0)
+        delta = w - w0
+        moved = float(np.linalg.norm(delta) / max(np.linalg.norm(w0), 1e-12))
+        rd = roughness(delta) if moved > 0 else math.nan
+        if not (math.isfinite(r) and r >= self.th["noisy_weights_roughness"]):
+            return []
+        # A warning only when training clearly moved the filters and what it added is itself noise;
+        # filters that are still mostly their random init get an info note (train longer).
+        noisy_change = moved >= 1.0 and math.isfinite(rd) and rd >= self.th["noisy_weights_roughness"]
+        severity = "warning" if noisy_change else "info"
+        if self.severity == severity:
+            return []
+        self.severity = severity
+        layer = str(row["layer"])
+        msg = (f"first-layer filters of {layer} look like noise at step {step}: roughness {fmt(r, 2)} "
+               f"(white noise 1, smooth filters ~0.3 or less; at init {fmt(r0, 2)}); training moved them "
+               f"{fmt(100 * moved, 3)}% of their initial norm"
+               + (f" and the change itself is noise (roughness {fmt(rd, 2)})" if noisy_change else ""))
+        evidence = {"step": step, "layer": layer, "roughness": r, "roughness_init": r0, "moved": moved,
+                    "roughness_change": rd, "file": str(row["file"]), "shape": list(w.shape)}
+        fix = list(self.fix) if noisy_change else [self.fix[1], self.fix[0]]
+        return [self.finding(ctx, severity, step, msg, evidence, fix)]
