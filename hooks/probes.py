@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -429,16 +428,8 @@ class LayerProbe:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file and a rename: a reader never sees half a snapshot."""
+    """np.save (never pickle). No temporary file and rename: readers find a snapshot through its record in
+    events.jsonl, which is written after this returns, so they never see a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)

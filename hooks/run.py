@@ -43,7 +43,10 @@ def _rank() -> int:
 
 
 def _materialize(records: list[dict]) -> None:
-    """Replace every tensor leaf in records by a float, in one host transfer per device (the only sync)."""
+    """Replace every tensor leaf in records by a float, in one host transfer per device (the only sync).
+
+    float64 tensors travel as float64 (a second transfer on that device), everything else as float32.
+    """
     leaves: list[tuple[Any, Any, torch.Tensor]] = []
 
     def collect(container: Any) -> None:
@@ -56,13 +59,14 @@ def _materialize(records: list[dict]) -> None:
 
     for rec in records:
         collect(rec)
-    by_device: dict[torch.device, list[int]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, (_, _, t) in enumerate(leaves):
-        by_device.setdefault(t.device, []).append(i)
-    for idx in by_device.values():
-        with torch.no_grad():  # stack as-is what is already a float32 scalar: per-leaf ops cost microseconds each
+        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # float32 would turn 1e308 into inf
+        groups.setdefault((t.device, dtype), []).append(i)
+    for (_, dtype), idx in groups.items():
+        with torch.no_grad():  # stack as-is what is already a scalar of that dtype: per-leaf ops cost microseconds
             scalars = [leaves[i][2] for i in idx]
-            scalars = [t if t.dtype == torch.float32 and t.dim() == 0 else t.reshape(()).float() for t in scalars]
+            scalars = [t if t.dtype == dtype and t.dim() == 0 else t.reshape(()).to(dtype) for t in scalars]
             values = torch.stack(scalars).tolist()
         for i, v in zip(idx, values, strict=True):
             container, key, _ = leaves[i]
@@ -402,7 +406,9 @@ class Run:
         try:
             self._diagnose(records)
         finally:  # the next call waits until this one's cost fits in RULES_BUDGET of the time since
-            self._diagnose_after = time.monotonic() + (time.monotonic() - start) / RULES_BUDGET
+            cost = time.monotonic() - start
+            first = self._diagnose_after == -math.inf  # one-time costs (imports, first frames): not a rate
+            self._diagnose_after = time.monotonic() + (0.0 if first else cost / RULES_BUDGET)
 
     def _diagnose(self, records: list[dict]) -> None:
         new = self._diagnoser.update(records_to_batch(records), status=self._status)

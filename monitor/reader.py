@@ -337,7 +337,7 @@ def read_status(path: str | os.PathLike, now: float | None = None) -> dict:
     status["recorded_state"] = status.get("state")
     status["state"] = effective_state(status, now)
     if status["state"] == "crashed" and status["recorded_state"] == "running":
-        status.setdefault("reason", "the training process stopped without closing the run")
+        status["reason"] = status.get("reason") or "the training process stopped without closing the run"
     return status
 
 

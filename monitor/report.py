@@ -358,13 +358,20 @@ def _cards(run_data: Any) -> str:
     best_val = float(np.nanmax(val)) if np.isfinite(val).any() else None
     loss = steps["loss"].to_numpy(dtype=float, na_value=np.nan) if "loss" in steps else np.array([])
     nonfinite = int((~np.isfinite(loss)).sum())
+    last_finite = _last_finite(steps, "loss")
+    if not len(loss):
+        final_loss, loss_note = "—", ""
+    elif math.isfinite(loss[-1]):
+        final_loss, loss_note = _num(loss[-1]), f"{nonfinite:,} non-finite" if nonfinite else ""
+    else:  # the last value is what the run ended with: a NaN, not the last number that looked fine
+        final_loss = _num(loss[-1])
+        loss_note = f"{nonfinite:,} non-finite" + (f"; last finite {_num(last_finite)}" if last_finite else "")
     lr = _last_finite(steps, "lr")
     items = [
         ("steps", f"{last_step:,}" if isinstance(last_step, int) else esc(last_step), ""),
         ("epochs", str(n_epochs), ""),
         ("duration", _duration(dur), _when(start)),
-        ("final loss", _num(_last_finite(steps, "loss")) if _last_finite(steps, "loss") is not None else "—",
-         f"{nonfinite:,} non-finite" if nonfinite else ""),
+        ("final loss", final_loss, loss_note),
         ("train acc", _pct(_last_finite(epochs, "train_acc"), percent), "last epoch"),
         ("val acc", _pct(_last_finite(epochs, "val_acc"), percent),
          f"best {_pct(best_val, percent)}" if best_val is not None else ""),
@@ -619,8 +626,15 @@ def _table(rows: list[tuple[str, Any]], cls: str = "kv") -> str:
 
 def _details(run_data: Any) -> str:
     meta, status = run_data.meta or {}, run_data.status or {}
-    parts = ['<section id="details"><h2>Configuration</h2><div class="two">']
-    parts.append(f"<div><h3>Hyperparameters</h3>{_table(_flatten(meta.get('config') or {}))}</div>")
+    parts = ['<section id="details"><h2>Configuration</h2>']
+    config = _flatten(meta.get("config") or {})
+    if config:
+        cells = "".join(f'<div class="kvc"><span class="k">{esc(k)}</span><span class="v">{esc(_value(v))}</span></div>'
+                        for k, v in config)
+        parts.append(f'<div class="box"><h3>Hyperparameters</h3><div class="kvgrid">{cells}</div></div>')
+    else:
+        parts.append('<div class="box"><h3>Hyperparameters</h3><p class="muted">none recorded</p></div>')
+    parts.append('<div class="two">')
     run_rows = [
         ("run id", meta.get("run_id")),
         ("state", status.get("state")),
@@ -636,15 +650,15 @@ def _details(run_data: Any) -> str:
     if run_data.corrupt_lines:
         run_rows.append(("corrupt log lines skipped", run_data.corrupt_lines))
     parts.append(f"<div><h3>Run</h3>{_table([(k, v) for k, v in run_rows if v not in (None, '', '—')])}</div>")
-    parts.append("</div>")
     imp = meta.get("import")
     if isinstance(imp, dict):
         cols = [(f"{ours}", f"← {theirs}") for ours, theirs in (imp.get("columns") or {}).items()]
         notes = list(imp.get("notes") or []) + list(imp.get("derived") or [])
         if imp.get("unmapped"):
             notes.append("not used: " + ", ".join(map(str, imp["unmapped"][:20])) + " (name them with --map)")
-        parts.append(f'<h3>Import</h3><div class="two"><div>{_table(cols)}</div><div><ul class="notes">'
-                     + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div></div>")
+        parts.append(f'<div><h3>Imported as</h3>{_table(cols)}<ul class="notes">'
+                     + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>")
+    parts.append("</div>")
     model = meta.get("model")
     if isinstance(model, dict) and model.get("layers"):
         rows = "".join(
@@ -725,6 +739,7 @@ table.plain th{color:var(--muted);font-weight:600}.r{text-align:right}
 .fig figcaption{font-weight:600;margin-bottom:4px}
 svg.chart{width:100%;height:auto;display:block}
 svg .tick{font-size:11px;fill:#59636e}svg .axis{font-size:11.5px;fill:#59636e}
+svg .ref,svg .bad{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 svg .ref{font-size:10.5px;fill:#59636e}svg .bad{font-size:11px;fill:#d62728;font-weight:600}
 .legend{list-style:none;display:flex;flex-wrap:wrap;gap:4px 14px;margin:4px 0 0;padding:0;font-size:12px}
 .legend li{display:flex;align-items:center;gap:5px;word-break:break-all}
@@ -742,7 +757,11 @@ justify-content:center;color:var(--muted);background:var(--bg)}
 .two>div{background:#fff;border:1px solid var(--line);border-radius:8px;padding:4px 16px 12px}
 details>summary{cursor:pointer}
 #details details{background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px 16px;margin-top:16px}
-.notes{margin:8px 0;padding-left:18px}
+.notes{margin:8px 0;padding-left:18px;font-size:12.5px;color:var(--muted)}
+.box{background:#fff;border:1px solid var(--line);border-radius:8px;padding:4px 16px 12px;margin-bottom:16px}
+.kvgrid{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:2px 18px;font-size:12.5px}
+.kvc{display:flex;justify-content:space-between;gap:8px;border-bottom:1px dotted #e4e8ec;padding:2px 0;min-width:0}
+.kvc .k{color:var(--muted)}.kvc .v{font-variant-numeric:tabular-nums;text-align:right;word-break:break-all}
 footer{color:var(--muted);font-size:12px;margin-top:32px;text-align:center}
 @media print{body{background:#fff}.fig,.finding,header{break-inside:avoid}}
 """

@@ -306,14 +306,13 @@ def line_chart(
                    f'stroke-dasharray="3 3" opacity="0.8"/>')
         anchor = "end" if px > left + pw * 0.7 else "start"
         dx = -4 if anchor == "end" else 4
-        out.append(f'<text x="{px + dx:.1f}" y="{top + 22}" text-anchor="{anchor}" class="bad">first non-finite '
+        out.append(f'<text x="{px + dx:.1f}" y="{top + 26}" text-anchor="{anchor}" class="bad">first non-finite '
                    f'at {escape(x_label)} {escape(fmt_tick(first_bad))}</text>')
     for r in refs:
         if r.label and r.y2 is None:
             py = float(sy(r.y))
             if math.isfinite(py) and top <= py <= top + ph:
-                out.append(f'<text x="{left + pw - 4}" y="{py - 4:.1f}" text-anchor="end" class="ref">'
-                           f'{escape(r.label)}</text>')
+                out.append(f'<text x="{left + 5}" y="{py - 4:.1f}" class="ref">{escape(r.label)}</text>')
     out.append("</svg>")
     return "".join(out)
 

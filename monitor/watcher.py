@@ -117,6 +117,7 @@ class _Run:
         self.current: dict[str, dict] = {}  # rule -> worst finding known (for --once's exit status)
         self.pending: list[tuple[float, Alert]] = []  # log writes waiting out the hooks' grace period
         self.stop_requested = False
+        self.diagnosed_at = 0.0  # time.monotonic() of the last rules update
         self.warned: set[str] = set()
 
     @property
@@ -357,6 +358,7 @@ class Watcher:
         return True
 
     def _diagnose(self, run: _Run, batch: RunBatch) -> None:
+        run.diagnosed_at = time.monotonic()
         if run.diagnoser is not None:
             try:
                 new = run.diagnoser.update(batch, run.status)
@@ -491,8 +493,8 @@ class Watcher:
                 self._process(run)
         if backstop:
             for run in list(self.runs.values()):
-                if run.running and not self._process(run):
-                    # nothing new on disk: is the writer still alive, still sending heartbeats?
+                if run.running and not self._process(run) and now - run.diagnosed_at >= self.backstop * 0.9:
+                    # silent since the last check: is the writer still alive, still sending heartbeats?
                     run.status = read_status(run.path)
                     self._diagnose(run, self._empty_batch())
         self._flush_pending()

@@ -40,17 +40,37 @@ class _EpochRule(Rule):
     def update(self, batch, ctx: Context) -> list[Finding]:
         if self.done:
             return []
+        out: list[Finding] = []
         for row in _epoch_rows(batch):
             for k in ("train_acc", "val_acc"):
                 v = row.get(k)
                 if v is not None and v > 1.0 + 1e-9:
                     self.percent = True
             self.history.append(row)
-            found = self.check(ctx, row)
-            if found:
-                self.done = True
-                return found
-        return []
+            if self.fired is None:
+                out = self.check(ctx, row)
+                if out:
+                    self.fired = out[0]
+                    self.done = not self.resolvable
+            else:  # a condition that goes away later (a slow start) is downgraded to an info note
+                resolved = self.resolve(ctx, row, self.fired)
+                if resolved is not None:
+                    self.done = True
+                    return [resolved]
+        return out
+
+    fired: Finding | None = None
+    resolvable = False
+
+    def resolve(self, ctx: Context, row: dict, fired: Finding) -> Finding | None:
+        return None
+
+    def resolved(self, ctx: Context, fired: Finding, row: dict, what: str) -> Finding:
+        epoch = int(row["epoch"])
+        return self.finding(
+            ctx, "info", fired.step, f"{fired.message}; later {what} by epoch {epoch} (resolved: a slow start)",
+            {**fired.evidence, "resolved": True, "resolved_epoch": epoch}, ["none needed"], epoch=fired.epoch,
+        )
 
     def acc(self, row: dict, key: str) -> float | None:
         v = row.get(key)
@@ -157,6 +177,16 @@ class Underfitting(_EpochRule):
         return []
 
 
+    resolvable = True
+
+    def resolve(self, ctx: Context, row: dict, fired: Finding) -> Finding | None:
+        tr = self.acc(row, "train_acc")
+        before = fired.evidence.get("train_acc")
+        if tr is not None and before is not None and tr > before + 2 * self.th["underfit_plateau"] + 0.06:
+            return self.resolved(ctx, fired, row, f"train accuracy rose to {fmt(tr)}")
+        return None
+
+
 class ChanceAccuracy(_EpochRule):
     """Accuracy at 1/C after training has progressed: the net learned nothing that carries to new data."""
 
@@ -196,4 +226,11 @@ class ChanceAccuracy(_EpochRule):
             return [self.finding(ctx, "warning", step, msg, evidence, fix, epoch=epoch)]
         return []
 
+    resolvable = True
 
+    def resolve(self, ctx: Context, row: dict, fired: Finding) -> Finding | None:
+        acc = self.acc(row, "val_acc" if fired.evidence.get("which") == "val" else "train_acc")
+        c = fired.evidence.get("num_classes") or 2
+        if acc is not None and acc > 1.0 / c + min(self.th["chance_margin"], 0.5 / c) + 0.1:
+            return self.resolved(ctx, fired, row, f"{fired.evidence.get('which')} accuracy rose to {fmt(acc)}")
+        return None

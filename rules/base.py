@@ -104,6 +104,18 @@ class Context:
     nonfinite_step: int | None = None  # first step with a NaN/inf loss: later layer records are not evidence
     prev_lr: float = math.nan  # the last lr of the previous update
     update_ratio_recent: float = math.nan  # median update/weight ratio of the latest layer record
+    ur_steps: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # this update's records
+    ur_values: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
+    ur_before: float = math.nan  # the latest median ratio before this update
+
+    def update_ratio_at(self, steps: np.ndarray) -> np.ndarray:
+        """The median update/weight ratio of the latest layer record at or before each step (NaN: none)."""
+        steps = np.asarray(steps, dtype=np.int64)
+        i = np.searchsorted(self.ur_steps, steps, side="right") - 1
+        if not len(self.ur_steps):
+            return np.full(len(steps), self.ur_before)
+        vals = self.ur_values[np.clip(i, 0, len(self.ur_values) - 1)]
+        return np.where(i >= 0, vals, self.ur_before)
 
     def lr_at(self, steps: np.ndarray) -> np.ndarray:
         """The lr recorded at (or just before) each step; NaN where unknown."""
@@ -113,6 +125,13 @@ class Context:
         i = np.searchsorted(self.new_step, steps, side="right") - 1
         lrs = self.new_lr[np.clip(i, 0, len(self.new_lr) - 1)]
         return np.where(i >= 0, lrs, self.prev_lr)
+
+    def loss_near(self, step: int, span: int = 10) -> float:
+        """Median finite loss of this update's steps in (step - span, step]; NaN when none."""
+        lo, hi = np.searchsorted(self.new_step, [step - span, step], side="right")
+        x = self.new_loss[lo:hi]
+        x = x[np.isfinite(x)]
+        return float(np.median(x)) if len(x) else math.nan
 
     def finite_steps(self, steps: np.ndarray) -> np.ndarray:
         """Mask of steps before the loss went non-finite (records after that are garbage, not evidence)."""

@@ -49,6 +49,6 @@ CAUSES: dict[str, list[str]] = {
     "chance_accuracy": [*_DEAD_NET, "loss_explosion", "flat_loss"],
     "underfitting": ["chance_accuracy", *_DEAD_NET, "flat_loss", "update_ratio"],
     "vanishing_gradients": ["dead_units", "saturated_activations"],
-    "update_ratio": ["stalled_weights"],
+    "update_ratio": ["stalled_weights", "dead_units", "vanishing_gradients", "saturated_activations"],
     "noisy_loss": ["nonfinite_loss", "loss_explosion"],
 }

@@ -49,7 +49,7 @@ class OnlineDiagnoser:
         rules: list[type[Rule]] | None = None,
     ):
         self.thresholds = resolve(thresholds)
-        meta = dict(meta or {})
+        meta = meta if meta is not None else {}  # by reference: hooks.Run adds the model summary at watch()
         self.ctx = Context(meta=meta, thresholds=self.thresholds)
         self.ctx.run_dir = Path(run_dir) if run_dir is not None else (Path(meta["path"]) if meta.get("path") else None)
         self.rules = [cls(self.thresholds) for cls in (RULES if rules is None else rules)]
@@ -127,12 +127,12 @@ class OnlineDiagnoser:
                 continue
             for f in found:
                 old = ctx.findings.get(f.rule)
-                if old is None or severity_rank(f.severity) > severity_rank(old.severity):
+                if old is None or severity_rank(f.severity) > severity_rank(old.severity) or f.evidence.get("resolved"):
                     ctx.findings[f.rule] = f
         _link_causes(ctx.findings)
         new = []
         for rule_id, f in ctx.findings.items():
-            key = (severity_rank(f.severity), tuple(f.evidence.get("caused_by", ())))
+            key = (severity_rank(f.severity), tuple(f.evidence.get("caused_by", ())), bool(f.evidence.get("resolved")))
             if self._reported.get(rule_id) != key:
                 self._reported[rule_id] = key
                 new.append(f)
@@ -147,25 +147,44 @@ def _link_causes(findings: dict[str, Finding]) -> None:
     """Where a cause explains a symptom, say so in the symptom and lead its fixes with the cause's.
 
     A run whose ReLUs died has a flat loss too; telling the user to raise the learning rate would be wrong.
+    Chains resolve to the root: underfitting <- chance_accuracy <- dead_units names dead_units.
     """
-    for symptom, causes in CAUSES.items():
-        f = findings.get(symptom)
-        if f is None:
+    live = {k: f for k, f in findings.items() if not f.evidence.get("resolved")}
+
+    def causes_of(rule: str, seen: frozenset = frozenset()) -> list[str]:
+        found = [c for c in CAUSES.get(rule, ()) if c in live and c not in seen and c != rule
+                 and _explains(live[c], live[rule])]
+        return found
+
+    def root_of(rule: str) -> str:
+        seen = {rule}
+        while True:
+            up = [c for c in causes_of(rule) if c not in seen]
+            if not up:
+                return rule
+            rule = up[0]
+            seen.add(rule)
+
+    for symptom, f in live.items():
+        found = causes_of(symptom)
+        if not found:
             continue
-        found = [c for c in causes if c in findings and c != symptom and _explains(findings[c], f)]
-        if not found or f.evidence.get("caused_by") == found:
+        roots = list(dict.fromkeys(root_of(c) for c in found))
+        if f.evidence.get("caused_by") == found and f.evidence.get("root_cause") == roots[0]:
             continue
         if "own_fix" not in f.evidence:
             f.evidence["own_fix"] = list(f.fix)
             f.evidence["own_message"] = f.message
+        lead = live[roots[0]]
         f.evidence["caused_by"] = found
-        lead = findings[found[0]]
-        names = " and ".join(found)
-        f.message = f"{f.evidence['own_message']} -- explained by {names} (fix that first): {lead.message}"
+        f.evidence["root_cause"] = lead.rule
+        also = [c for c in found if c != lead.rule]
+        f.message = (f"{f.evidence['own_message']} -- likely a consequence of {lead.rule} (step {lead.step}): "
+                     f"fix that first" + (f" (also see {', '.join(also)})" if also else ""))
         fixes = [f"fix {lead.rule} first: {lead.fix[0]}" if lead.fix else f"fix {lead.rule} first"]
-        fixes += lead.fix[1:]
+        fixes += lead.fix[1:3]
         fixes += [x for x in f.evidence["own_fix"] if x not in fixes and not _contradicts(x, found)]
-        f.fix = fixes
+        f.fix = fixes[:6]
 
 
 def _explains(cause: Finding, symptom: Finding) -> bool:

@@ -67,6 +67,8 @@ def layer_view(batch, ctx: Context) -> LayerView | None:
 
 def observe_layers(batch, ctx: Context) -> None:
     """Publish what several rules want to know: the latest median update/weight ratio."""
+    ctx.ur_before = ctx.update_ratio_recent
+    ctx.ur_steps, ctx.ur_values = np.array([], dtype=np.int64), np.array([], dtype=float)
     view = layer_view(batch, ctx)
     if view is None:
         return
@@ -76,7 +78,9 @@ def observe_layers(batch, ctx: Context) -> None:
     ratio = view.stat("update_ratio")[:, cols]
     ok = np.isfinite(ratio).any(axis=1)
     if ok.any():
-        ctx.update_ratio_recent = float(np.nanmedian(ratio[np.flatnonzero(ok)[-1]]))
+        ctx.ur_steps = view.steps[ok]
+        ctx.ur_values = np.nanmedian(ratio[ok], axis=1)
+        ctx.update_ratio_recent = float(ctx.ur_values[-1])
 
 
 def _model_types(ctx: Context) -> dict[str, str]:
@@ -165,10 +169,12 @@ class UpdateRatio(_LayerRule):
             if direction == "high":
                 fix = [f"lower the learning rate ~{fmt(max(med[i] / 1e-3, 3), 2)}x{_from(lri)}",
                        "add a learning-rate warmup or gradient clipping"]
-            else:
-                fix = [f"raise the learning rate ~{fmt(min(1e-3 / max(med[i], 1e-12), 1000), 2)}x{_from(lri)}",
-                       "lower the regularization if it holds the weights back",
-                       "if the ratio is 0, check the optimizer holds the parameters (see stalled_weights)"]
+            elif med[i] > 0:
+                fix = [f"raise the learning rate ~{fmt(min(1e-3 / med[i], 1000), 2)}x{_from(lri)}",
+                       "lower the regularization if it holds the weights back"]
+            else:  # exactly 0: nothing moves, and a higher lr would not change that
+                fix = ["check the optimizer holds the parameters and the lr is not 0 (see stalled_weights)",
+                       "check gradients reach the weights (see dead_units, vanishing_gradients)"]
             evidence = {"step": step, "median_ratio": float(med[i]), "direction": direction,
                         "records": n, "per_layer": per_layer, "lr": lri}
             return [self.finding(ctx, "warning", step, msg, evidence, fix)]
@@ -412,13 +418,20 @@ class ExplodingGradients(_LayerRule):
         i, n = self.sustained(self.streak, has & (total > factor * base), view, "exploding_records")
         if i is None:
             return []
-        self.severity = "warning"
         step = int(view.steps[i])
+        # Gradients that grow while the loss keeps falling are a net waking up (deep nets start with tiny
+        # gradients), not an explosion: require the loss to have stopped improving, unless the growth is extreme.
+        loss = ctx.loss_near(step)
+        init = ctx.initial_loss
+        improving = math.isfinite(loss) and init is not None and loss < self.th["exploding_loss_level"] * init
+        if improving and total[i] < self.th["exploding_extreme"] * base:
+            return []
+        self.severity = "warning"
         lr = float(ctx.lr_at(np.array([step]))[0])
         msg = (f"total gradient norm {fmt(total[i])} at step {step} is {fmt(total[i] / base, 3)}x its early median "
                f"{fmt(base)} (limit {fmt(factor)}x, {n} layer records in a row){_lr(lr)}")
         evidence = {"step": step, "g_norm": float(total[i]), "baseline": base, "ratio": float(total[i] / base),
-                    "records": n, "lr": lr,
+                    "records": n, "lr": lr, "loss": loss,
                     "per_layer": {view.names[c]: float(g[i, j]) for j, c in enumerate(cols)}}
         return [self.finding(ctx, "warning", step, msg, evidence)]
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from rules.base import Context, Finding, Rule, fmt
-from rules.window import Tail, first_true, rolling_mean, rolling_median
+from rules.window import Tail, first_true, rolling_mean, rolling_median, runs_of
 
 __all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss"]
 
@@ -147,7 +147,10 @@ class FlatLoss(Rule):
     """The loss barely moves over a window while it is still near its initial value: nothing is being learned.
 
     A run that learned and then converged is not flat: the loss must never have dropped below
-    `flat_level` x the initial loss. A warmup (lr rising across the window) is not flat either.
+    `flat_level` x the initial loss. A warmup (lr rising across the window) is not flat either. When the
+    weights do move (update/weight ratio >= `flat_moving_ratio`), deep nets often sit on a plateau before
+    they learn, so the loss must stay flat for `flat_window_moving` steps. A flat loss that later drops
+    (below `flat_resolved` x the initial) is downgraded to an info note.
     """
 
     id = "flat_loss"
@@ -164,6 +167,8 @@ class FlatLoss(Rule):
         self.m = max(self.w // 10, 5)
         self.tail = Tail(self.w - 1, float, np.int64, float)
         self.min_level = math.inf
+        self.run = 0  # consecutive flat positions so far
+        self.fired: Finding | None = None
         self.done = False
 
     def update(self, batch, ctx: Context) -> list[Finding]:
@@ -183,6 +188,8 @@ class FlatLoss(Rule):
         # smoothed level ending at each new position p: level[p - m + 1]
         ends = np.arange(max(first_new, m - 1), len(x))
         end_level = level[ends - m + 1]
+        if self.fired is not None:
+            return self._resolve(ctx, ends, end_level, steps, init)
         running_min = np.fmin.accumulate(np.concatenate([[self.min_level], end_level]))[1:]
         self.min_level = float(np.nanmin([self.min_level, *running_min[-1:]]))
         ends_ok = ends >= w - 1
@@ -195,36 +202,60 @@ class FlatLoss(Rule):
         lr0, lr1 = lrs[ends - w + 1], lrs[ends]
         warmup = np.isfinite(lr0) & np.isfinite(lr1) & (lr1 > 1.5 * lr0)
         flat = (np.abs(rel) < self.th["flat_rel_change"]) & (running_min >= self.th["flat_level"] * init)
-        hit = first_true(flat & all_finite & ~warmup)
+        flat &= all_finite & ~warmup
+        runs = runs_of(flat, self.run)
+        self.run = int(runs[-1])
+        ur = ctx.update_ratio_at(steps[ends])
+        moving = np.isfinite(ur) & (ur >= self.th["flat_moving_ratio"])
+        need = np.where(moving, max(self.th["flat_window_moving"], w), w)
+        hit = first_true(flat & (w + runs - 1 >= need))
         if hit is None:
             return []
-        self.done = True
         p = int(ends[hit])
         step, lr, a, b = int(steps[p]), float(lrs[p]), float(start_level[hit]), float(end_level[hit])
         span = int(steps[p] - steps[p - w + 1])
+        flat_for = int(w + runs[hit] - 1)
         msg = (f"loss {fmt(b)} at step {step} moved {fmt(100 * abs(a - b) / abs(a), 2)}% over the last {span} steps "
                f"({fmt(a)} -> {fmt(b)}) and is still {fmt(100 * b / init, 3)}% of the initial {fmt(init)}"
                f"{_lr_note(lr)}")
-        evidence = {"step": step, "window": span, "loss_start": a, "loss_end": b, "rel_change": float(rel[hit]),
-                    "initial_loss": init, "level_vs_initial": b / init, "lr": lr}
+        evidence = {"step": step, "window": span, "flat_for": flat_for, "loss_start": a, "loss_end": b,
+                    "rel_change": float(rel[hit]), "initial_loss": init, "level_vs_initial": b / init, "lr": lr,
+                    "update_ratio": float(ur[hit])}
         fix = list(self.fix)
         if math.isfinite(lr):
             fix[0] = f"raise the learning rate (3-10x, from {fmt(lr)})"
         reg = _cfg(ctx, "reg", "weight_decay", "l2")
         if isinstance(reg, (int, float)) and reg >= 0.1:  # lecture: lr too low OR regularization too high
             fix[0], fix[1] = f"lower the regularization (it is {fmt(reg)})", fix[0]
-        ur = ctx.update_ratio_recent
-        evidence["update_ratio"] = ur
-        if math.isfinite(ur) and ur >= self.th["flat_moving_ratio"]:
+        if moving[hit]:
             # The weights move at a healthy (or larger) rate and the loss does not follow: raising the lr
             # would be wrong. Either the updates bounce (too large) or the labels carry no signal.
-            msg += f"; yet the weights move (update/weight ratio {fmt(ur)}, healthy ~1e-3)"
+            msg += f", for {flat_for} steps, yet the weights move (update/weight ratio {fmt(ur[hit])}, healthy ~1e-3)"
             labels = "check the labels and the data pipeline: are labels aligned with inputs? look at a batch"
-            lower = f"lower the learning rate{_lr_note(lr).replace(' (lr is', ' (it is')}: updates this large bounce"
-            fix = [lower, labels] if ur >= 1e-2 else [labels, lower]
-            fix.append("check the loss function matches the outputs (logits into cross_entropy)")
+            lower = "lower the learning rate: updates this large can bounce across the minimum"
+            fix = [lower, labels] if ur[hit] >= 1e-2 else [labels, lower]
+            fix += ["check the loss function matches the outputs (logits into cross_entropy)",
+                    "for a deep net: He init, normalization layers, or Adam (a long plateau at ln(C))"]
             evidence["weights_move"] = True
-        return [self.finding(ctx, "warning", step, msg, evidence, fix)]
+        self.fired = self.finding(ctx, "warning", step, msg, evidence, fix)
+        # the same batch may already show the loss dropping (post-hoc: the whole run at once)
+        later = ends > p
+        return self._resolve(ctx, ends[later], end_level[later], steps, init) or [self.fired]
+
+    def _resolve(self, ctx: Context, ends, end_level, steps, init) -> list[Finding]:
+        i = first_true(end_level < self.th["flat_resolved"] * init)
+        if i is None:
+            return []
+        self.done = True
+        f = self.fired
+        step, level = int(steps[ends[i]]), float(end_level[i])
+        resolved = self.finding(
+            ctx, "info", f.step,
+            f"{f.message}; it then dropped to {fmt(level)} by step {step} (resolved: a slow start, not a stall)",
+            {**f.evidence, "resolved": True, "resolved_step": step, "resolved_loss": level},
+            ["none needed; to start faster: He init, normalization layers, or a higher learning rate"],
+        )
+        return [resolved]
 
 
 def infer_num_classes(ctx: Context) -> tuple[int | None, str]:

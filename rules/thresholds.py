@@ -46,6 +46,16 @@ TABLE: dict[str, Threshold] = {
         "flat_loss: steps over which the loss must barely move",
         "smdebug LossNotDecreasing (10 steps) made sustained",
     ),
+    "flat_window_moving": Threshold(
+        300,
+        "flat_loss: steps the loss must stay flat when the weights do move (deep nets plateau before they learn)",
+        "ours",
+    ),
+    "flat_resolved": Threshold(
+        0.6,
+        "flat_loss: a flat loss that later drops below this fraction of the initial loss was a slow start (info)",
+        "ours",
+    ),
     "flat_rel_change": Threshold(
         0.02,
         "flat_loss: relative change of the smoothed loss across the window below this",
@@ -154,9 +164,9 @@ TABLE: dict[str, Threshold] = {
     ),
     # --- layers
     "update_ratio_low": Threshold(
-        1e-6,
+        3e-5,
         "update_ratio: median update/weight ratio below this (optimizer barely moves the weights)",
-        "CS231n notes: ~1e-3 is healthy; smdebug WeightUpdateRatio < 1e-8",
+        "CS231n notes: ~1e-3 is healthy (30x below it); smdebug WeightUpdateRatio < 1e-8",
     ),
     "update_ratio_high": Threshold(
         0.1,
@@ -222,6 +232,16 @@ TABLE: dict[str, Threshold] = {
         100.0,
         "exploding_gradients: total gradient norm above this multiple of its early median",
         "ours; AutoTrainer exploding (ratio >= 70)",
+    ),
+    "exploding_loss_level": Threshold(
+        0.8,
+        "exploding_gradients: only while the loss is above this fraction of the initial loss (not improving)",
+        "ours: deep nets' gradients grow 10-40x while they start to learn",
+    ),
+    "exploding_extreme": Threshold(
+        1e4,
+        "exploding_gradients: growth that is an explosion whatever the loss does",
+        "ours",
     ),
     "exploding_records": Threshold(
         2,

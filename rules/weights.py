@@ -104,8 +104,8 @@ class NoisyWeights(Rule):
         delta = w - w0
         moved = float(np.linalg.norm(delta) / max(np.linalg.norm(w0), 1e-12))
         rd = roughness(delta) if moved > 0 else math.nan
-        if not (math.isfinite(r) and r >= self.th["noisy_weights_roughness"]):
-            return []
+        if not (math.isfinite(r) and r >= self.th["noisy_weights_roughness"]) or moved < 1e-6:
+            return []  # smooth enough, or a frozen (pretrained) first layer
         # A warning only when training clearly moved the filters and what it added is itself noise;
         # filters that are still mostly their random init get an info note (train longer).
         noisy_change = moved >= 1.0 and math.isfinite(rd) and rd >= self.th["noisy_weights_roughness"]

@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         result = train(cfg)
     except (ValueError, FileExistsError, OSError) as e:
         raise UsageError(str(e)) from None
+    if result.get("rank", 0) != 0:
+        return 0  # under torchrun, rank 0 reports
     for note in result.get("notes", []):
         print(note)
     print(f"train acc {_fmt(result.get('train_acc'))}  val acc {_fmt(result.get('val_acc'))}"

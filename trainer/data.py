@@ -99,14 +99,15 @@ class Splits:
         return replace(self, **moved)
 
 
-def load_splits(cfg: TrainConfig, *, with_test: bool = False) -> Splits:
-    """Load cfg.dataset, split it, fit preprocessing on train. The test split only if `with_test`."""
+def load_splits(cfg: TrainConfig, *, with_test: bool = False, preprocess: Preprocess | None = None) -> Splits:
+    """Load cfg.dataset, split it, fit preprocessing on train (or use the given one, e.g. a checkpoint's).
+    The test split only if `with_test`."""
     ex = load_examples(cfg)
     val_frac, test_frac = cfg.fractions()
     train, val, test = stratified_split(ex.y, val_frac, test_frac, cfg.seed)
     x = torch.from_numpy(np.ascontiguousarray(ex.x))
     y = torch.from_numpy(ex.y)
-    pre = Preprocess.fit(x[train], cfg.normalize, cfg.std)
+    pre = preprocess or Preprocess.fit(x[train], cfg.normalize, cfg.std)
     splits = Splits(pre(x[train]), y[train], pre(x[val]), y[val], list(ex.classes), pre, split_id(cfg))
     if with_test:
         splits.x_test, splits.y_test = pre(x[test]), y[test]

@@ -202,7 +202,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
     result.update(
         state="stopped" if run.should_stop else "finished", reason=run.stop_reason, steps=run.global_step,
         epochs=run.epoch_count, best_val_acc=best_val if best_val > -math.inf else math.nan,
-        run_dir=str(run.path), split_id=splits.split_id,
+        run_dir=str(run.path), split_id=splits.split_id, rank=d.rank,
         findings=[f for f in run.findings if f.get("severity") in ("warning", "critical")],
     )
     return result

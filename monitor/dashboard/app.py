@@ -198,6 +198,17 @@ def run_header(state: RunState, name: str) -> None:
         box(f"Run {run_state}" + (f": {safe_md(reason)}" if reason else ""), icon=icon)
 
 
+class _Row:
+    """Columns used one after the other, like a horizontal container but never wrapping."""
+
+    def __init__(self, cols: list) -> None:
+        self.cols, self.i = list(cols), 0
+
+    def metric(self, *args: Any, **kwargs: Any) -> None:
+        self.cols[min(self.i, len(self.cols) - 1)].metric(*args, **kwargs)
+        self.i += 1
+
+
 def metrics_row(state: RunState, smoothing: float) -> None:
     view = state.loss.view()
     smooth = ema(view.mean_y, smoothing)
@@ -206,7 +217,7 @@ def metrics_row(state: RunState, smoothing: float) -> None:
     initial = state.initial_loss()
     epochs = state.epochs
     findings = state.findings()
-    row = st.container(horizontal=True, gap="small")
+    row = _Row(st.columns(7, gap="small"))
     step = int(last_raw[0]) if last_raw else int(state.status.get("step") or 0)
     rate = state.steps_per_s if state.status.get("state") == "running" else None
     row.metric("Step", f"{step:,}", delta=f"{rate:,.1f} steps/s" if rate else None, delta_color="off",
@@ -218,7 +229,7 @@ def metrics_row(state: RunState, smoothing: float) -> None:
         loss_now = float(finite[-1]) if len(finite) else None
         delta = None
         if loss_now is not None and initial:
-            delta = f"{loss_now / initial - 1:+.0%} vs initial"
+            delta = f"{loss_now / initial - 1:+.0%} from start"
         spark = finite[:: max(1, len(finite) // 80)].tolist() if len(finite) > 2 else None
         row.metric("Loss (smoothed)", fmt(loss_now, 4), delta=delta, delta_color="inverse", border=True,
                    height="stretch",
@@ -231,10 +242,11 @@ def metrics_row(state: RunState, smoothing: float) -> None:
                    chart_data=val.tolist() if len(val) > 2 else None, chart_type="line")
     else:
         row.metric("Val acc (best)", "—", border=True, height="stretch")
+    gap = math.nan
     if "train_acc" in epochs and "val_acc" in epochs and len(epochs):
         gap = float(epochs["train_acc"].iloc[-1] - epochs["val_acc"].iloc[-1])
-        row.metric("Train − val", f"{gap * 100:+.1f} pp" if math.isfinite(gap) else "—", border=True, height="stretch",
-                   help="Big gap: overfitting (more regularization, more data). No gap: underfitting (bigger model).")
+    row.metric("Train − val", f"{gap * 100:+.1f} pp" if math.isfinite(gap) else "—", border=True, height="stretch",
+               help="Big gap: overfitting (more regularization, more data). No gap: underfitting (bigger model).")
     lr = state.lr.last()
     row.metric("Learning rate", fmt(lr[1]) if lr else "—", border=True, height="stretch")
     counts = {s: sum(1 for f in findings if f.get("severity") == s) for s in SEVERITIES}

@@ -171,9 +171,17 @@ def plan_loss(
         {"step": np.empty(0), "loss": np.empty(0), "series": np.empty(0, dtype=object)})
     frames = {"loss": _finite(loss, "loss", positive=log_scale)}
     refs = []
+    danger_note = False
     if initial_loss is not None and math.isfinite(initial_loss):
         refs.append(("initial", initial_loss, f"initial {initial_loss:.3g}"))
-        refs.append(("3× initial", 3 * initial_loss, f"3× initial {3 * initial_loss:.3g}: quit early above"))
+        danger = (f"3× initial {3 * initial_loss:.3g}: quit early above", 3 * initial_loss)
+        peak = float(frames["loss"]["loss"].max()) if len(frames["loss"]) else -math.inf
+        if peak >= 1.5 * initial_loss or initial_loss <= 0:
+            refs.append(("3× initial", danger[1], danger[0]))
+        else:
+            # Far above a healthy curve: say where it is instead of squashing the curve to make room.
+            danger_note = True
+            frames["danger"] = pd.DataFrame({"label": [f"↑ {danger[0]}"]})
     if ln_c is not None and math.isfinite(ln_c):
         refs.append(("ln(C)", ln_c, f"ln(C) = {ln_c:.3g}"))
     refs = [r for r in refs if r[1] > 0 or not log_scale]
@@ -188,13 +196,13 @@ def plan_loss(
         frames["marker"] = pd.DataFrame({"step": [float(marker["step"])], "label": [str(marker.get("label", ""))]})
     return ChartPlan(_loss_structure, _params(
         refs=tuple(r[0] for r in refs), log_scale=bool(log_scale), domain=_domain(domain),
-        nonfinite="nonfinite" in frames,
+        nonfinite="nonfinite" in frames, danger_note=danger_note,
         marker=str(marker.get("severity", "info")) if "marker" in frames else None, height=int(height)), frames)
 
 
-def _loss_structure(*, refs: tuple, log_scale: bool, domain, nonfinite: bool, marker: str | None,
-                    height: int) -> alt.LayerChart:
-    names = ["raw", "smoothed", *refs]
+def _loss_structure(*, refs: tuple, log_scale: bool, domain, nonfinite: bool, danger_note: bool,
+                    marker: str | None, height: int) -> alt.LayerChart:
+    names = ["raw", "smoothed", *refs, *(["3× initial"] if danger_note else [])]
     color = alt.Color("series:N", scale=alt.Scale(domain=names, range=[COLORS[n] for n in names]),
                       legend=alt.Legend(orient="top", title=None, symbolType="stroke"))
     y_scale = alt.Scale(type="log" if log_scale else "linear", zero=False, nice=not log_scale)
@@ -213,11 +221,16 @@ def _loss_structure(*, refs: tuple, log_scale: bool, domain, nonfinite: bool, ma
         ref = alt.Chart(_data("refs"))
         layers.append(ref.mark_rule(strokeWidth=1.5).encode(y=y, color=color, strokeDash=dash,
                                                             tooltip=[alt.Tooltip("label:N", title="level")]))
-        # Labels: ln(C) on the right, the others on the left, so that close levels do not overprint.
+        # Labels at the left edge: ln(C) under its line, the others above theirs, so that the initial loss and
+        # ln(C), which should be close, do not overprint.
         layers.append(ref.transform_filter("datum.series != 'ln(C)'").mark_text(
             align="left", dx=4, dy=-7, fontSize=11).encode(x=alt.value(0), y=y, text="label:N", color=color))
         layers.append(ref.transform_filter("datum.series == 'ln(C)'").mark_text(
-            align="right", dx=-4, dy=-7, fontSize=11).encode(x=alt.value("width"), y=y, text="label:N", color=color))
+            align="left", dx=4, dy=8, fontSize=11).encode(x=alt.value(0), y=y, text="label:N", color=color))
+    if danger_note:
+        layers.append(alt.Chart(_data("danger")).mark_text(
+            align="right", baseline="top", dx=-4, dy=4, fontSize=11, color=COLORS["3× initial"]).encode(
+            x=alt.value("width"), y=alt.value(0), text="label:N"))
     if nonfinite:
         layers += _nonfinite_layers()
     if marker:

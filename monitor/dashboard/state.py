@@ -163,7 +163,7 @@ class RunState:
         return self.tailer.corrupt_lines
 
     def update(self) -> int:
-        """Read what was appended since the last call; returns the number of new records."""
+        """Read what was appended since the last call; returns the number of new rows (steps, epochs, ...)."""
         with self.lock:
             batch = self.tailer.poll()
             self.polled_at = time.time()

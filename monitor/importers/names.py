@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["ROLES", "ALIASES", "normalize", "resolve", "parse_map", "is_epoch_level"]
+__all__ = ["ROLES", "ALIASES", "normalize", "resolve", "parse_map", "is_epoch_level", "epoch_metrics"]
 
 # Our names. Step-level: loss, lr. Epoch-level: train_loss, train_acc, val_loss, val_acc. Axes: step, epoch, time.
 ROLES = ("step", "epoch", "time", "loss", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -102,3 +102,25 @@ def parse_map(items: Iterable[str] | None) -> dict[str, str]:
             raise ValueError(f"--map wants OUR_NAME=THEIR_NAME, not {item!r}")
         mapping[ours] = theirs
     return mapping
+
+
+def epoch_metrics(metrics: dict) -> dict:
+    """A trainer's end-of-epoch metrics under our names (train_loss, train_acc, val_loss, val_acc), the
+    others kept under their own. Used by the Lightning and Hugging Face callbacks.
+
+    At the end of an epoch a loss logged per step (Lightning's `train_loss`) is the training loss we have.
+    """
+    names = [str(k) for k in metrics]
+    roles = resolve(names)
+    if "train_loss" not in roles and "loss" in roles:
+        roles["train_loss"] = roles.pop("loss")
+    out = {}
+    taken = set()
+    for role in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        if role in roles:
+            out[role] = metrics[roles[role]]
+            taken.add(roles[role])
+    for k in names:
+        if k not in taken and k not in out and normalize(k) not in ("epoch", "step", "global_step"):
+            out[k] = metrics[k]
+    return out

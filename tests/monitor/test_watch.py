@@ -304,6 +304,42 @@ def test_unreadable_run_is_reported_once_and_skipped(tmp_path):
     assert str(bad) in w.bad
 
 
+# --------------------------------------------------------------------------- --once (the CLI, in-process)
+
+
+def test_once_exit_status_follows_diagnose(tmp_path, capsys):
+    from monitor.cli import main
+
+    root = tmp_path / "runs"
+    bad = make_run(root / "bad", state="finished")
+    append_losses(bad, [2.3, 2.25, math.nan])
+    good = make_run(root / "good", state="finished")
+    append_losses(good, [2.3 - 0.01 * i for i in range(30)])
+
+    assert main(["watch", "--once", str(root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].split()[1:4] == ["CRITICAL", "bad", "nonfinite_loss:"] and "| fix: " in out[0]
+    assert main(["watch", "--once", str(good)]) == 0
+    assert main(["watch", "--once", "--no-log", str(root)]) == 1  # again: announced again, never logged twice
+    assert [f["source"] for f in log_lines(bad)] == ["watch"]
+    capsys.readouterr()
+    for args in ([str(tmp_path / "missing")], ["--threshold", "no_such_threshold=1", str(root)],
+                 ["--threshold", "explosion_factor=lots", str(root)], ["--webhook", "ftp://SECRET", str(root)]):
+        status = main(["watch", "--once", *args])
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1 and "Traceback" not in err and "SECRET" not in err, err
+
+
+def test_once_with_an_unreadable_run_is_bad_input(tmp_path, capsys):
+    from monitor.cli import main
+
+    run = make_run(tmp_path / "a")
+    runfile.write_json_atomic(run / runfile.META, {"schema": 99})
+    (run / runfile.EVENTS).unlink()
+    assert main(["watch", "--once", str(run)]) == 2
+    assert "upgrade babysit" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- stop
 
 

@@ -291,28 +291,3 @@ def test_stop_on_critical_stops_a_diverging_run_within_one_flush(tmp_path, watch
     assert wait_for(lambda: w.lines("a stopped at step"))
     assert w.interrupt() == 0
     assert len(w.lines("nonfinite_loss", "CRITICAL")) == 1
-
-
-# --------------------------------------------------------------------------- --once
-
-
-def test_once_exit_status_follows_diagnose(tmp_path, train):
-    root = tmp_path / "runs"
-    finished(train(root / "bad", "--steps", "80", "--nan-at", "40", "--sleep", "0"))
-    finished(train(root / "good", "--steps", "80", "--sleep", "0"))
-
-    def once(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", CLI, "watch", "--once", *args], cwd=REPO, env=_env(),
-                              capture_output=True, text=True, timeout=120)
-
-    r = once(str(root))
-    assert r.returncode == 1, r.stderr
-    assert [line for line in r.stdout.splitlines() if "nonfinite_loss" in line][0].split()[1:3] == ["CRITICAL", "bad"]
-    assert once(str(root / "good")).returncode == 0
-    again = once(str(root))  # a second evaluation announces again but does not log again
-    assert again.returncode == 1 and len(logged(root / "bad", "nonfinite_loss")) == 1
-    for args in ([str(tmp_path / "missing")], ["--threshold", "no_such_threshold=1", str(root)],
-                 ["--webhook", "ftp://SECRET", str(root)]):
-        r = once(*args)
-        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-        assert "SECRET" not in r.stderr

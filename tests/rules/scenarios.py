@@ -7,6 +7,7 @@ recording into a run directory; a fault is a field (a too-high lr, a bad init, a
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class Scenario:
     weight_noise: float = 0.0  # add N(0, this) to the first layer's weights after every step (fault)
     input_shape: tuple[int, ...] | None = None  # given to run.watch (snapshots as images)
     every: int | None = 10
+    step_sleep: float = 0.0  # seconds per step: emulate a slower training loop (online-stop tests)
+    flush_steps: int = 512
     seed: int = 0
     pass_num_classes: bool = True
     extra: dict = field(default_factory=dict)
@@ -196,7 +199,7 @@ def train(s: Scenario, run_dir: Path, on_critical: str | None = "warn", threshol
     config = {k: v for k, v in asdict(s).items() if v is not None and k != "extra"}
     config.update(reg=s.weight_decay, batch_size=s.batch_size)
     run = hooks.Run(run_dir, num_classes=c if s.pass_num_classes else None, config=config,
-                    on_critical=on_critical, thresholds=thresholds)
+                    on_critical=on_critical, thresholds=thresholds, flush_steps=s.flush_steps)
     run.watch(model, opt, every=s.every, input_shape=s.input_shape)
     gen = torch.Generator().manual_seed(s.seed)
     step = 0
@@ -222,6 +225,8 @@ def train(s: Scenario, run_dir: Path, on_critical: str | None = "warn", threshol
                         linears[0].weight.add_(torch.randn_like(linears[0].weight), alpha=s.weight_noise)
                 step += 1
                 run.step(loss=loss)
+                if s.step_sleep:
+                    time.sleep(s.step_sleep)
                 losses.append(loss.detach())
                 correct += (out.argmax(1) == yb).sum().item()
                 if step >= total or run.should_stop:

@@ -1,0 +1,212 @@
+"""Hugging Face Trainer: one line records a run with the babysit hooks.
+
+    from hooks.huggingface import BabysitCallback
+    trainer = Trainer(..., callbacks=[BabysitCallback("runs/exp1")])
+
+The Trainer hands callbacks no per-step loss: the loss reaches us through `on_log`, as the mean over the
+last `logging_steps` steps (set `logging_steps=10` or so for a useful curve; NaN still shows, since a mean
+with a NaN is NaN). Every optimizer step is still counted, so per-layer statistics and snapshots keep their
+schedule. Evaluation metrics (`eval_loss`, `eval_accuracy`, ...) become `val_loss`, `val_acc` in the epoch
+record; `train_loss` per epoch is the mean of the losses logged during the epoch. A STOP file, or a
+critical finding with `on_critical="stop"`, sets `control.should_training_stop`.
+
+The Trainer has no exception hook: a run that crashes is left "running" and shows as crashed once its
+process is gone (the reader checks the pid).
+
+transformers is optional: importing this module costs nothing; `BabysitCallback` subclasses
+`transformers.TrainerCallback` on first use. `HFHooks` is the same logic without the base class.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from hooks.run import Run
+
+__all__ = ["BabysitCallback", "HFHooks", "callback_class", "unwrap_optimizer"]  # noqa: F822 - built on first use (__getattr__)
+
+_ARGS = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+         "gradient_accumulation_steps", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "optim", "seed",
+         "max_grad_norm", "adam_beta1", "adam_beta2", "fp16", "bf16", "logging_steps", "eval_strategy")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (or Lightning's LightningOptimizer): the
+    layer probes hook the optimizer's step, and a wrapper's step hooks never fire."""
+    for _ in range(3):
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer or not isinstance(inner, torch.optim.Optimizer):
+            break
+        optimizer = inner
+    return optimizer
+
+
+def _eval_metrics(metrics: Mapping) -> dict[str, float]:
+    """eval_loss, eval_accuracy, ... -> val_loss, val_acc, ... (runtime and throughput numbers dropped)."""
+    from monitor.importers.names import epoch_metrics
+
+    numbers = {}
+    for k, v in metrics.items():
+        x = _number(v)
+        if x is None or str(k) == "epoch" or str(k).endswith(("_runtime", "_per_second")):
+            continue
+        numbers[str(k)] = x
+    return {k: v for k, v in epoch_metrics(numbers).items() if not k.startswith("train_")}
+
+
+class HFHooks:
+    """Drives a `hooks.Run` from the Hugging Face Trainer's callback events.
+
+    Args:
+        path: the run directory.
+        num_classes: C (default: the model's config.num_labels).
+        config: extra hyperparameters to record (the main TrainingArguments are recorded too).
+        on_critical: as for hooks.Run ("warn", "stop", "raise" or None).
+        watch: record per-layer statistics and first-layer snapshots (`every`, `input_shape`,
+            `snapshot_every` are passed to `Run.watch`).
+        run_kwargs: anything else `hooks.Run` accepts.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_classes: int | None = None,
+        config: dict | None = None,
+        *,
+        on_critical: str | None = "warn",
+        watch: bool = True,
+        every: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        snapshot_every: int | None = None,
+        **run_kwargs: Any,
+    ):
+        super().__init__()
+        self.path = path
+        self.num_classes = num_classes
+        self.config = dict(config or {})
+        self.on_critical = on_critical
+        self.watch_model = watch
+        self.watch_kwargs = {"every": every, "input_shape": input_shape, "snapshot_every": snapshot_every}
+        self.run_kwargs = run_kwargs
+        self.run: Run | None = None
+        self._step_pending = False  # an optimizer step ended; its loss may still come in on_log
+        self._epoch_pending = False  # an epoch ended; its eval metrics may still come in on_evaluate
+        self._epoch_losses: list[float] = []
+        self._val: dict[str, float] = {}
+
+    # --------------------------------------------------------------- bookkeeping
+    def _flush_step(self, loss: Any = None, **scalars: Any) -> None:
+        if self._step_pending and self.run is not None:
+            self._step_pending = False
+            self.run.step(loss=loss, **scalars)
+
+    def _flush_epoch(self) -> None:
+        if not self._epoch_pending or self.run is None:
+            return
+        self._epoch_pending = False
+        metrics = dict(self._val)
+        if self._epoch_losses:
+            metrics["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
+        self._epoch_losses, self._val = [], {}
+        self.run.epoch(**metrics)
+
+    def _stop(self, control: Any) -> Any:
+        if self.run is not None and self.run.should_stop and control is not None:
+            control.should_training_stop = True
+        return control
+
+    # --------------------------------------------------------------- events
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       **kwargs: Any) -> Any:
+        if self.run is not None:
+            return control
+        config = {k: getattr(args, k) for k in _ARGS if hasattr(args, k)}
+        config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in config.items()}
+        config.update(self.config)
+        c = self.num_classes
+        if c is None:
+            labels = getattr(getattr(model, "config", None), "num_labels", None)
+            c = int(labels) if isinstance(labels, int) and labels >= 2 else None
+        # Under torch.distributed, hooks.Run writes from rank 0 only (all_ranks=True: every rank, own dir).
+        self.run = Run(self.path, num_classes=c, config=config, on_critical=self.on_critical, **self.run_kwargs)
+        self.run.global_step = int(getattr(state, "global_step", 0) or 0)  # resumed: keep the step count
+        watched = model if self.watch_model and isinstance(model, torch.nn.Module) else None
+        self.run.watch(watched, unwrap_optimizer(optimizer), **{k: v for k, v in self.watch_kwargs.items() if v is not None})
+        return control
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._flush_step()
+        self._flush_epoch()
+        return self._stop(control)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._step_pending = True  # counted now or in on_log, which follows with this step's loss
+        return self._stop(control)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Mapping | None = None, **kwargs: Any) -> Any:
+        logs = logs or {}
+        loss = _number(logs.get("loss"))
+        if loss is not None:
+            grad_norm = _number(logs.get("grad_norm"))
+            self._flush_step(loss, **({"grad_norm": grad_norm} if grad_norm is not None else {}))
+            self._epoch_losses.append(loss)
+        if any(str(k).startswith("eval_") for k in logs):
+            self._val.update(_eval_metrics(logs))
+        return self._stop(control)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping | None = None,
+                    **kwargs: Any) -> Any:
+        self._val.update(_eval_metrics(metrics or {}))
+        self._flush_epoch()  # eval at an epoch's end: its record can be written now
+        return self._stop(control)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._flush_step()
+        self._flush_epoch()
+        return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._flush_step()
+        self._epoch_pending = True
+        return self._stop(control)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._flush_step()
+        self._flush_epoch()
+        if self.run is not None and not self.run.closed:
+            self.run.close()
+        return control
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def callback_class(base: type | None = None) -> type:
+    """The Trainer callback class, subclassing `base` (default: transformers.TrainerCallback)."""
+    if base is None:
+        try:
+            from transformers import TrainerCallback as base
+        except ImportError:
+            raise ImportError("babysit's Hugging Face callback needs transformers: pip install transformers") from None
+    if base not in _CLASSES:
+        _CLASSES[base] = type("BabysitCallback", (HFHooks, base),
+                              {"__module__": __name__, "__doc__": HFHooks.__doc__})
+    return _CLASSES[base]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BabysitCallback":
+        return callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

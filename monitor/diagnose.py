@@ -1,0 +1,139 @@
+"""`babysit diagnose RUN`: say what is wrong with a run, with the evidence and what to do, in the order to try.
+
+    babysit diagnose runs/exp1                       # readable report, grouped by severity
+    babysit diagnose runs/exp1 --json                # {"run": ..., "findings": [...]} (docs/FORMAT.md)
+    babysit diagnose runs/exp1 --fail-on warning     # exit 1 if anything is at warning or worse (CI)
+    babysit diagnose runs/exp1 --threshold explosion_factor=5 --config thresholds.toml
+
+Exit status: 0 nothing at or above --fail-on (default critical), 1 something is, 2 bad input.
+Torch-free: this never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from monitor import runfile
+from monitor.cli import UsageError
+from monitor.reader import RunData, RunReadError, load_run
+from rules import Finding, diagnose
+from rules.base import SEVERITIES, fmt, severity_rank
+from rules.thresholds import load_config, parse_assignment
+
+__all__ = ["configure", "run", "load", "thresholds_from_args", "report_dict", "render_text", "JSON_KEYS"]
+
+JSON_KEYS = ("rule", "severity", "step", "epoch", "message", "evidence", "fix")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run directory (written by hooks.Run or babysit train)")
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON (see docs/FORMAT.md)")
+    parser.add_argument("--fail-on", choices=["warning", "critical"], default="critical",
+                        help="exit 1 when a finding is at this severity or worse (default: critical)")
+    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a rule threshold (repeatable); names in the README's diagnose table")
+    parser.add_argument("--config", metavar="FILE", help="thresholds from a .json or .toml file")
+
+
+def load(path: str | Path) -> RunData:
+    """The one place a path becomes run data (the importers extend it to TensorBoard dirs and CSV files)."""
+    return load_run(path)
+
+
+def thresholds_from_args(args: argparse.Namespace) -> dict[str, float]:
+    """--config first, then each --threshold on top; any mistake is a one-line UsageError."""
+    out: dict[str, float] = {}
+    try:
+        if getattr(args, "config", None):
+            out.update(load_config(args.config))
+        for text in getattr(args, "threshold", None) or []:
+            name, value = parse_assignment(text)
+            out[name] = value
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    thresholds = thresholds_from_args(args)
+    try:
+        data = load(args.run)
+    except RunReadError as e:
+        raise UsageError(str(e)) from None
+    findings = diagnose(data, thresholds)
+    text = (json.dumps(runfile.encode(report_dict(data, findings)), allow_nan=False, indent=1) if args.json
+            else render_text(data, findings))
+    try:
+        print(text)
+    except BrokenPipeError:  # `babysit diagnose RUN | head`: the reader left, the exit status still counts
+        pass
+    worst = max((severity_rank(f.severity) for f in findings), default=-1)
+    return 1 if worst >= severity_rank(args.fail_on) else 0
+
+
+def report_dict(data: RunData, findings: list[Finding]) -> dict:
+    """The --json document: {"run": path, "findings": [{rule, severity, step, epoch, message, evidence, fix}]}."""
+    return {"run": str(data.path), "findings": [{k: f.to_dict()[k] for k in JSON_KEYS} for f in findings]}
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (int,)):
+        return str(v)
+    if isinstance(v, float):
+        return fmt(v)
+    if isinstance(v, dict):
+        items = list(v.items())
+        shown = ", ".join(f"{k}: {_value(x)}" for k, x in items[:4])
+        return "{" + shown + (f", ... {len(items) - 4} more" if len(items) > 4 else "") + "}"
+    if isinstance(v, (list, tuple)):
+        shown = ", ".join(_value(x) for x in list(v)[:6])
+        return "[" + shown + (f", ... {len(v) - 6} more" if len(v) > 6 else "") + "]"
+    return str(v)
+
+
+_HIDDEN_EVIDENCE = {"own_fix", "own_message"}
+
+
+def render_text(data: RunData, findings: list[Finding]) -> str:
+    """The readable report: a header, then findings grouped by severity (worst first), each with its fix."""
+    status = data.status or {}
+    steps = int(data.steps["step"].iloc[-1]) if len(data.steps) else status.get("step", 0)
+    state = status.get("state", "unknown")
+    head = f"babysit diagnose {data.path}: {state}, {steps} steps, {len(data.epochs)} epochs"
+    if data.corrupt_lines:
+        head += f" ({data.corrupt_lines} corrupt log lines skipped)"
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+    lines = [head]
+    if not findings:
+        lines.append("no problems found")
+        return "\n".join(lines)
+    lines.append(", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s]))
+    for severity in reversed(SEVERITIES):
+        group = [f for f in findings if f.severity == severity]
+        if not group:
+            continue
+        lines += ["", severity.upper()]
+        for f in group:
+            where = []
+            if f.step is not None:
+                where.append(f"step {f.step}")
+            if f.epoch is not None:
+                where.append(f"epoch {f.epoch}")
+            lines.append(f"  [{f.rule}] {f.title}" + (f" ({', '.join(where)})" if where else ""))
+            lines.append(f"    {f.message}")
+            shown = {k: v for k, v in f.evidence.items() if k not in _HIDDEN_EVIDENCE and not _empty(v)}
+            if shown:
+                lines.append("    evidence: " + "; ".join(f"{k}={_value(v)}" for k, v in shown.items()))
+            for i, fix in enumerate(f.fix, 1):
+                lines.append(f"    {'fix:' if i == 1 else '    '} {i}. {fix}")
+    return "\n".join(lines)
+
+
+def _empty(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))

@@ -1,0 +1,205 @@
+"""hooks.Run in a real (small) training loop: no per-step sync, failures contained, states, ranks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import hooks
+from hooks import run as run_module
+from monitor import runfile
+from monitor.reader import load_run
+
+
+def _model_and_data(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return model, x, y
+
+
+def _train(run: hooks.Run, model, x, y, steps: int, opt=None, every_epoch: int = 0) -> None:
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(x), (32,))
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        run.step(loss=loss, grad_scale=torch.tensor(1.0))
+        if every_epoch and step % every_epoch == 0:
+            run.epoch(train_loss=loss.detach(), val_acc=0.5)
+        if run.should_stop:
+            break
+
+
+def _babysit_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "babysit" in str(w.message)]
+
+
+# ---------------------------------------------------------------------------------------------- no per-step sync
+def test_step_does_not_move_values_to_the_host_every_step(run_dir, monkeypatch):
+    """Every host transfer of a tensor goes through these; count them over 300 watched steps."""
+    counts = {"calls": 0, "materialize": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__float__", "__bool__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            counts["calls"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    materialize = run_module._materialize
+
+    def counted_materialize(records):
+        counts["materialize"] += 1
+        return materialize(records)
+
+    monkeypatch.setattr(run_module, "_materialize", counted_materialize)
+    model, x, y = _model_and_data()
+    steps = 300
+    with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=3600, flush_steps=100) as run:
+        run.watch(model, every=10)  # a sampled step every 10 steps, plus snapshots every 100
+        before = dict(counts)
+        _train(run, model, x, y, steps)
+        during = {k: counts[k] - before[k] for k in counts}
+    assert during["materialize"] == steps // 100  # one host transfer per flush, none per step
+    # the only transfers: one per flush, and the first-layer snapshots (steps 100, 200, 300: .cpu(), .numpy())
+    assert during["calls"] <= during["materialize"] + 3 * 2 < steps / 10, during
+    data = load_run(run_dir)
+    assert data.steps["step"].tolist() == list(range(1, steps + 1))
+    assert len(data.layers["step"].unique()) == 1 + steps // 10  # step 1, then every 10th
+
+
+# ---------------------------------------------------------------------------------------------- what gets recorded
+def test_a_watched_training_records_steps_layers_snapshots_and_meta(run_dir):
+    model, x, y = _model_and_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with hooks.Run(run_dir, num_classes=3, config={"lr": 0.1}, on_critical=None) as run:
+        run.watch(model, opt, every=25, snapshot_every=50)
+        _train(run, model, x, y, 100, opt, every_epoch=50)
+    data = load_run(run_dir)
+    assert data.status["state"] == "finished" and data.status["step"] == 100
+    assert data.meta["config"] == {"lr": 0.1} and data.meta["num_classes"] == 3
+    assert [layer["name"] for layer in data.meta["model"]["layers"]] == ["0", "1", "2"]
+    assert data.steps["lr"].eq(0.1).all() and data.steps["grad_scale"].eq(1.0).all()
+    assert data.epochs["epoch"].tolist() == [1, 2] and data.epochs["step"].tolist() == [50, 100]
+    layers = data.layers
+    assert sorted(layers["step"].unique()) == [1, 25, 50, 75, 100]
+    weights = layers[layers["kind"] == "weight"]
+    assert set(weights["layer"]) == {"0", "2"}
+    for col in ("w_norm", "w_mean", "w_std", "g_norm", "update_ratio", "zero_grad_frac"):
+        assert weights[col].notna().all(), col
+    relu = layers[layers["kind"] == "relu"]
+    assert set(relu["layer"]) == {"1"} and relu["num_units"].eq(16).all()
+    assert data.snapshots["step"].tolist() == [0, 50, 100]
+    assert all((run_dir / f).is_file() for f in data.snapshots["file"])
+
+
+# ---------------------------------------------------------------------------------------------- failures contained
+def test_an_unwritable_run_directory_warns_once_and_training_goes_on(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the run directory's parent should be")
+    model, x, y = _model_and_data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with hooks.Run(blocker / "run", num_classes=3) as run:
+            run.watch(model)
+            _train(run, model, x, y, 30)
+    messages = _babysit_warnings(caught)
+    assert len(messages) == 1 and "writer disabled" in messages[0]
+    assert run.global_step == 30 and not run.enabled
+
+
+def test_writes_failing_mid_run_warn_once_and_training_goes_on(run_dir):
+    class ReadOnly:
+        def write(self, data):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        def fileno(self):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        def close(self):
+            pass
+
+    model, x, y = _model_and_data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=0.0) as run:
+            run.watch(model, every=5)
+            _train(run, model, x, y, 20)
+            run._file = ReadOnly()  # the disk goes read-only under the run
+            _train(run, model, x, y, 20)
+    messages = _babysit_warnings(caught)
+    assert len(messages) == 1 and "Read-only file system" in messages[0], messages
+    assert run.global_step == 40
+    data = load_run(run_dir)  # what was written before stays readable
+    assert data.steps["step"].tolist() == list(range(1, 21))
+
+
+# ---------------------------------------------------------------------------------------------- states
+def test_context_manager_marks_finished(run_dir):
+    with hooks.Run(run_dir, on_critical=None) as run:
+        run.step(loss=1.0)
+    status = runfile.read_json(run_dir / runfile.STATUS)
+    assert status["state"] == "finished" and status["error"] is None and status["end_time"] is not None
+
+
+def test_context_manager_marks_crashed_with_the_error_and_reraises(run_dir):
+    model, x, y = _model_and_data()
+    with pytest.raises(ValueError, match="bad batch"):
+        with hooks.Run(run_dir, num_classes=3, on_critical=None) as run:
+            run.watch(model)
+            _train(run, model, x, y, 5)
+            raise ValueError("bad batch")
+    status = load_run(run_dir).status
+    assert status["state"] == "crashed"
+    assert status["error"] == {"type": "ValueError", "message": "bad batch"}
+    assert status["step"] == 5
+
+
+def test_a_stop_file_stops_the_run_at_the_next_flush(run_dir):
+    model, x, y = _model_and_data()
+    with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=0.0) as run:
+        run.watch(model)
+        _train(run, model, x, y, 10)
+        assert not run.should_stop
+        (run_dir / runfile.STOP).write_text(json.dumps({"reason": "lr too high", "by": "tester", "time": time.time()}))
+        _train(run, model, x, y, 100)  # breaks out on should_stop
+    assert run.should_stop and run.global_step == 11
+    status = load_run(run_dir).status
+    assert status["state"] == "stopped" and status["reason"] == "lr too high"
+
+
+def test_close_without_the_context_manager(run_dir):
+    run = hooks.Run(run_dir, on_critical=None)
+    run.step(loss=2.0)
+    run.close()
+    run.close()  # twice is fine
+    assert load_run(run_dir).status["state"] == "finished"
+
+
+# ---------------------------------------------------------------------------------------------- ranks
+def test_rank_other_than_zero_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    model, x, y = _model_and_data()
+    with hooks.Run(tmp_path / "run", num_classes=3) as run:
+        run.watch(model)
+        _train(run, model, x, y, 20)
+    assert run.global_step == 20 and not run.enabled
+    assert list(tmp_path.iterdir()) == []
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+
+
+def test_all_ranks_writes_each_rank_into_its_own_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    with hooks.Run(tmp_path / "run", on_critical=None, all_ranks=True) as run:
+        run.step(loss=1.0)
+    assert load_run(tmp_path / "run" / "rank2").steps["loss"].tolist() == [1.0]

@@ -1,0 +1,37 @@
+"""The rules' test fixtures: trained scenario runs shared by the whole session, and the latency report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # scenarios.py sits next to the tests
+
+LATENCY: dict[str, tuple[int, int, int]] = {}  # scenario -> (fault onset step, finding step, latency)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """trained(scenario) -> the run directory; each scenario trains once per session."""
+    from scenarios import train
+
+    cache: dict[str, dict] = {}
+
+    def get(scenario, **kwargs):
+        if scenario.name not in cache:
+            root = tmp_path_factory.mktemp(scenario.name)
+            cache[scenario.name] = train(scenario, root / "run", **kwargs)
+        return cache[scenario.name]
+
+    return get
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not LATENCY:
+        return
+    tr = terminalreporter
+    tr.section("babysit rules: detection latency (steps from fault onset to the finding)")
+    for name, (onset, step, latency) in sorted(LATENCY.items()):
+        tr.write_line(f"  {name:<28} onset step {onset:>5}  finding at step {step:>5}  latency {latency:>5} steps")
