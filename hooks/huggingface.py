@@ -45,11 +45,13 @@ def _number(value: Any) -> float | None:
 def unwrap_optimizer(optimizer: Any) -> Any:
     """The torch optimizer inside accelerate's AcceleratedOptimizer (or Lightning's LightningOptimizer): the
     layer probes hook the optimizer's step, and a wrapper's step hooks never fire."""
+    inner = optimizer
     for _ in range(3):
-        inner = getattr(optimizer, "optimizer", None)
-        if inner is None or inner is optimizer or not isinstance(inner, torch.optim.Optimizer):
+        inner = getattr(inner, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer):
+            return inner
+        if inner is None:
             break
-        optimizer = inner
     return optimizer
 
 
@@ -143,7 +145,8 @@ class HFHooks:
         self.run = Run(self.path, num_classes=c, config=config, on_critical=self.on_critical, **self.run_kwargs)
         self.run.global_step = int(getattr(state, "global_step", 0) or 0)  # resumed: keep the step count
         watched = model if self.watch_model and isinstance(model, torch.nn.Module) else None
-        self.run.watch(watched, unwrap_optimizer(optimizer), **{k: v for k, v in self.watch_kwargs.items() if v is not None})
+        watch_kwargs = {k: v for k, v in self.watch_kwargs.items() if v is not None}
+        self.run.watch(watched, unwrap_optimizer(optimizer), **watch_kwargs)
         return control
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from hooks.huggingface import unwrap_optimizer
 from hooks.run import Run, StopTraining
 
 __all__ = ["BabysitCallback", "LightningHooks", "callback_class"]  # noqa: F822 - built on first use (__getattr__)
@@ -116,9 +117,7 @@ class LightningHooks:
             self.setup(trainer, pl_module, "fit")
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         optimizer = optimizers[0] if optimizers else None
-        inner = getattr(optimizer, "optimizer", None)  # a wrapper's step hooks never fire: probe the real one
-        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
-            optimizer = inner
+        optimizer = unwrap_optimizer(optimizer)  # a wrapper's step hooks never fire: probe the real one
         if self.watch_model and isinstance(pl_module, torch.nn.Module):
             self.run.watch(pl_module, optimizer, **{k: v for k, v in self.watch_kwargs.items() if v is not None})
         else:

@@ -6,6 +6,7 @@ the sampled step fills them, and `after_step` gathers the numbers and removes ev
 
 The update/weight ratio is measured around the update the optimizer really applied: the pre-hook clones the
 weights, the post-hook compares (right for momentum, Adam, weight decay and anything else the optimizer does).
+The clone is a transient copy of the trainable weights, once per sample.
 
 Every statistic stays a device tensor; `hooks.run._materialize` moves them to the host with the step losses,
 in one transfer at flush time. Snapshots are the one exception (a .npy needs host memory); they are rare.
@@ -192,6 +193,9 @@ class LayerProbe:
             raise ValueError(f"every must be a positive number of steps, not {every!r}")
         if int(snapshot_every) < 1:
             raise ValueError(f"snapshot_every must be a positive number of steps, not {snapshot_every!r}")
+        if optimizer is not None and not hasattr(optimizer, "register_step_post_hook"):
+            _warn(f"no update/weight ratios: {type(optimizer).__name__} has no optimizer step hooks (torch >= 2.0)")
+            optimizer = None
         self.model = model
         self.optimizer = optimizer
         self.run_dir = Path(run_dir)

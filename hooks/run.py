@@ -138,7 +138,7 @@ class Run:
         self._last_flush = time.monotonic()
         self._last_status = -math.inf
         self._undiagnosed: list[dict] = []  # written records the online rules have not seen yet
-        self._diagnose_after = -math.inf
+        self._diagnose_after = time.monotonic() + 0.01 / RULES_BUDGET  # until measured, say a call costs 10 ms
         self._fsynced_nonfinite = False
         self._optimizer = None
         self._probe = None
@@ -406,9 +406,7 @@ class Run:
         try:
             self._diagnose(records)
         finally:  # the next call waits until this one's cost fits in RULES_BUDGET of the time since
-            cost = time.monotonic() - start
-            first = self._diagnose_after == -math.inf  # one-time costs (imports, first frames): not a rate
-            self._diagnose_after = time.monotonic() + (0.0 if first else cost / RULES_BUDGET)
+            self._diagnose_after = time.monotonic() + (time.monotonic() - start) / RULES_BUDGET
 
     def _diagnose(self, records: list[dict]) -> None:
         new = self._diagnoser.update(records_to_batch(records), status=self._status)

@@ -87,6 +87,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "val_loss, val_acc, step, epoch or time (repeatable), e.g. --map val_acc=acc/valid")
     parser.add_argument("--num-classes", type=int, default=None, metavar="C",
                         help="number of classes, when the log does not say (enables the ln(C) and chance rules)")
+    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a rule threshold (repeatable), as for babysit diagnose")
+    parser.add_argument("--config", metavar="FILE", help="thresholds from a .json or .toml file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.num_classes is not None and args.num_classes < 2:
         raise UsageError("--num-classes must be at least 2")
-    out, data = write_report(args.run, args.output, mapping=mapping, num_classes=args.num_classes)
+    from monitor.diagnose import thresholds_from_args
+
+    out, data = write_report(args.run, args.output, mapping=mapping, num_classes=args.num_classes,
+                             thresholds=thresholds_from_args(args))
     counts = {s: sum(1 for f in data["findings"] if f.get("severity") == s) for s in SEVERITY_ORDER}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
     print(f"report written to {out} ({summary})")
@@ -118,6 +124,7 @@ def write_report(
     *,
     mapping: dict[str, str] | None = None,
     num_classes: int | None = None,
+    thresholds: dict | None = None,
 ) -> tuple[Path, dict]:
     """Read RUN, diagnose it, write the HTML. Returns (the file written, what went into it)."""
     from monitor.importers import load_any
@@ -128,7 +135,7 @@ def write_report(
         run_data = load_any(path, mapping=mapping, num_classes=num_classes)
     except RunReadError as e:
         raise UsageError(str(e)) from None
-    findings, problems = diagnose_all(run_data)
+    findings, problems = diagnose_all(run_data, thresholds)
     out = Path(output) if output else default_output(path, run_data)
     html = build_report(run_data, findings, problems=problems)
     try:
@@ -139,7 +146,7 @@ def write_report(
     return out, {"findings": findings, "problems": problems}
 
 
-def diagnose_all(run_data: Any) -> tuple[list[dict], list[str]]:
+def diagnose_all(run_data: Any, thresholds: dict | None = None) -> tuple[list[dict], list[str]]:
     """Post-hoc findings, plus those recorded during training that the post-hoc pass did not reproduce.
 
     Returns (findings as dicts, problems: rules that broke, or an engine that would not load).
@@ -156,7 +163,7 @@ def diagnose_all(run_data: Any) -> tuple[list[dict], list[str]]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                findings = [f.to_dict() for f in rules.diagnose(run_data)]
+                findings = [f.to_dict() for f in rules.diagnose(run_data, thresholds)]
             except Exception as e:  # noqa: BLE001
                 problems.append(f"diagnosis failed ({type(e).__name__}: {e})")
         problems += [str(w.message) for w in caught if issubclass(w.category, getattr(rules, "RuleWarning", ()))]
@@ -340,7 +347,8 @@ def _header(run_data: Any, findings: list[dict]) -> str:
     return (
         f'<header><div class="kicker">babysit report</div><h1>{esc(name)}</h1>'
         f'<p class="where">{esc(where)}</p>'
-        f'<div class="badges"><span class="badge state-{esc(re.sub("[^a-z]", "", state.lower()))}">{esc(state)}</span>'
+        f'<div class="badges"><span class="badge state-{esc(re.sub("[^a-z]", "", state.lower()))}">'
+        f'{esc("imported log" if source and state == "unknown" else state)}</span>'
         f'<span class="badge verdict-{verdict[0]}">{esc(verdict[1])}</span></div>{extra}</header>'
     )
 

@@ -21,17 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import DirCreatedEvent, DirMovedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserverVFS
 
@@ -44,12 +34,10 @@ __all__ = ["Watcher", "WatchError", "STALL_RULE", "stall_thresholds"]
 STALL_RULE = "stalled_run"
 NO_STOP_RULES = frozenset({STALL_RULE})  # a stalled or dead process cannot act on a STOP file
 
-# Reading a file raises inotify "opened"/"closed_no_write" events: never subscribe to those, or the
-# watcher's own reads would wake it forever.
-_EVENT_FILTER = [
-    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
-    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
-]
+# Only what can mean new data: appends (modified), atomic replacements of status.json and meta.json (moved),
+# new run directories. Reading a file raises "opened"/"closed_no_write" events: subscribing to those would
+# make the watcher's own reads wake it forever. Each flush of the hooks costs two or three events.
+_EVENT_FILTER = [FileModifiedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 _WATCHED_FILES = (runfile.EVENTS, runfile.FINDINGS, runfile.STATUS)
 
 
@@ -97,7 +85,10 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_any_event(self, event: Any) -> None:
-        self.watcher.notify(event.src_path, getattr(event, "dest_path", "") or "")
+        dest = getattr(event, "dest_path", "") or ""
+        if not dest and not event.is_directory and os.path.basename(event.src_path).startswith("."):
+            return  # a temporary file being written; its rename into place is the event that counts
+        self.watcher.notify(event.src_path, dest)
 
 
 class _Run:
@@ -143,7 +134,7 @@ class Watcher:
         backstop: seconds between full checks of every live run (liveness, stalls, missed events, new runs).
         log_grace: seconds a watcher finding waits before going into the log, so that the hooks' copy of the
             same finding (written just after the events that caused it) is not duplicated.
-        announce_ended: also announce findings of runs that had already ended when first seen (--once).
+        announce_ended: also announce findings of runs that had already ended at the first scan (--once).
         diagnoser_factory: (meta, thresholds, run_dir) -> object with update(batch, status) returning
             findings; default rules.OnlineDiagnoser.
     """
@@ -215,6 +206,7 @@ class Watcher:
         self._sent: dict[str, deque[float]] = {}  # rule -> times of recent announcements
         self._suppressed: dict[str, list[str]] = {}  # rule -> runs whose alert the rate limit held back
         self._closed = False
+        self._initial = True  # the first scan: runs that already ended are history, not news
 
     # ----------------------------------------------------------------- messages
     def warn(self, text: str) -> None:
@@ -318,6 +310,7 @@ class Watcher:
         for path, root in found:
             if str(path) not in self.runs and str(path) not in self.bad:
                 self._add_run(path, root)
+        self._initial = False  # runs found from now on are new, even if they already ended (a short run)
 
     def _add_run(self, path: Path, root: Path | None) -> None:
         name = path.relative_to(root).as_posix() if root is not None and path != root else path.name
@@ -332,7 +325,7 @@ class Watcher:
         except ValueError as e:  # bad threshold overrides: bad input for every run alike
             raise WatchError(str(e)) from None
         ended = read_status(path).get("state") not in ("running", "unknown")
-        run = _Run(path, name, tailer, diagnoser, quiet=ended and not self.announce_ended)
+        run = _Run(path, name, tailer, diagnoser, quiet=ended and self._initial and not self.announce_ended)
         self.runs[str(path)] = run
         self._process(run)
         run.quiet = False  # from now on, what changes is news

@@ -16,15 +16,24 @@ __all__ = ["Overfitting", "Underfitting", "ChanceAccuracy"]
 _HISTORY = 64  # epochs of metrics kept (O(window) state)
 
 
-def _epoch_rows(batch) -> list[dict]:
-    ep = batch.epochs
+def _epoch_rows(ctx: Context) -> list[dict]:
+    """The new epoch records as dicts, built once per update and shared by the epoch rules."""
+    ep = ctx.epochs
     if not len(ep):
         return []
-    cols = [c for c in ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc") if c in ep.columns]
+    cached = getattr(ctx, "_epoch_rows", None)
+    if cached is not None and cached[0] is ep:
+        return cached[1]
+    cols = {c: (ep.ints(c) if c in ("epoch", "step") else ep.num(c))
+            for c in ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc") if c in ep}
     rows = []
-    for rec in ep[cols].to_dict("records"):
-        row = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in rec.items()}
+    for i in range(len(ep)):
+        row = {}
+        for k, col in cols.items():
+            v = col[i]
+            row[k] = int(v) if k in ("epoch", "step") else (None if math.isnan(v) else float(v))
         rows.append(row)
+    ctx._epoch_rows = (ep, rows)
     return rows
 
 
@@ -41,7 +50,7 @@ class _EpochRule(Rule):
         if self.done:
             return []
         out: list[Finding] = []
-        for row in _epoch_rows(batch):
+        for row in _epoch_rows(ctx):
             for k in ("train_acc", "val_acc"):
                 v = row.get(k)
                 if v is not None and v > 1.0 + 1e-9:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rules.base import Context, Finding, Rule, severity_rank
+from rules.base import Context, Finding, Rule, Table, severity_rank
 from rules.catalogue import CAUSES, RULES
 from rules.layers import observe_layers
 from rules.thresholds import resolve
@@ -24,12 +24,6 @@ __all__ = ["OnlineDiagnoser", "diagnose", "RuleWarning", "sort_findings"]
 
 class RuleWarning(RuntimeWarning):
     """A rule raised: it is switched off for this run and the other rules go on."""
-
-
-def _column(frame: Any, name: str, dtype: Any = float) -> np.ndarray:
-    if frame is None or name not in getattr(frame, "columns", ()):
-        return np.array([], dtype=dtype)
-    return frame[name].to_numpy(dtype=dtype, na_value=np.nan) if dtype is float else frame[name].to_numpy(dtype)
 
 
 class OnlineDiagnoser:
@@ -66,11 +60,11 @@ class OnlineDiagnoser:
             ctx.run_dir = Path(path)
         if isinstance(getattr(batch, "meta", None), dict) and batch.meta:
             ctx.meta = {**batch.meta, **{k: v for k, v in ctx.meta.items() if v is not None}}
-        steps = batch.steps
-        ctx.new_step = _column(steps, "step", np.int64)
-        ctx.new_loss = _column(steps, "loss")
-        ctx.new_lr = _column(steps, "lr")
-        ctx.new_time = _column(steps, "time")
+        steps = Table(batch.steps)
+        ctx.new_step = steps.ints("step") if "step" in steps else np.array([], dtype=np.int64)
+        ctx.new_loss, ctx.new_lr, ctx.new_time = steps.num("loss"), steps.num("lr"), steps.num("time")
+        ctx.epochs, ctx.layers, ctx.snapshots = Table(batch.epochs), Table(batch.layers), Table(batch.snapshots)
+        ctx.events = list(getattr(batch, "events", None) or [])
         ctx.prev_lr = ctx.last_lr
         if len(ctx.new_step):
             if ctx.nonfinite_step is None:
@@ -85,14 +79,14 @@ class OnlineDiagnoser:
                 ctx.max_lr = float(np.nanmax([ctx.max_lr, lr.max()]))
                 ctx.last_lr = float(lr[-1])
             self._initial_loss()
-        epochs = batch.epochs
-        if len(epochs):
-            ctx.epoch_ends.extend(int(s) for s in epochs["step"].to_numpy())
-            ctx.last_step = max(ctx.last_step, int(epochs["step"].max()))
+        if len(ctx.epochs):
+            ends = ctx.epochs.ints("step")
+            ctx.epoch_ends.extend(int(s) for s in ends)
+            ctx.last_step = max(ctx.last_step, int(ends.max()))
         observe_layers(batch, ctx)
-        for frame in (batch.layers, batch.snapshots):
-            if len(frame):
-                ctx.last_step = max(ctx.last_step, int(frame["step"].max()))
+        for table in (ctx.layers, ctx.snapshots):
+            if len(table):
+                ctx.last_step = max(ctx.last_step, int(table.ints("step").max()))
 
     def _initial_loss(self) -> None:
         """The loss at init: min(first loss, median of the first `init_steps`) so a spike never inflates it."""

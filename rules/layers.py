@@ -7,12 +7,11 @@ Layer records come on sampled steps only, so "sustained" means a number of conse
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from rules.base import Context, Finding, Rule, fmt
+from rules.base import Context, Finding, Rule, Table, fmt, row_nanmedian
 from rules.window import Streak, first_true
 
 __all__ = ["LayerView", "layer_view", "UpdateRatio", "DeadUnits", "SaturatedActivations",
@@ -21,22 +20,33 @@ __all__ = ["LayerView", "layer_view", "UpdateRatio", "DeadUnits", "SaturatedActi
 _NORM_TYPES = ("Norm",)  # BatchNorm/LayerNorm/GroupNorm weights: scale parameters, not feature detectors
 
 
-@dataclass
 class LayerView:
     """The new layer records as matrices: one row per sampled step, one column per layer."""
 
-    steps: np.ndarray
-    names: list[str]
-    kinds: list[str]
-    frame: pd.DataFrame
+    def __init__(self, table: Table, keep: np.ndarray | None = None):
+        self.table = table
+        self.keep = keep  # row mask (records before a NaN loss), None: all
+        step = table.ints("step")
+        layer = table.raw("layer")
+        kind = table.raw("kind") if "kind" in table else np.full(len(table), "weight", dtype=object)
+        if keep is not None:
+            step, layer, kind = step[keep], layer[keep], kind[keep]
+        self.steps, self._rows = np.unique(step, return_inverse=True)
+        self._cols, names = pd.factorize(layer, sort=False)
+        self.names = [str(n) for n in names]
+        first = np.unique(self._cols, return_index=True)[1]
+        self.kinds = [str(kind[i]) for i in first]
+        self._cache: dict[str, np.ndarray] = {}
 
     def stat(self, name: str) -> np.ndarray:
         """(records x layers) matrix of one statistic, NaN where a layer did not report it."""
-        out = np.full((len(self.steps), len(self.names)), np.nan)
-        if name in self.frame.columns:
-            vals = self.frame[name].to_numpy(dtype=float, na_value=np.nan)
-            out[self._rows, self._cols] = vals
-        return out
+        if name not in self._cache:
+            out = np.full((len(self.steps), len(self.names)), np.nan)
+            if name in self.table:
+                vals = self.table.num(name)
+                out[self._rows, self._cols] = vals if self.keep is None else vals[self.keep]
+            self._cache[name] = out
+        return self._cache[name].copy()
 
     def columns(self, kind: str) -> list[int]:
         return [i for i, k in enumerate(self.kinds) if k == kind]
@@ -44,24 +54,18 @@ class LayerView:
 
 def layer_view(batch, ctx: Context) -> LayerView | None:
     """Built once per update and shared by the layer rules."""
-    lay = batch.layers
+    lay = ctx.layers
     cached = getattr(ctx, "_layer_view", None)
     if cached is not None and cached[0] is lay:
         return cached[1]
     view = None
-    if len(lay) and ctx.nonfinite_step is not None:
-        lay = lay[lay["step"].to_numpy() < ctx.nonfinite_step]  # after a NaN loss, layer stats are garbage
-    if len(lay) and "layer" in lay.columns:
-        steps, rows = np.unique(lay["step"].to_numpy(dtype=np.int64), return_inverse=True)
-        cols, names = pd.factorize(lay["layer"], sort=False)
-        kinds_col = lay["kind"].astype(str).to_numpy() if "kind" in lay.columns else np.full(len(lay), "weight")
-        kinds = [""] * len(names)
-        for c, k in zip(cols, kinds_col, strict=True):
-            if not kinds[c]:
-                kinds[c] = k
-        view = LayerView(steps, [str(n) for n in names], kinds, lay)
-        view._rows, view._cols = rows, cols
-    ctx._layer_view = (batch.layers, view)
+    if len(lay) and "layer" in lay and "step" in lay:
+        keep = None
+        if ctx.nonfinite_step is not None:
+            keep = lay.ints("step") < ctx.nonfinite_step  # after a NaN loss, layer stats are garbage
+        if keep is None or keep.any():
+            view = LayerView(lay, keep)
+    ctx._layer_view = (lay, view)
     return view
 
 
@@ -79,7 +83,7 @@ def observe_layers(batch, ctx: Context) -> None:
     ok = np.isfinite(ratio).any(axis=1)
     if ok.any():
         ctx.ur_steps = view.steps[ok]
-        ctx.ur_values = np.nanmedian(ratio[ok], axis=1)
+        ctx.ur_values = row_nanmedian(ratio[ok])
         ctx.update_ratio_recent = float(ctx.ur_values[-1])
 
 
@@ -148,7 +152,7 @@ class UpdateRatio(_LayerRule):
             return []
         steps = view.steps[has]
         ratio = ratio[has]
-        med = np.nanmedian(ratio, axis=1)
+        med = row_nanmedian(ratio)
         lr = ctx.lr_at(steps)
         peak = ctx.max_lr
         decayed = np.isfinite(lr) & math.isfinite(peak) & (lr < self.th["lr_decayed_factor"] * peak)
@@ -462,34 +466,33 @@ class StalledWeights(_LayerRule):
         cols = view.columns("weight")
         if not cols:
             return []
-        ur, g = view.stat("update_ratio"), view.stat("g_norm")
-        wn, wm, ws = view.stat("w_norm"), view.stat("w_mean"), view.stat("w_std")
+        ur, g = view.stat("update_ratio")[:, cols], view.stat("g_norm")[:, cols]
+        w = np.stack([view.stat(k)[:, cols] for k in ("w_norm", "w_mean", "w_std")])  # (3, records, layers)
+        names = [view.names[c] for c in cols]
+        prev_row = np.array([self.prev.get(n, (np.nan,) * 3) for n in names]).T[:, None, :]  # (3, 1, layers)
+        prev = np.concatenate([prev_row, w[:, :-1]], axis=1)
+        same = (w == prev).all(axis=0)
+        for j, n in enumerate(names):
+            present = np.flatnonzero(np.isfinite(w[0, :, j]))
+            if len(present):
+                self.prev[n] = tuple(w[:, present[-1], j])
         lr = ctx.lr_at(view.steps)
-        schedule_zero = (lr == 0) & math.isfinite(ctx.max_lr) & (ctx.max_lr > 0)
+        schedule_zero = (lr == 0) & math.isfinite(ctx.max_lr) & (ctx.max_lr > 0)  # a schedule that reached 0
+        cond = (g > 0) & ((ur == 0) | (np.isnan(ur) & same)) & ~schedule_zero[:, None]
+        if not cond.any() and not any(self.streaks.get(n) and self.streaks[n].count for n in names):
+            return []
         hits: dict[str, tuple[int, int]] = {}
         stalled_at: list[np.ndarray] = []
-        for c in cols:
-            name = view.names[c]
-            present = np.isfinite(wn[:, c])
-            if not present.any():
-                continue
-            w = np.stack([wn[:, c], wm[:, c], ws[:, c]], axis=1)[present]
-            prev = np.vstack([np.array([self.prev.get(name, (np.nan,) * 3)]), w[:-1]])
-            same = (w == prev).all(axis=1)
-            self.prev[name] = tuple(w[-1])
-            u = ur[present, c]
-            cond = (g[present, c] > 0) & ((u == 0) | (np.isnan(u) & same)) & ~schedule_zero[present]
-            sub = _Sub(view, view.steps[present])
-            i, n = self.sustained(self.streaks.setdefault(name, Streak()), cond, sub, "stalled_records")
+        for j, n in enumerate(names):
+            i, k = self.sustained(self.streaks.setdefault(n, Streak()), cond[:, j], view, "stalled_records")
             full = np.zeros(len(view.steps), dtype=bool)
             if i is not None:
-                idx = np.flatnonzero(present)
-                full[idx[i]:] = True  # sustained from here on (good enough for "all layers at once")
-                hits[name] = (int(idx[i]), n)
+                full[i:] = True  # sustained from here on (good enough for "all layers at once")
+                hits[n] = (i, k)
             stalled_at.append(full)
         if not hits:
             return []
-        every = np.logical_and.reduce(stalled_at) if len(stalled_at) == len(cols) else np.zeros(1, bool)
+        every = np.logical_and.reduce(stalled_at)
         i_all = first_true(every)
         severity = "critical" if i_all is not None else "warning"
         if self.severity == severity or self.severity == "critical":
@@ -497,20 +500,20 @@ class StalledWeights(_LayerRule):
         self.severity = severity
         i = i_all if i_all is not None else min(i for i, _ in hits.values())
         step = int(view.steps[i])
-        names = sorted(hits, key=lambda n: hits[n][0])
+        stalled = sorted(hits, key=lambda n: hits[n][0])
         lri = float(lr[i])
         lr_note = " (the learning rate is 0)" if lri == 0 else _lr(lri)
         if severity == "critical":
             msg = (f"no layer's weights changed at step {step} although all {len(cols)} get gradients: the optimizer "
                    f"updates nothing{lr_note}")
         else:
-            msg = (f"{len(names)} of {len(cols)} layers get gradients but their weights do not change (step "
-                   f"{step}): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}{lr_note}")
+            msg = (f"{len(stalled)} of {len(cols)} layers get gradients but their weights do not change (step "
+                   f"{step}): {', '.join(stalled[:5])}{' ...' if len(stalled) > 5 else ''}{lr_note}")
         fix = list(self.fix)
         if lri == 0:
             fix = [fix[2], fix[0], fix[1]]
-        evidence = {"step": step, "layers": names, "all_layers": severity == "critical", "lr": lri,
-                    "records": {n: hits[n][1] for n in names}}
+        evidence = {"step": step, "layers": stalled, "all_layers": severity == "critical", "lr": lri,
+                    "records": {n: hits[n][1] for n in stalled}}
         if severity == "critical":
             self.done = True
         return [self.finding(ctx, severity, step, msg, evidence, fix)]

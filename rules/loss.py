@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from rules.base import Context, Finding, Rule, fmt
-from rules.window import Tail, first_true, rolling_mean, rolling_median, runs_of
+from rules.window import Tail, first_true, rolling_count, rolling_mean, runs_of
 
 __all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss"]
 
@@ -38,6 +38,7 @@ class NonfiniteLoss(Rule):
         super().__init__(thresholds)
         self.done = False
         self.last_finite: tuple[int, float] | None = None
+        self.seen_finite: dict[str, bool] = {}
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         if self.done:
@@ -72,30 +73,34 @@ class NonfiniteLoss(Rule):
         return [self.finding(ctx, "critical", step, msg, evidence, fix)]
 
     def _epochs(self, batch, ctx: Context) -> list[Finding]:
-        ep = batch.epochs
+        ep = ctx.epochs
         for col in ("train_loss", "val_loss"):
-            if col not in ep.columns:
+            if col not in ep:
                 continue
-            vals = ep[col].to_numpy(dtype=float, na_value=np.nan)
-            bad = np.isinf(vals) | (np.isnan(vals) & ep[col].notna().to_numpy())
+            vals = ep.num(col)
+            # NaN is also how a missing metric reads: count it only after the metric was once finite
+            seen = self.seen_finite.get(col, False) | np.logical_or.accumulate(np.isfinite(vals))
+            bad = np.isinf(vals) | (np.isnan(vals) & np.concatenate([[self.seen_finite.get(col, False)], seen[:-1]]))
+            self.seen_finite[col] = bool(seen[-1]) if len(seen) else self.seen_finite.get(col, False)
             i = first_true(bad)
             if i is not None:
-                step, epoch = int(ep["step"].iloc[i]), int(ep["epoch"].iloc[i])
+                step, epoch = int(ep.ints("step")[i]), int(ep.ints("epoch")[i])
                 msg = f"{col} is {fmt(vals[i])} at epoch {epoch} (step {step})"
                 return [self.finding(ctx, "critical", step, msg, {"what": col, "value": vals[i], "step": step},
                                      epoch=epoch)]
         return []
 
     def _layers(self, batch, ctx: Context) -> list[Finding]:
-        lay = batch.layers
-        for col, what in (("w_norm", "weights"), ("g_norm", "gradients")):
-            if col not in lay.columns:
-                continue
-            vals = lay[col].to_numpy(dtype=float, na_value=np.nan)
-            present = lay[col].notna().to_numpy()
-            i = first_true(np.isinf(vals) | (np.isnan(vals) & present))
+        lay = ctx.layers
+        if not len(lay) or "kind" not in lay:
+            return []
+        weight = lay.raw("kind") == "weight"
+        w, g, zf = lay.num("w_norm"), lay.num("g_norm"), lay.num("zero_grad_frac")
+        for vals, bad, what in ((w, weight & ~np.isfinite(w), "weights"),
+                                (g, np.isinf(g) | (np.isnan(g) & np.isfinite(zf)), "gradients")):
+            i = first_true(bad)
             if i is not None:
-                step, layer = int(lay["step"].iloc[i]), str(lay["layer"].iloc[i])
+                step, layer = int(lay.ints("step")[i]), str(lay.raw("layer")[i])
                 msg = f"{what} of layer {layer} are {fmt(vals[i])} (norm) at step {step}"
                 return [self.finding(ctx, "critical", step, msg,
                                      {"what": what, "layer": layer, "value": vals[i], "step": step})]
@@ -126,16 +131,17 @@ class LossExplosion(Rule):
         if init is None or not ctx.initial_final or init <= 0 or len(x) < self.w:
             return []
         factor = self.th["explosion_factor"]
-        # NaN windows never count (nonfinite_loss reports them); +inf counts as exploded
-        med = rolling_median(x, self.w)
+        # The median of a window is above the limit exactly when more than half its values are (for odd w):
+        # a rolling count, O(n) and cheap. NaN never counts (nonfinite_loss reports it); +inf does.
+        above = rolling_count(x > factor * init, self.w)
         start = max(len(x) - n - (self.w - 1), 0)  # windows that end on a new step
-        hit = first_true(med[start:] > factor * init)
+        hit = first_true(above[start:] >= self.w // 2 + 1)
         if hit is None:
             return []
         end = start + hit + self.w - 1
         self.done = True
-        value, step, lr = float(med[start + hit]), int(steps[end]), float(lrs[end])
         window = x[end - self.w + 1 : end + 1]
+        value, step, lr = float(np.median(window)), int(steps[end]), float(lrs[end])
         msg = (f"loss {fmt(value)} at step {step} is {fmt(value / init, 2)}x the initial {fmt(init)} "
                f"(median of {self.w} steps; limit {fmt(factor)}x){_lr_note(lr)}")
         evidence = {"step": step, "loss": value, "peak": float(np.nanmax(window)), "initial_loss": init,
@@ -190,6 +196,14 @@ class FlatLoss(Rule):
         end_level = level[ends - m + 1]
         if self.fired is not None:
             return self._resolve(ctx, ends, end_level, steps, init)
+        floor = self.th["flat_level"] * init
+        if self.min_level < floor:
+            self.done = True  # the loss came down once: this run is not flat, and never will be
+            return []
+        below = first_true(end_level < floor)
+        if below is not None:  # only the stretch before the loss first came down can be flat
+            self.done = True
+            ends, end_level = ends[:below], end_level[:below]
         running_min = np.fmin.accumulate(np.concatenate([[self.min_level], end_level]))[1:]
         self.min_level = float(np.nanmin([self.min_level, *running_min[-1:]]))
         ends_ok = ends >= w - 1
@@ -205,12 +219,15 @@ class FlatLoss(Rule):
         flat &= all_finite & ~warmup
         runs = runs_of(flat, self.run)
         self.run = int(runs[-1])
-        ur = ctx.update_ratio_at(steps[ends])
+        ur = np.full(len(ends), np.nan)
+        cand = flat & (w + runs - 1 >= w)
+        ur[cand] = ctx.update_ratio_at(steps[ends[cand]])
         moving = np.isfinite(ur) & (ur >= self.th["flat_moving_ratio"])
         need = np.where(moving, max(self.th["flat_window_moving"], w), w)
         hit = first_true(flat & (w + runs - 1 >= need))
         if hit is None:
             return []
+        self.done = False  # fired: keep watching for the loss to drop (a slow start)
         p = int(ends[hit])
         step, lr, a, b = int(steps[p]), float(lrs[p]), float(start_level[hit]), float(end_level[hit])
         span = int(steps[p] - steps[p - w + 1])
@@ -239,8 +256,9 @@ class FlatLoss(Rule):
             evidence["weights_move"] = True
         self.fired = self.finding(ctx, "warning", step, msg, evidence, fix)
         # the same batch may already show the loss dropping (post-hoc: the whole run at once)
-        later = ends > p
-        return self._resolve(ctx, ends[later], end_level[later], steps, init) or [self.fired]
+        later = np.arange(p + 1, len(x))
+        later_level = level[later - m + 1] if len(later) else np.array([])
+        return self._resolve(ctx, later, later_level, steps, init) or [self.fired]
 
     def _resolve(self, ctx: Context, ends, end_level, steps, init) -> list[Finding]:
         i = first_true(end_level < self.th["flat_resolved"] * init)
@@ -303,7 +321,8 @@ class InitLossMismatch(Rule):
         if self.first is None:
             return []
         c, source = infer_num_classes(ctx)
-        has_acc = any(col in batch.epochs.columns for col in ("train_acc", "val_acc"))
+        self.has_acc = getattr(self, "has_acc", False) or any(c in ctx.epochs for c in ("train_acc", "val_acc"))
+        has_acc = self.has_acc
         if c is None or (source == "model" and not has_acc):
             return []  # a guessed C is trusted only once accuracies show this is a classifier
         self.done = True
@@ -365,17 +384,24 @@ class NoisyLoss(Rule):
         if not k or init is None or init <= 0:
             return []
         xs, ss = x[: k * self.w].reshape(k, self.w), s[: k * self.w].reshape(k, self.w)
-        d = np.diff(xs, axis=1)
-        mad = np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
-        spread = 1.4826 * mad / math.sqrt(2)
-        level = np.median(xs, axis=1)
-        finite = np.isfinite(xs).all(axis=1) & (level > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = spread / level
         bs = _cfg(ctx, "batch_size", "batch", "bs")
         small = isinstance(bs, (int, float)) and not isinstance(bs, bool) and 0 < bs <= self.th["noisy_small_batch"]
         relax = self.th["noisy_small_batch_relax"] if small else 1.0  # a known tiny batch explains the noise
-        noisy = finite & (rel > relax * self.th["noisy_rel_spread"]) & (
+        d = np.diff(xs, axis=1)
+        spread = np.zeros(k)
+        level = np.ones(k)
+        # robust spread <= 2.1 x std (Markov), so windows whose std is small cannot be noisy: skip their medians
+        with np.errstate(invalid="ignore"):
+            maybe = ~(2.1 * np.std(d, axis=1) / math.sqrt(2) <= relax * self.th["noisy_init_spread"] * init)
+        if maybe.any():
+            dm = d[maybe]
+            mad = np.median(np.abs(dm - np.median(dm, axis=1, keepdims=True)), axis=1)
+            spread[maybe] = 1.4826 * mad / math.sqrt(2)
+            level[maybe] = np.median(xs[maybe], axis=1)
+        finite = np.isfinite(xs).all(axis=1) & (level > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = spread / level
+        noisy = finite & maybe & (rel > relax * self.th["noisy_rel_spread"]) & (
             spread > relax * self.th["noisy_init_spread"] * init)
         for i in range(k):
             self.streak = self.streak + 1 if noisy[i] else 0

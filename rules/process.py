@@ -30,11 +30,12 @@ class StalledRun(Rule):
         self.severity = None
 
     def update(self, batch, ctx: Context) -> list[Finding]:
+        # Step times are in write order; an evaluation pause shows as a gap between two steps. Epoch times
+        # only matter for runs that record no steps.
         times = ctx.new_time[np.isfinite(ctx.new_time)]
-        ep = batch.epochs
-        if len(ep) and "time" in ep.columns:
-            et = ep["time"].to_numpy(dtype=float, na_value=np.nan)
-            times = np.sort(np.concatenate([times, et[np.isfinite(et)]]))
+        if not len(times) and len(ctx.epochs) and "time" in ctx.epochs:
+            et = ctx.epochs.num("time")
+            times = np.sort(et[np.isfinite(et)])
         if len(times):
             joined = np.concatenate([[self.last_time], times]) if math.isfinite(self.last_time) else times
             if len(joined) > 1:
@@ -100,7 +101,7 @@ class TestSetReuse(Rule):
     def update(self, batch, ctx: Context) -> list[Finding]:
         if self.done:
             return []
-        for ev in batch.events:
+        for ev in ctx.events:
             if ev.get("type") != "event" or ev.get("name") != "test_eval":
                 continue
             data = ev.get("data") if isinstance(ev.get("data"), dict) else {}

@@ -79,18 +79,20 @@ class NoisyWeights(Rule):
         return arr if np.issubdtype(arr.dtype, np.number) else None
 
     def update(self, batch, ctx: Context) -> list[Finding]:
-        snaps = batch.snapshots
+        snaps = ctx.snapshots
         if self.severity == "warning" or not len(snaps):
             return []
-        snaps = snaps.sort_values("step", kind="stable")
+        steps = snaps.ints("step")
+        order = np.argsort(steps, kind="stable")
         if self.init is None:
-            row = snaps.iloc[0]
-            arr = self._load(ctx, str(row["file"]))
+            first = int(order[0])
+            arr = self._load(ctx, str(snaps.raw("file")[first]))
             if arr is None:
                 return []
-            self.init = (int(row["step"]), arr)
-        row = snaps.iloc[-1]
-        step = int(row["step"])
+            self.init = (int(steps[first]), arr)
+        last = int(order[-1])
+        step = int(steps[last])
+        row = {"file": str(snaps.raw("file")[last]), "layer": str(snaps.raw("layer")[last])}
         if step - self.init[0] < self.th["noisy_weights_min_steps"]:
             return []
         w0 = as_images(self.init[1])

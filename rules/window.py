@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["Tail", "rolling_mean", "rolling_median", "first_true", "runs_of"]
+__all__ = ["Tail", "Streak", "rolling_mean", "rolling_count", "rolling_median", "first_true", "runs_of"]
 
 
 class Tail:
@@ -17,8 +17,12 @@ class Tail:
 
     def extend(self, *new: np.ndarray) -> list[np.ndarray]:
         """Return tail+new for each array (to evaluate on), and keep the last `size` as the new tail."""
-        joined = [np.concatenate([old, np.asarray(n, dtype=old.dtype)]) for old, n in zip(self.parts, new, strict=True)]
-        self.parts = [j[-self.size :] if self.size else j[:0] for j in joined]
+        joined = []
+        for old, n in zip(self.parts, new, strict=True):
+            n = np.asarray(n, dtype=old.dtype)
+            joined.append(np.concatenate([old, n]) if len(old) else n)  # no copy of a whole run on the first call
+        # copies: a view would keep the caller's whole array alive
+        self.parts = [j[-self.size :].copy() if self.size else j[:0] for j in joined]
         return joined
 
     def __len__(self) -> int:
@@ -31,6 +35,14 @@ def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
         return np.array([], dtype=float)
     c = np.concatenate([[0.0], np.cumsum(x, dtype=float)])
     return (c[w:] - c[:-w]) / w
+
+
+def rolling_count(mask: np.ndarray, w: int) -> np.ndarray:
+    """How many of each full window of w values are True."""
+    if len(mask) < w:
+        return np.array([], dtype=np.int64)
+    c = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return c[w:] - c[:-w]
 
 
 def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
@@ -74,6 +86,8 @@ class Streak:
         cond = np.asarray(cond, dtype=bool)
         if not len(cond):
             return None, self.count
+        if not self.count and not cond.any():  # the usual case on a healthy run: nothing to carry
+            return None, 0
         runs = runs_of(cond, self.count)
         idx = np.arange(len(cond))
         start_idx = idx - runs + 1

@@ -158,9 +158,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
                 optimizer.step()
                 if norm_params:
                     regularize.apply_max_norm(norm_params, cfg.max_norm)
-                scheduler.step()
                 value = loss.detach()
-                run.step(loss=value)
+                run.step(loss=value)  # records the lr this step used, so before the scheduler moves it
+                scheduler.step()
                 total += value
                 steps += 1
                 first = value if first is None else first

@@ -34,6 +34,7 @@ from monitor.dashboard.state import (
     inside,
     severity_rank,
 )
+from monitor.dashboard.views import run_plans, spans_decades
 
 VIEWS = ["Run", "Runs", "Compare", "Search"]
 REFRESH = {"off": None, "1 s": 1.0, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
@@ -261,29 +262,23 @@ def metrics_row(state: RunState, smoothing: float) -> None:
                    height="stretch")
 
 
-def loss_section(state: RunState, name: str, focus: dict | None, domain: tuple[float, float] | None) -> None:
+def loss_section(state: RunState, name: str, focus: dict | None, domain: tuple[float, float] | None,
+                 plan: charts.ChartPlan) -> None:
     head = st.container(horizontal=True, vertical_alignment="center")
     head.markdown("#### Loss")
-    log = head.toggle("log scale", key=f"log:{name}")
-    smoothing = float(st.session_state.get("smoothing", 0.8))
+    head.segmented_control("y scale", ["auto", "linear", "log"], default="auto", key=f"yscale:{name}",
+                           label_visibility="collapsed", required=True)
     if focus and domain:
         bar = st.container(horizontal=True, vertical_alignment="center")
         bar.caption(f"Zoomed to step {int(focus['step']):,}: {safe_md(focus.get('label', ''))}")
         bar.button("Show all steps", key=f"unfocus:{name}", on_click=_clear_focus, args=(name,),
                    icon=":material/zoom_out_map:", type="tertiary")
-    view = state.loss.window(*domain) if domain else state.loss.view()
-    smooth = pd.DataFrame({"step": view.mean_x, "loss": ema(view.mean_y, smoothing)})
-    c = state.num_classes()
-    plan = charts.plan_loss(
-        view.frame(y="loss"), smooth, state.loss.view().nonfinite,
-        initial_loss=state.initial_loss(), ln_c=math.log(c) if c else None, log_scale=log, domain=domain,
-        marker=focus if domain else None, height=340,
-    )
     chart(plan)
+    view = state.loss.view()
     notes = []
     if view.width > 1:
         notes.append(f"{view.n:,} steps drawn as {len(view.x):,} points (min and max of every {view.width:,})")
-    nf = state.loss.view().nonfinite
+    nf = view.nonfinite
     if len(nf):
         notes.append(f"loss not finite at {int(nf['count'].sum()):,} steps, first at step {int(nf['start'].iloc[0]):,}")
     if notes:
@@ -341,47 +336,29 @@ def findings_section(state: RunState, name: str) -> None:
         st.caption(f"The dashboard's own diagnosis stopped: {safe_md(state.diagnoser_error)}")
 
 
-def accuracy_section(state: RunState) -> None:
+def accuracy_section(plan: charts.ChartPlan | None) -> None:
     st.markdown("#### Accuracy")
-    epochs = state.epochs
-    if not len(epochs) or not ({"train_acc", "val_acc"} & set(epochs.columns)):
+    if plan is None:
         st.caption("No accuracy yet: it appears after the first `run.epoch(train_acc=..., val_acc=...)`.")
         return
-    c = state.num_classes()
-    chart(charts.plan_accuracy(epochs, chance=1.0 / c if c else None, height=260))
+    chart(plan)
 
 
-def lr_section(state: RunState, domain: tuple[float, float] | None) -> None:
+def lr_section(plan: charts.ChartPlan | None) -> None:
     st.markdown("#### Learning rate")
-    view = state.lr.window(*domain) if domain else state.lr.view()
-    if not len(view.x):
+    if plan is None:
         st.caption("No learning rate recorded: pass the optimizer to `run.watch(model, optimizer)`.")
         return
-    chart(charts.plan_lr(view.frame(y="lr"), domain=domain, height=260))
+    chart(plan)
 
 
-def layers_section(state: RunState, domain: tuple[float, float] | None) -> None:
+def layers_section(state: RunState, plans: dict[str, charts.ChartPlan]) -> None:
     if not state.layers:
         st.info("No per-layer statistics in this run. Record them with `run.watch(model, optimizer)`.")
         return
-    lo, hi = domain if domain else (None, None)
-    n_layers = max(1, len(state.layer_order))
-    columns = min(4, n_layers)
-    grad = state.layer_frame("g_norm", lo, hi)
-    if len(grad):
-        chart(charts.plan_layers(grad, title="Gradient norm", log_scale=True, independent_y=True,
-                                 columns=columns, domain=domain), stretch=False)
-    ratio = state.layer_frame("update_ratio", lo, hi)
-    if len(ratio):
-        chart(charts.plan_layers(ratio, title="Update / weight ratio (healthy ≈ 1e-3)", log_scale=True,
-                                 band=(1e-4, 1e-2), reference=1e-3, color="#8b5cf6", columns=columns,
-                                 domain=domain), stretch=False)
-    dead = pd.concat([state.layer_frame("dead_frac", lo, hi), state.layer_frame("saturated_frac", lo, hi)],
-                     ignore_index=True)
-    if len(dead):
-        chart(charts.plan_layers(dead, title="Dead (ReLU) or saturated (tanh, sigmoid) fraction", y_domain=(0, 1),
-                                 color="#f97316", columns=min(4, dead["layer"].nunique()), domain=domain),
-              stretch=False)
+    for key in ("grad", "ratio", "dead"):
+        if key in plans:
+            chart(plans[key], stretch=False)
 
 
 def weights_section(state: RunState, name: str) -> None:
@@ -448,22 +425,23 @@ def run_view(root: str, name: str, known_runs: tuple[str, ...]) -> None:
     state.update()
     focus = st.session_state.get(focus_key(name))
     domain = focus_range(state, focus)
-    smoothing = float(st.session_state.get("smoothing", 0.8))
+    plans = run_plans(state, domain=domain, marker=focus, scale=st.session_state.get(f"yscale:{name}") or "auto",
+                      smoothing=float(st.session_state.get("smoothing", 0.8)))
     run_header(state, name)
-    metrics_row(state, smoothing)
+    metrics_row(state, float(st.session_state.get("smoothing", 0.8)))
     left, right = st.columns([2.2, 1], gap="medium")
     with left:
-        loss_section(state, name, focus, domain)
+        loss_section(state, name, focus, domain, plans["loss"])
     with right:
         findings_section(state, name)
     left, right = st.columns(2, gap="medium")
     with left:
-        accuracy_section(state)
+        accuracy_section(plans.get("accuracy"))
     with right:
-        lr_section(state, domain)
+        lr_section(plans.get("lr"))
     layers_tab, weights_tab, details_tab = st.tabs(["Layers", "Weights", "Details"])
     with layers_tab:
-        layers_section(state, domain)
+        layers_section(state, plans)
     with weights_tab:
         weights_section(state, name)
     with details_tab:
@@ -479,15 +457,13 @@ def runs_table(frame: pd.DataFrame, now: float) -> pd.DataFrame:
         "epoch": frame["epoch"],
         "best val acc": frame["best_val_acc"],
         "worst finding": [
-            f"{s}: {t}" if s in SEVERITY_STYLE else ("—" if not t else str(t))
+            f"{s}: {t}" if s in SEVERITY_STYLE else (str(t) if isinstance(t, str) and t else "—")
             for s, t in zip(frame["worst_severity"], frame["worst_finding"], strict=True)
         ],
         "updated": [fmt_age(now - u) + " ago" if isinstance(u, (int, float)) and math.isfinite(u) else "—"
                     for u in frame["updated"]],
         "age": [fmt_age(now - s) if isinstance(s, (int, float)) and math.isfinite(s) else "—"
                 for s in frame["started"]],
-        "lr": frame["lr"],
-        "reg": frame["reg"],
         "open": [run_link(r) for r in frame["run"]],
     })
     return out
@@ -520,9 +496,7 @@ def runs_view(root: str) -> None:
             "epoch": st.column_config.NumberColumn("epoch"),
             "best val acc": st.column_config.ProgressColumn("best val acc", format="percent", min_value=0.0,
                                                             max_value=1.0),
-            "worst finding": st.column_config.TextColumn("worst finding", width="large"),
-            "lr": st.column_config.NumberColumn("lr", format="%.2e"),
-            "reg": st.column_config.NumberColumn("reg", format="%.2e"),
+            "worst finding": st.column_config.TextColumn("worst finding", width="medium"),
             "open": st.column_config.LinkColumn("open", display_text="open ›", width="small"),
         },
     )
@@ -540,7 +514,8 @@ def compare_view(root: str, names: list[str], current: str | None) -> None:
         st.info("Pick some runs to overlay.")
         return
     smoothing = float(st.session_state.get("smoothing", 0.8))
-    log = st.toggle("log scale", key="compare_log")
+    scale = st.segmented_control("y scale", ["auto", "linear", "log"], default="auto", key="compare_scale",
+                                 required=True)
     losses, accs, rows = [], [], []
     for name in chosen:
         state = cached_run_state(root, name)
@@ -567,6 +542,7 @@ def compare_view(root: str, names: list[str], current: str | None) -> None:
         st.markdown("#### Loss (smoothed)")
         frame = pd.concat(losses, ignore_index=True) if losses else pd.DataFrame(
             {"run": [], "step": [], "loss": []})
+        log = scale == "log" or (scale == "auto" and spans_decades(frame["loss"].to_numpy(dtype=float), 3))
         chart(charts.plan_compare_loss(frame, log_scale=log))
     with right:
         st.markdown("#### Accuracy (val solid, train dashed)")

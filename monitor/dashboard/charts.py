@@ -207,7 +207,7 @@ def _loss_structure(*, refs: tuple, log_scale: bool, domain, nonfinite: bool, da
                       legend=alt.Legend(orient="top", title=None, symbolType="stroke"))
     y_scale = alt.Scale(type="log" if log_scale else "linear", zero=False, nice=not log_scale)
     x = alt.X("step:Q", title="step", scale=_x_scale(domain), axis=alt.Axis(format="~s"))
-    y = alt.Y("loss:Q", title="loss", scale=y_scale)
+    y = alt.Y("loss:Q", title="loss", scale=y_scale, axis=alt.Axis(format=".3~g"))
     base = alt.Chart(_data("loss")).encode(
         x=x, y=y, color=color,
         tooltip=[alt.Tooltip("step:Q", format=","), alt.Tooltip("loss:Q", format=".4g"), alt.Tooltip("series:N")])
@@ -427,7 +427,7 @@ def _compare_loss_structure(*, log_scale: bool, height: int) -> alt.Chart:
     return alt.Chart(_data("runs")).mark_line(strokeWidth=2, clip=True).encode(
         x=alt.X("step:Q", title="step", axis=alt.Axis(format="~s")),
         y=alt.Y("loss:Q", title="loss (smoothed)", scale=alt.Scale(type="log" if log_scale else "linear", zero=False)),
-        color=alt.Color("run:N", title="run", legend=alt.Legend(orient="top", labelLimit=260)),
+        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom", columns=2, labelLimit=320)),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("step:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
     ).properties(height=height)
 
@@ -445,7 +445,7 @@ def _compare_accuracy_structure(*, height: int) -> alt.Chart:
     return alt.Chart(_data("runs")).mark_line(point=True, strokeWidth=2).encode(
         x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y("acc:Q", title="accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
-        color=alt.Color("run:N", title="run", legend=alt.Legend(orient="top", labelLimit=260)),
+        color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom", columns=2, labelLimit=320)),
         strokeDash=alt.StrokeDash("split:N", title=None,
                                   scale=alt.Scale(domain=["val", "train"], range=[[1, 0], [4, 3]])),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("split:N"),
@@ -477,9 +477,10 @@ def _search_structure(*, x: str, x_title: str, height: int) -> alt.Chart:
     pick = alt.selection_point(name="pick", fields=["run"], on="click", clear="dblclick")
     return alt.Chart(_data("points")).mark_circle(size=120, stroke="#111827").encode(
         x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(type="log"), axis=alt.Axis(format="~e")),
-        y=alt.Y("best_val_acc:Q", title="best val accuracy", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
+        y=alt.Y("best_val_acc:Q", title="best val accuracy", axis=alt.Axis(format=".1%"),
+                scale=alt.Scale(zero=False)),
         color=alt.Color("best_val_acc:Q", title="val acc", scale=alt.Scale(scheme="viridis"),
-                        legend=alt.Legend(format="%")),
+                        legend=alt.Legend(format=".0%")),
         strokeWidth=alt.condition("datum.current", alt.value(3), alt.value(0.5)),
         opacity=alt.condition(pick, alt.value(0.95), alt.value(0.3)),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip(f"{x}:Q", title=x_title, format=".3g"),

@@ -369,3 +369,22 @@ def test_layer_names_match_the_model_summary(tmp_path):
     assert list(stats) == [layer["name"] for layer in model_summary(model)["layers"]] == ["Linear"]
     assert math.isnan(stats["Linear"].get("update_ratio", math.nan))  # no optimizer: no update to measure
     probe.close()
+
+
+def test_an_optimizer_without_step_hooks_still_gets_layer_statistics(tmp_path):
+    class Wrapped:  # e.g. an old or third-party optimizer wrapper
+        def __init__(self, opt):
+            self.opt = opt
+
+        def step(self):
+            self.opt.step()
+
+    model = nn.Linear(3, 2)
+    opt = Wrapped(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.warns(RuntimeWarning, match="no update/weight ratios"):
+        probe = LayerProbe(model, opt, tmp_path, every=1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    stats = _values(probe.after_step(1))["Linear"]
+    assert "update_ratio" not in stats and stats["g_norm"] > 0
+    probe.close()

@@ -134,6 +134,23 @@ def test_event_file_histograms_become_layer_statistics(tmp_path):
     assert any("activations/relu1" in n for n in run.meta["import"]["notes"])
 
 
+def test_tf2_tensor_scalars_are_read(tmp_path):
+    def tensor_scalar(tag: str, value: float, packed_float: bool) -> bytes:
+        if packed_float:  # DT_FLOAT in float_val
+            tensor = _field(1, 0, _varint(1)) + _field(2, 2, b"") + _field(5, 2, struct.pack("<f", value))
+        else:  # DT_DOUBLE in tensor_content
+            tensor = _field(1, 0, _varint(2)) + _field(2, 2, b"") + _field(4, 2, struct.pack("<d", value))
+        plugin = _field(1, 2, _field(1, 2, b"scalars"))
+        return _field(1, 2, tag.encode()) + _field(9, 2, plugin) + _field(8, 2, tensor)
+
+    _write_events(tmp_path / "events.out.tfevents.1.a",
+                  [_event(s, [tensor_scalar("loss", 2.0 - s / 10, True), tensor_scalar("lr", 0.01, False)])
+                   for s in range(1, 6)])
+    run = load_any(tmp_path)
+    assert list(run.steps["loss"]) == pytest.approx([1.9, 1.8, 1.7, 1.6, 1.5])
+    assert list(run.steps["lr"]) == [0.01] * 5
+
+
 def test_layer_of_tag():
     assert layer_of_tag("conv1.weight") == ("conv1", "weight")
     assert layer_of_tag("weights/conv1") == ("conv1", "weight")

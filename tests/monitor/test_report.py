@@ -199,6 +199,8 @@ def test_cli_writes_the_report_and_fails_in_one_line(healthy, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such" in err
     assert main(["report", str(healthy), "--map", "loss"]) == 2
+    assert main(["report", str(healthy), "--threshold", "no_such_threshold=1", "-o", str(out)]) == 2
+    assert main(["report", str(healthy), "--threshold", "explosion_factor=5", "-o", str(out)]) == 0
     copy = tmp_path / "copy"
     shutil.copytree(healthy, copy)
     assert main(["report", str(copy)]) == 0 and (copy / "report.html").exists()

@@ -269,11 +269,15 @@ def test_ended_runs_are_quiet_when_watching_and_announced_with_once(tmp_path):
     w = watcher([tmp_path / "runs"], rec)
     w.scan()
     assert rec.alerts == []
+    short = make_run(tmp_path / "runs" / "short", state="finished")  # appeared (and ended) after the start
+    append_losses(short, [math.nan])
+    w.tick(full=True)
+    assert rec.rules() == [("short", "nonfinite_loss", "critical")]
     w.close()
     rec = Recorder()
     w = watcher([tmp_path / "runs"], rec, announce_ended=True)
     assert w.evaluate_once() == 2
-    assert rec.rules() == [("old", "nonfinite_loss", "critical")]
+    assert sorted(rec.rules()) == [("old", "nonfinite_loss", "critical"), ("short", "nonfinite_loss", "critical")]
     w.close()
 
 
@@ -474,18 +478,30 @@ def test_inotify_refusal_falls_back_to_polling(tmp_path, monkeypatch, code):
         w.close()
 
 
-def test_own_reads_do_not_wake_the_watcher(tmp_path):
+def test_an_idle_watcher_stays_idle(tmp_path):
+    """Its own reads raise inotify events (open, close): they must not turn into a busy loop of re-reads."""
     run = make_run(tmp_path / "a")
     append_losses(run, [2.3])
     w = watcher([run], Recorder(), backstop=3600)
     w.start()
+    ticks, polls = [], []
+    real_tick, real_poll = w.tick, w.runs[str(run)].tailer.poll
+    w.tick = lambda full=False: ticks.append(1) or real_tick(full)
+    w.runs[str(run)].tailer.poll = lambda: polls.append(1) or real_poll()
+    t, stop = run_in_thread(w)
     try:
-        for _ in range(3):
-            w.tick(full=True)  # reads every file of the run (inotify reports opens and closes of reads)
-            w._wake.clear()
-            time.sleep(0.3)
-            assert not w._wake.is_set(), "the watcher's own reads woke it up"
+        w.tick(full=True)  # reads status.json and friends
+        time.sleep(0.5)
+        ticks.clear()
+        polls.clear()
+        time.sleep(1.0)
+        assert polls == [] and len(ticks) <= 1
+        append_losses(run, [2.2])  # and it still wakes for real data
+        assert wait_for(lambda: polls)
     finally:
+        stop.set()
+        w.wake()
+        t.join(10)
         w.close()
 
 

@@ -169,28 +169,11 @@ def logged(run_dir: Path, rule: str) -> list[dict]:
 # --------------------------------------------------------------------------- the alert
 
 
-def test_injected_nan_gives_exactly_one_alert_with_its_fix(tmp_path, watch_process, train):
-    root = tmp_path / "runs"
-    root.mkdir()
-    w = watch_process(str(root))
-    finished(train(root / "a", "--steps", "150", "--nan-at", "60"))
-    assert wait_for(lambda: w.lines("nonfinite_loss")), w.text()
-    assert wait_for(lambda: w.lines("a finished at step 150")), w.text()  # the watcher saw the whole run
-    assert w.interrupt() == 0
-    alerts = w.lines("nonfinite_loss")
-    assert len(alerts) == 1, alerts
-    entry = logged(root / "a", "nonfinite_loss")
-    assert len(entry) == 1 and entry[0]["source"] == "watch" and entry[0]["step"] == 60
-    assert " CRITICAL a nonfinite_loss: " in alerts[0]
-    assert alerts[0].rstrip("\n").endswith(f"| fix: {entry[0]['fix'][0]}")
-    assert "Traceback" not in w.text()
-
-
-def test_webhook_receives_the_alert_as_json(tmp_path, watch_process, train):
+def test_injected_nan_gives_exactly_one_alert_with_its_fix_and_the_webhook_gets_it(tmp_path, watch_process, train):
     bodies: list[dict] = []
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):  # noqa: N802 - http.server's naming
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(200)
             self.end_headers()
@@ -200,24 +183,35 @@ def test_webhook_receives_the_alert_as_json(tmp_path, watch_process, train):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = tmp_path / "runs"
+    root.mkdir()
     try:
-        root = tmp_path / "runs"
-        root.mkdir()
         url = f"http://127.0.0.1:{server.server_address[1]}/services/T0/B0/SECRET-TOKEN"
         w = watch_process(str(root), "--webhook", url)
-        finished(train(root / "a", "--nan-at", "40"))
+        finished(train(root / "a", "--steps", "150", "--nan-at", "60"))
+        assert wait_for(lambda: w.lines("nonfinite_loss")), w.text()
+        assert wait_for(lambda: w.lines("a finished at step 150")), w.text()  # the watcher saw the whole run
         got = wait_for(lambda: [b for b in bodies if b.get("rule") == "nonfinite_loss"])
-        assert len(got) == 1, bodies
         assert w.interrupt() == 0
     finally:
         server.shutdown()
         server.server_close()
+    # the terminal: exactly one line, with the first fix of the finding
+    alerts = w.lines("nonfinite_loss")
+    assert len(alerts) == 1, alerts
+    entry = logged(root / "a", "nonfinite_loss")
+    assert len(entry) == 1 and entry[0]["source"] == "watch" and entry[0]["step"] == 60
+    assert " CRITICAL a nonfinite_loss: " in alerts[0]
+    assert alerts[0].rstrip("\n").endswith(f"| fix: {entry[0]['fix'][0]}")
+    # the webhook: one Slack-compatible JSON body with the structured finding
+    assert len(got) == 1, bodies
     body = got[0]
     assert body["text"].startswith("babysit: CRITICAL a nonfinite_loss") and "| fix: " in body["text"]
-    assert body["severity"] == "critical" and body["run"] == "a" and body["step"] == 40
-    assert body["fix"] and body["finding"]["evidence"]
-    assert len(w.lines("nonfinite_loss")) == 1
+    assert body["severity"] == "critical" and body["run"] == "a" and body["step"] == 60
+    assert body["fix"] == entry[0]["fix"] and body["finding"]["evidence"]
+    # the URL is a secret
     assert "SECRET" not in w.text() and "SECRET" not in (root / "a" / runfile.FINDINGS).read_text()
+    assert "Traceback" not in w.text()
 
 
 @pytest.mark.parametrize("endpoint", ["hangs", "closed"])
@@ -234,11 +228,11 @@ def test_dead_webhook_does_not_block_the_terminal(tmp_path, watch_process, train
         root.mkdir()
         # with a 10-minute timeout a webhook call that blocked the watcher would hold back the second alert
         w = watch_process(str(root), "--webhook", f"http://127.0.0.1:{port}/SECRET", "--webhook-timeout", "600")
-        a = train(root / "a", "--nan-at", "30")
-        b = train(root / "b", "--nan-at", "30")
-        finished(a)
-        finished(b)
-        assert wait_for(lambda: len(w.lines("nonfinite_loss")) == 2), w.text()
+        # two runs at once: with a hanging endpoint the second alert must not wait for the first delivery
+        runs = ["a", "b"] if endpoint == "hangs" else ["a"]
+        for p in [train(root / name, "--nan-at", "30") for name in runs]:
+            finished(p)
+        assert wait_for(lambda: len(w.lines("nonfinite_loss")) == len(runs)), w.text()
         if endpoint == "closed":
             assert wait_for(lambda: "connection failed" in w.text()), w.text()
         assert w.interrupt() == 0  # and Ctrl-C does not wait for a dead endpoint beyond its short deadline

@@ -93,16 +93,19 @@ def test_loss_explosion_stops_training_online(tmp_path):
                  flush_steps=16)
     out = train(s, tmp_path / "run", on_critical="stop")
     run = load_run(tmp_path / "run")
-    assert run.status["state"] == "stopped" and "loss_explosion" in run.status["reason"]
+    # the hooks run the rules on a time budget, so the first critical they see may be the NaN that follows
+    assert run.status["state"] == "stopped"
+    assert run.status["reason"].split(":")[0] in ("loss_explosion", "nonfinite_loss")
     assert out["steps"] < 900  # stopped long before the end of epoch 20
-    assert any(f["rule"] == "loss_explosion" for f in run.findings)
+    assert any(f["rule"] == "loss_explosion" and f["step"] >= 100 for f in run.findings)
 
 
 def test_flat_loss_when_lr_too_low(trained):
     f, found = expect(trained, LOW_LR, "flat_loss")
     assert abs(f.evidence["rel_change"]) < 0.02 and f.evidence["level_vs_initial"] > 0.9
-    assert "raise the learning rate" in f.fix[0]
-    assert "caused_by" not in f.evidence
+    assert "raise the learning rate" in f.fix[0]  # its own, or through update_ratio (the same cause)
+    assert f.evidence.get("root_cause", "update_ratio") == "update_ratio"
+    assert found["update_ratio"].evidence["direction"] == "low"
 
 
 def test_init_loss_mismatch_from_large_last_layer(trained):
