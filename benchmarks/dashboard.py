@@ -44,14 +44,25 @@ def render(state: RunState) -> int:
     return sent
 
 
-def first_view(path: Path) -> tuple[float, RunState, int]:
+class Clock:
+    """Wall time (what the user waits) and this process's CPU time (what a busy shared machine cannot inflate)."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def first_view(path: Path) -> tuple[Clock, RunState, int]:
     charts._spec.cache_clear()  # cold: every chart structure is built and validated again
     charts._structure.cache_clear()
-    t = time.perf_counter()
-    state = RunState(path)
-    state.update()
-    sent = render(state)
-    return time.perf_counter() - t, state, sent
+    with Clock() as clock:
+        state = RunState(path)
+        state.update()
+        sent = render(state)
+    return clock, state, sent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,22 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         first_view(warm)
 
         views = [first_view(big) for _ in range(3)]
-        t_first = statistics.median(v[0] for v in views)
+        first = _median(v[0] for v in views)
         state, sent = views[-1][1], views[-1][2]
-        print(f"first view: {t_first * 1000:.0f} ms median of 3 (sends {sent / 1e3:.0f} kB of Arrow; "
-              f"loss drawn as {len(state.loss.view().x):,} points)")
+        print(f"first view: {first[0] * 1000:.0f} ms wall, {first[1] * 1000:.0f} ms CPU (median of 3; sends "
+              f"{sent / 1e3:.0f} kB of Arrow; loss drawn as {len(state.loss.view().x):,} points)")
 
-        times, last = [], args.steps
+        clocks, last = [], args.steps
         for _ in range(args.refreshes):
             append_steps(big, last, 100)
             last += 100
-            t = time.perf_counter()
-            state.update()
-            render(state)
-            times.append(time.perf_counter() - t)
-        t_refresh = statistics.median(times)
-        print(f"refresh (+100 steps): {t_refresh * 1000:.1f} ms median, {max(times) * 1000:.1f} ms max "
-              f"of {args.refreshes}")
+            with Clock() as clock:
+                state.update()
+                render(state)
+            clocks.append(clock)
+        refresh = _median(clocks)
+        print(f"refresh (+100 steps): {refresh[0] * 1000:.1f} ms wall, {refresh[1] * 1000:.1f} ms CPU (median of "
+              f"{args.refreshes}; slowest {max(c.wall for c in clocks) * 1000:.0f} ms wall)")
 
         t = time.perf_counter()
         for plan in run_plans(state).values():
@@ -105,28 +116,32 @@ def main(argv: list[str] | None = None) -> int:
                       findings=[FINDING] if i % 5 == 0 else None,
                       config={"lr": 10 ** (-3 + 2.5 * (i % 17) / 17), "reg": 10 ** (-5 + 3 * (i % 11) / 11)})
         print(f"wrote {args.runs} runs of 2,000 steps in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        index = RunsIndex(root)
-        index.refresh()
-        frame = index.frame()
-        t_list = time.perf_counter() - t
-        t = time.perf_counter()
-        index.refresh()
-        index.frame()
-        t_relist = time.perf_counter() - t
+        with Clock() as listing:
+            index = RunsIndex(root)
+            index.refresh()
+            frame = index.frame()
+        with Clock() as relisting:
+            index.refresh()
+            index.frame()
         assert len(frame) == args.runs and frame["best_val_acc"].notna().all()
-        print(f"runs listed: {t_list * 1000:.0f} ms for {len(frame)} runs (a refresh of the list: "
-              f"{t_relist * 1000:.0f} ms)")
+        print(f"runs listed: {listing.wall * 1000:.0f} ms wall, {listing.cpu * 1000:.0f} ms CPU for {len(frame)} "
+              f"runs (a refresh of the list: {relisting.wall * 1000:.0f} ms wall)")
 
-    results = {"first view": t_first, "refresh (+100 steps)": t_refresh, "runs listed": t_list}
+    results = {"first view": first, "refresh (+100 steps)": refresh, "runs listed": (listing.wall, listing.cpu)}
     print()
-    print(f"{'measure':<24}{'time':>12}{'target':>12}  result")
+    print(f"{'measure':<24}{'wall':>12}{'CPU':>12}{'target':>12}  result (on wall time)")
     ok = True
-    for name, value in results.items():
-        passed = value < TARGETS[name]
+    for name, (wall, cpu) in results.items():
+        passed = wall < TARGETS[name]
         ok &= passed
-        print(f"{name:<24}{value * 1000:>9.1f} ms{TARGETS[name] * 1000:>9.0f} ms  {'PASS' if passed else 'FAIL'}")
+        print(f"{name:<24}{wall * 1000:>9.1f} ms{cpu * 1000:>9.1f} ms{TARGETS[name] * 1000:>9.0f} ms  "
+              f"{'PASS' if passed else 'FAIL'}")
     return 0 if ok else 1
+
+
+def _median(clocks) -> tuple[float, float]:
+    clocks = list(clocks)
+    return statistics.median(c.wall for c in clocks), statistics.median(c.cpu for c in clocks)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from monitor.reader import records_to_batch
 __all__ = ["Run", "StopTraining"]
 
 
-# Online rules cost milliseconds per call (frames, every rule): between state changes they run when their last
-# cost fits in this fraction of the time since, at once on the first non-finite loss, and always at close.
-RULES_BUDGET = 0.005
+# Online rules cost milliseconds per call (frames, every rule): they run when the time they took so far plus
+# their last cost fits in this fraction of the run's time, at once on the first non-finite loss, and at close.
+RULES_BUDGET = 0.003
 # status.json (an atomic rename: about a millisecond on ext4) is rewritten at most this often, and at close.
 STATUS_INTERVAL = 5.0
 
@@ -138,7 +138,9 @@ class Run:
         self._last_flush = time.monotonic()
         self._last_status = -math.inf
         self._undiagnosed: list[dict] = []  # written records the online rules have not seen yet
-        self._diagnose_after = time.monotonic() + 0.01 / RULES_BUDGET  # until measured, say a call costs 10 ms
+        self._rules_start = time.monotonic()
+        self._rules_spent = 0.0  # seconds the online rules took so far
+        self._rules_cost = 0.01  # seconds their last call took (until measured, say 10 ms)
         self._fsynced_nonfinite = False
         self._optimizer = None
         self._probe = None
@@ -354,7 +356,8 @@ class Run:
         nonfinite = self._guard("writer", self._write_flush, records, force)
         if self._diagnoser is not None:
             self._undiagnosed.extend(records)
-            if self._undiagnosed and (force or nonfinite or time.monotonic() >= self._diagnose_after):
+            due = time.monotonic() - self._rules_start >= (self._rules_spent + self._rules_cost) / RULES_BUDGET
+            if self._undiagnosed and (force or nonfinite or due):
                 self._guard("online rules", self._diagnose_pending)
         self._guard("stop check", self._check_stop_file)
         if nonfinite:
@@ -405,8 +408,9 @@ class Run:
         start = time.monotonic()
         try:
             self._diagnose(records)
-        finally:  # the next call waits until this one's cost fits in RULES_BUDGET of the time since
-            self._diagnose_after = time.monotonic() + (time.monotonic() - start) / RULES_BUDGET
+        finally:
+            self._rules_cost = time.monotonic() - start
+            self._rules_spent += self._rules_cost
 
     def _diagnose(self, records: list[dict]) -> None:
         new = self._diagnoser.update(records_to_batch(records), status=self._status)

@@ -73,4 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m monitor.cli` runs this file as __main__, a second copy of the module: use the real one so
+    # its UsageError is the one subcommands raise.
+    from monitor.cli import main as _main
+
+    sys.exit(_main())

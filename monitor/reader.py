@@ -187,6 +187,15 @@ def _snapshots_frame(records: list[dict]) -> pd.DataFrame:
 _FRAMES = {"steps": _steps_frame, "epoch": _epochs_frame, "layers": _layers_frame, "snapshot": _snapshots_frame}
 
 
+_EMPTY: dict[str, pd.DataFrame] = {}
+
+
+def _empty_frame(kind: str) -> pd.DataFrame:
+    if kind not in _EMPTY:
+        _EMPTY[kind] = _FRAMES[kind]([])
+    return _EMPTY[kind].copy(deep=False)
+
+
 def records_to_batch(records: list[dict]) -> RunBatch:
     """Decoded event records (dicts) to a RunBatch. Malformed records are counted, not raised.
 
@@ -203,6 +212,9 @@ def records_to_batch(records: list[dict]) -> RunBatch:
     corrupt = 0
     frames = {}
     for kind, build in _FRAMES.items():
+        if not by_type[kind]:  # most polls carry no epochs, layers or snapshots: empty frames are not free
+            frames[kind] = _empty_frame(kind)
+            continue
         try:
             frames[kind] = build(by_type[kind])
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError):

@@ -278,10 +278,21 @@ def _output_activation(view: LayerView, c: int, ctx: Context) -> bool:
     The probes report weight layers before activations, so the model's order comes from meta.json's summary.
     """
     order = {name: i for i, name in enumerate(_model_types(ctx))}
-    if view.names[c] not in order:
-        return False
+    if view.names[c] not in order:  # no model summary: module paths of a Sequential ("0", "net.3") still sort
+        keys = {n: _path_key(n) for n in view.names}
+        if any(k is None for k in keys.values()):
+            return view.kinds[c] == "sigmoid"  # order unknown: a sigmoid is most often the output
+        order = {n: i for i, n in enumerate(sorted(view.names, key=lambda n: keys[n]))}
     weights = [order[view.names[w]] for w in view.columns("weight") if view.names[w] in order]
     return bool(weights) and order[view.names[c]] > max(weights)
+
+
+def _path_key(name: str) -> tuple | None:
+    """'net.10' -> ('net', 10): module paths compared in registration order when the parts are numbers."""
+    parts = name.split(".")
+    if not any(p.isdigit() for p in parts):
+        return None
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
 class SaturatedActivations(_LayerRule):

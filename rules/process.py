@@ -50,25 +50,27 @@ class StalledRun(Rule):
         heartbeat = status.get("heartbeat")
         if not isinstance(heartbeat, (int, float)):
             return []
+        # status.json is rewritten on a timer; the newest record is as good a sign of life
+        alive = max(float(heartbeat), self.last_time) if math.isfinite(self.last_time) else float(heartbeat)
         now = ctx.now if ctx.now is not None else time.time()
-        age = now - float(heartbeat)
+        age = now - alive
         limit = max(self.th["stalled_min_s"], self.th["stalled_factor"] * self.max_gap)
         if age <= limit:
             return []
         self.severity = "warning"
-        step = status.get("step", ctx.last_step)
+        step = max(int(status.get("step") or 0), ctx.last_step)
         msg = (f"no heartbeat for {fmt(age, 3)} s at step {step} while the run says it is running (limit "
                f"{fmt(limit, 3)} s: {fmt(self.th['stalled_factor'])}x its longest gap between records "
                f"{fmt(self.max_gap, 2)} s, at least {fmt(self.th['stalled_min_s'])} s)")
         evidence = {"state": state, "heartbeat_age_s": age, "limit_s": limit, "max_gap_s": self.max_gap,
                     "step": step, "pid": status.get("pid"), "host": status.get("host")}
-        return [self.finding(ctx, "warning", step if isinstance(step, int) else None, msg, evidence)]
+        return [self.finding(ctx, "warning", step, msg, evidence)]
 
     def _crashed(self, ctx: Context, status: dict) -> list[Finding]:
         if self.severity == "critical":
             return []
         self.severity = "critical"
-        step = status.get("step", ctx.last_step)
+        step = max(int(status.get("step") or 0), ctx.last_step)
         error = status.get("error") or {}
         what = (f"{error.get('type', 'error')}: {error.get('message', '')}".strip(": ") if error
                 else status.get("reason") or "the process stopped without closing the run")
@@ -77,7 +79,7 @@ class StalledRun(Rule):
                     "error": error or None, "reason": status.get("reason"), "heartbeat": status.get("heartbeat")}
         fix = ["read the error and the training log; fix it and resume from the last checkpoint",
                *self.fix[:2]]
-        return [self.finding(ctx, "critical", step if isinstance(step, int) else None, msg, evidence, fix)]
+        return [self.finding(ctx, "critical", step, msg, evidence, fix)]
 
 
 class TestSetReuse(Rule):

@@ -66,11 +66,6 @@ TABLE: dict[str, Threshold] = {
         "flat_loss: only while the loss is still above this fraction of the initial loss",
         "ours: a run that learned and converged is not flat",
     ),
-    "flat_min_epochs": Threshold(
-        2,
-        "flat_loss from epoch train_loss when no step losses: epochs needed",
-        "ours",
-    ),
     "noisy_window": Threshold(
         100,
         "noisy_loss: steps per window of spread measurement",
@@ -119,7 +114,7 @@ TABLE: dict[str, Threshold] = {
     ),
     "chance_margin": Threshold(
         0.05,
-        "chance_accuracy: val accuracy within max(this, 0.5/C) of 1/C",
+        "chance_accuracy: val accuracy at most 1/C + min(this, 0.5/C)",
         LECTURE + ": accuracy at chance = nothing learned",
     ),
     "chance_min_epochs": Threshold(

@@ -19,7 +19,7 @@ from unittest import mock
 from monitor.cli import UsageError
 from trainer.options import add_train_options, config_from_args
 
-__all__ = ["configure", "run", "Check", "run_checks", "BUGS"]
+__all__ = ["configure", "run", "Check", "run_checks", "plain_sgd_lr", "BUGS"]
 
 BUGS = ("init", "reg", "labels")  # what --plant-bug can break: a check must catch each
 
@@ -38,7 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s = parser.add_argument_group("sanity")
     s.add_argument("--overfit-n", type=int, default=20, help="examples to overfit (default 20)")
     s.add_argument("--overfit-steps", type=int, default=200, help="full-batch SGD steps allowed (default 200)")
-    s.add_argument("--overfit-lr", type=float, default=None, help="lr for the overfit check (default: --lr)")
+    s.add_argument("--overfit-lr", type=float, default=None,
+                   help="lr of the overfit check's plain SGD (default: the configured optimizer's effective step, "
+                        "lr / (1 - momentum) for momentum and nesterov; 0.1 for adam)")
     s.add_argument("--crank", type=float, default=1e3, help="regularization strength of check 2 (default 1e3)")
     s.add_argument("--init-tol", type=float, default=0.1,
                    help="check 1 passes within this relative distance of ln(C) (default 0.1)")
@@ -107,8 +109,16 @@ def run_checks(cfg, *, overfit_n: int = 20, overfit_steps: int = 200, overfit_lr
                         math.isfinite(l0) and abs(l0 - expected) <= init_tol * expected))
     checks.append(Check(f"loss rises with reg {crank:g}", f"{l0:.4f} -> {l_crank:.4g}", "higher",
                         math.isfinite(l_crank) and l_crank > l0 * (1 + 1e-3)))
-    checks.append(_overfit(cfg, splits, overfit_n, overfit_steps, overfit_lr or cfg.lr, run_dir))
+    checks.append(_overfit(cfg, splits, overfit_n, overfit_steps, overfit_lr or plain_sgd_lr(cfg), run_dir))
     return checks
+
+
+def plain_sgd_lr(cfg) -> float:
+    """The plain-SGD step size that moves as far as cfg's optimizer: momentum m multiplies the step by 1/(1-m).
+    Adam's lr is on another scale altogether, so it gets a value that works for our models."""
+    if cfg.optimizer in ("momentum", "nesterov"):
+        return cfg.lr / max(1.0 - cfg.momentum, 1e-3)
+    return 0.1 if cfg.optimizer == "adam" else cfg.lr
 
 
 def _overfit(cfg, splits, n: int, max_steps: int, lr: float, run_dir: str | None) -> Check:

@@ -94,7 +94,9 @@ def _structure(build: Callable[..., Any], params: tuple) -> alt.TopLevelMixin:
 
 @lru_cache(maxsize=512)
 def _spec(build: Callable[..., Any], params: tuple) -> dict:
-    spec = _structure(build, params).to_dict()  # validated against the Vega-Lite schema, once
+    # Not validated against the Vega-Lite schema here (that is half the cost of a cold chart): every
+    # structure is validated by the tests, through ChartPlan.chart().to_dict().
+    spec = _structure(build, params).to_dict(validate=False)
     view = spec.get("config", {}).get("view", {})
     view.pop("continuousWidth", None)  # Altair's default 300 px would stop the chart filling its column
     view.pop("continuousHeight", None)
@@ -221,12 +223,14 @@ def _loss_structure(*, refs: tuple, log_scale: bool, domain, nonfinite: bool, da
         ref = alt.Chart(_data("refs"))
         layers.append(ref.mark_rule(strokeWidth=1.5).encode(y=y, color=color, strokeDash=dash,
                                                             tooltip=[alt.Tooltip("label:N", title="level")]))
-        # Labels at the left edge: ln(C) under its line, the others above theirs, so that the initial loss and
-        # ln(C), which should be close, do not overprint.
-        layers.append(ref.transform_filter("datum.series != 'ln(C)'").mark_text(
-            align="left", dx=4, dy=-7, fontSize=11).encode(x=alt.value(0), y=y, text="label:N", color=color))
-        layers.append(ref.transform_filter("datum.series == 'ln(C)'").mark_text(
-            align="left", dx=4, dy=8, fontSize=11).encode(x=alt.value(0), y=y, text="label:N", color=color))
+        # Labels placed so that levels close together do not overprint: the initial loss above its line and
+        # ln(C) (which it should be close to) below its line at the left edge, 3x initial at the right edge.
+        for series, align, dy, x_pos in (("initial", "left", -7, 0), ("ln(C)", "left", 8, 0),
+                                         ("3× initial", "right", -7, "width")):
+            if series in refs:
+                layers.append(ref.transform_filter(f"datum.series == '{series}'").mark_text(
+                    align=align, dx=4 if align == "left" else -4, dy=dy, fontSize=11).encode(
+                    x=alt.value(x_pos), y=y, text="label:N", color=color))
     if danger_note:
         layers.append(alt.Chart(_data("danger")).mark_text(
             align="right", baseline="top", dx=-4, dy=4, fontSize=11, color=COLORS["3× initial"]).encode(
@@ -281,8 +285,12 @@ def plan_accuracy(epochs: pd.DataFrame, *, chance: float | None = None, height: 
     """
     cols = [c for c in ("train_acc", "val_acc") if c in epochs.columns]
     if len(epochs) and cols:
-        long = epochs[["epoch", *cols]].melt("epoch", value_vars=cols, var_name="split", value_name="acc")
-        long["split"] = long["split"].str.replace("_acc", "", regex=False)
+        n = len(epochs)
+        long = pd.DataFrame({
+            "epoch": np.tile(epochs["epoch"].to_numpy(), len(cols)),
+            "split": np.repeat(np.array([c.removesuffix("_acc") for c in cols], dtype=object), n),
+            "acc": np.concatenate([epochs[c].to_numpy(dtype=float) for c in cols]),
+        })
     else:
         long = pd.DataFrame({"epoch": np.empty(0), "split": np.empty(0, dtype=object), "acc": np.empty(0)})
     frames = {"acc": _finite(long, "acc")}
@@ -375,16 +383,20 @@ def plan_layers(
     band: a shaded healthy range (e.g. the update/weight ratio's decade around 1e-3); reference: a dashed line.
     """
     data = _finite(frame, "value", positive=log_scale)
-    order = tuple(dict.fromkeys(frame["layer"].astype(str))) if len(frame) else ()
+    if len(data):  # panels in the order layers first appear (the model's order), carried by the data
+        codes, _ = pd.factorize(data["layer"])
+        data = data.assign(order=codes)
+    else:
+        data = data.assign(order=np.empty(0, dtype=np.int64))
     return ChartPlan(_layers_structure, _params(
         title=str(title), log_scale=bool(log_scale), band=_domain(band),
         reference=float(reference) if reference is not None else None, y_domain=_domain(y_domain),
         independent_y=bool(independent_y), color=str(color), columns=int(columns), width=int(width),
-        height=int(height), domain=_domain(domain), order=order), {"layers": data})
+        height=int(height), domain=_domain(domain)), {"layers": data})
 
 
 def _layers_structure(*, title: str, log_scale: bool, band, reference, y_domain, independent_y: bool, color: str,
-                      columns: int, width: int, height: int, domain, order: tuple) -> alt.FacetChart:
+                      columns: int, width: int, height: int, domain) -> alt.FacetChart:
     y_scale = alt.Scale(type="log" if log_scale else "linear", zero=False,
                         domain=list(y_domain) if y_domain else alt.Undefined)
     y = alt.Y("value:Q", title=None, scale=y_scale, axis=alt.Axis(format="~g", tickCount=3))
@@ -401,7 +413,8 @@ def _layers_structure(*, title: str, log_scale: bool, band, reference, y_domain,
         x=x, y=y, tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("step:Q", format=","),
                            alt.Tooltip("value:Q", title=title, format=".3g")]))
     chart = alt.layer(*layers, data=_data("layers")).properties(width=width, height=height).facet(
-        facet=alt.Facet("layer:N", title=None, sort=list(order), header=alt.Header(labelFontSize=12)),
+        facet=alt.Facet("layer:N", title=None, sort=alt.EncodingSortField("order", op="min"),
+                        header=alt.Header(labelFontSize=12)),
         columns=columns,
     ).properties(title=alt.TitleParams(title, anchor="start", fontSize=14))
     if independent_y:

@@ -90,6 +90,7 @@ class SeriesBuffer:
         self._cnt = np.empty(cap, dtype=np.int64)
         self._nb = 0  # completed buckets: rows [0, _nb * width)
         self._runs: list[list[int]] = []  # non-finite runs: [first_row, last_row, code]
+        self._view: tuple | None = None  # (n, x_name, Downsampled): a refresh without new rows reuses it
 
     # ----------------------------------------------------------------- raw data
     @property
@@ -184,7 +185,14 @@ class SeriesBuffer:
 
     # ----------------------------------------------------------------- reading
     def view(self, x_name: str = "step") -> Downsampled:
-        """The summary: O(buckets + rows in the last, partial bucket)."""
+        """The summary: O(buckets + rows in the last, partial bucket). Treat the result as read-only."""
+        if self._view is not None and self._view[:2] == (self.n, x_name):
+            return self._view[2]
+        result = self._compute_view(x_name)
+        self._view = (self.n, x_name, result)
+        return result
+
+    def _compute_view(self, x_name: str) -> Downsampled:
         nb, w, n = self._nb, self.width, self.n
         idx = np.stack([self._min_i[:nb], self._max_i[:nb]], axis=1)
         idx.sort(axis=1)

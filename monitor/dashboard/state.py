@@ -21,7 +21,8 @@ import streamlit as st
 
 from monitor import runfile
 from monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
-from monitor.reader import LineTailer, RunBatch, RunReadError, RunTailer, find_runs, read_meta, read_status
+from monitor.dashboard.fastread import FastRunTailer
+from monitor.reader import LineTailer, RunBatch, RunReadError, find_runs, read_meta, read_status
 
 __all__ = [
     "RunState",
@@ -124,7 +125,7 @@ class RunState:
     def __init__(self, path: str | os.PathLike, max_points: int = DEFAULT_POINTS, diagnose: bool = True):
         self.path = Path(path)
         self.lock = threading.RLock()
-        self.tailer = RunTailer(self.path)
+        self.tailer = FastRunTailer(self.path)
         self.max_points = max_points
         self.loss = SeriesBuffer(max_points)
         self.lr = SeriesBuffer(max_points)
@@ -280,7 +281,7 @@ class RunState:
 
     def layer_frame(self, stat: str, lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
         """Long-form (step, layer, value) of one statistic, downsampled per layer, in layer order."""
-        parts = []
+        steps, names, values = [], [], []
         with self.lock:
             for layer in self.layer_order:
                 buf = self.layers.get((layer, stat))
@@ -288,10 +289,13 @@ class RunState:
                     continue
                 d = buf.view() if lo is None else buf.window(lo, hi, LAYER_POINTS)
                 if len(d.x):
-                    parts.append(pd.DataFrame({"step": d.x, "layer": layer, "value": d.y}))
-        if not parts:
+                    steps.append(d.x)
+                    values.append(d.y)
+                    names.append(np.full(len(d.x), layer, dtype=object))
+        if not steps:
             return pd.DataFrame({"step": np.empty(0), "layer": np.empty(0, dtype=object), "value": np.empty(0)})
-        return pd.concat(parts, ignore_index=True)
+        return pd.DataFrame({"step": np.concatenate(steps), "layer": np.concatenate(names),
+                             "value": np.concatenate(values)})
 
     def snapshot_layers(self) -> list[str]:
         seen: list[str] = []

@@ -265,6 +265,7 @@ def test_unwrap_optimizer():
 
 # --------------------------------------------------------------------------- the real trainers
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")  # Lightning's own deprecation noise
 def test_real_lightning_fit_with_a_planted_fault(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.loggers import CSVLogger

@@ -115,7 +115,8 @@ def test_layer_chart_is_small_multiples_with_the_healthy_update_ratio_band():
     frame = pd.DataFrame({"step": [1.0, 2.0] * 2, "layer": ["conv1", "conv1", "fc", "fc"],
                           "value": [1e-3, 2e-3, 5e-4, 0.0]})
     spec = charts.layer_chart(frame, title="update ratio", log_scale=True, band=(1e-4, 1e-2), reference=1e-3).to_dict()
-    assert spec["facet"]["field"] == "layer" and spec["facet"]["sort"] == ["conv1", "fc"]
+    assert spec["facet"]["field"] == "layer" and spec["facet"]["sort"] == {"field": "order", "op": "min"}
+    assert [(r["layer"], r["order"]) for r in spec["datasets"]["layers"]][::2] == [("conv1", 0), ("fc", 1)]
     assert len(spec["datasets"]["layers"]) == 3  # the zero cannot sit on a log axis
     inner = spec["spec"]["layer"]
     band = [lyr for lyr in inner if _mark(lyr) == "rect"][0]

@@ -151,3 +151,36 @@ def test_snapshots_load_without_pickle_and_only_from_the_run(tmp_path):
     np.save(tmp_path / "outside.npy", np.zeros(3))
     assert st.load_snapshot({"file": "../outside.npy"}) is None
     assert st.load_snapshot({"file": str(tmp_path / "outside.npy")}) is None
+
+
+def test_the_fast_step_parser_gives_the_readers_exact_results(tmp_path):
+    import pandas as pd
+
+    from monitor.dashboard.fastread import FastRunTailer
+    from monitor.reader import RunTailer
+
+    path = write_run(tmp_path / "r", steps=1200, epochs=3, nan_from=1100)
+    odd = [
+        {"type": "steps", "step": [1201, 1202], "time": [1.0, 2.0], "loss": [float("inf"), float("-inf")],
+         "lr": [0.1, 0.1]},
+        {"type": "steps", "step": [1203, 1207, 1208], "time": [3.0, 4.0, 5.0], "loss": [0.1, 0.123456789012345678,
+                                                                                          1e-300], "lr": [1, 2, 3]},
+    ]
+    with open(path / runfile.EVENTS, "a", encoding="utf-8") as f:
+        f.write("".join(runfile.dumps_line(r) for r in odd))
+        f.write("not json at all\n")
+        f.write(runfile.dumps_line({"type": "steps", "step": [1209], "time": [6.0], "loss": [0.2], "lr": [0.1]})[:30])
+    fast, slow = FastRunTailer(path), RunTailer(path)
+    a, b = fast.poll(), slow.poll()
+    pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
+    pd.testing.assert_frame_equal(a.epochs, b.epochs)
+    pd.testing.assert_frame_equal(a.layers, b.layers)
+    assert a.corrupt_lines == b.corrupt_lines == 1
+    # Steps with extra scalars, mixed with plain ones: the fast path steps aside, results stay the reader's.
+    with open(path / runfile.EVENTS, "a", encoding="utf-8") as f:
+        f.write(runfile.dumps_line({"type": "steps", "step": [1209], "time": [6.0], "loss": [0.2], "lr": [0.1]})[30:])
+        f.write(runfile.dumps_line({"type": "steps", "step": [1210], "time": [7.0], "loss": [0.3], "lr": [0.1],
+                                    "scalars": {"grad_norm": [1.5]}}))
+    a, b = fast.poll(), slow.poll()
+    pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
+    assert list(a.steps["step"]) == [1209, 1210] and a.steps["grad_norm"].iloc[1] == 1.5

@@ -18,13 +18,15 @@ def trained(tmp_path_factory):
     from scenarios import train
 
     cache: dict[str, dict] = {}
+    roots: dict[str, Path] = {}
 
     def get(scenario, **kwargs):
         if scenario.name not in cache:
-            root = tmp_path_factory.mktemp(scenario.name)
+            roots[scenario.name] = root = tmp_path_factory.mktemp(scenario.name)
             cache[scenario.name] = train(scenario, root / "run", **kwargs)
         return cache[scenario.name]
 
+    get.root = lambda scenario: roots[scenario.name]
     return get
 
 
@@ -34,4 +36,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("babysit rules: detection latency (steps from fault onset to the finding)")
     for name, (onset, step, latency) in sorted(LATENCY.items()):
-        tr.write_line(f"  {name:<28} onset step {onset:>5}  finding at step {step:>5}  latency {latency:>5} steps")
+        tr.write_line(f"  {name:<50} onset {onset:>5}  finding at {step:>5}  latency {latency:>5} steps")

@@ -49,6 +49,8 @@ class Scenario:
     weight_noise: float = 0.0  # add N(0, this) to the first layer's weights after every step (fault)
     input_shape: tuple[int, ...] | None = None  # given to run.watch (snapshots as images)
     every: int | None = 10
+    crash_at: int | None = None  # raise a RuntimeError at this step (the run is closed as crashed)
+    keep_open: bool = False  # return without closing the run (a process that hangs: no more heartbeats)
     step_sleep: float = 0.0  # seconds per step: emulate a slower training loop (online-stop tests)
     flush_steps: int = 512
     seed: int = 0
@@ -201,41 +203,53 @@ def train(s: Scenario, run_dir: Path, on_critical: str | None = "warn", threshol
     run = hooks.Run(run_dir, num_classes=c if s.pass_num_classes else None, config=config,
                     on_critical=on_critical, thresholds=thresholds, flush_steps=s.flush_steps)
     run.watch(model, opt, every=s.every, input_shape=s.input_shape)
+    try:
+        va, ta, vl, tl = _loop(s, run, model, opt, linears, xt, yt, xv, yv, total, steps_per_epoch)
+    except BaseException as exc:
+        run.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if not s.keep_open:
+        run.close()
+    return {"run_dir": run_dir, "steps": run.global_step, "val_acc": va, "train_acc": ta, "val_loss": vl,
+            "train_loss": tl, "findings": run.findings, "num_classes": c, "run": run}
+
+
+def _loop(s: Scenario, run, model, opt, linears, xt, yt, xv, yv, total: int, steps_per_epoch: int):
     gen = torch.Generator().manual_seed(s.seed)
     step = 0
-    with run:
-        for _epoch in range(s.epochs):
-            perm = torch.randperm(len(xt), generator=gen)
-            losses, correct = [], 0
-            for i in range(0, len(xt), s.batch_size):
-                idx = perm[i : i + s.batch_size]
-                xb, yb = xt[idx], yt[idx]
-                if s.nan_input_at is not None and step + 1 >= s.nan_input_at:
-                    xb = xb.clone()
-                    xb[0] = math.nan
-                for g in opt.param_groups:
-                    g["lr"] = s.lr * _lr_factor(s, step, total, steps_per_epoch)
-                out = model(xb)
-                loss = nn.functional.cross_entropy(out, yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if s.weight_noise:
-                    with torch.no_grad():
-                        linears[0].weight.add_(torch.randn_like(linears[0].weight), alpha=s.weight_noise)
-                step += 1
-                run.step(loss=loss)
-                if s.step_sleep:
-                    time.sleep(s.step_sleep)
-                losses.append(loss.detach())
-                correct += (out.argmax(1) == yb).sum().item()
-                if step >= total or run.should_stop:
-                    break
-            tl, ta = torch.stack(losses).mean().item(), correct / max(len(losses) * s.batch_size, 1)
-            vl, va = _accuracy(model, xv, yv)
-            _, ta = _accuracy(model, xt, yt)
-            run.epoch(train_loss=tl, train_acc=ta, val_loss=vl, val_acc=va)
+    for _epoch in range(s.epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        losses, correct = [], 0
+        for i in range(0, len(xt), s.batch_size):
+            idx = perm[i : i + s.batch_size]
+            xb, yb = xt[idx], yt[idx]
+            if s.nan_input_at is not None and step + 1 >= s.nan_input_at:
+                xb = xb.clone()
+                xb[0] = math.nan
+            for g in opt.param_groups:
+                g["lr"] = s.lr * _lr_factor(s, step, total, steps_per_epoch)
+            out = model(xb)
+            loss = nn.functional.cross_entropy(out, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if s.weight_noise:
+                with torch.no_grad():
+                    linears[0].weight.add_(torch.randn_like(linears[0].weight), alpha=s.weight_noise)
+            step += 1
+            run.step(loss=loss)
+            if s.crash_at is not None and step == s.crash_at:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            if s.step_sleep:
+                time.sleep(s.step_sleep)
+            losses.append(loss.detach())
+            correct += (out.argmax(1) == yb).sum().item()
             if step >= total or run.should_stop:
                 break
-    return {"run_dir": run_dir, "steps": step, "val_acc": va, "train_acc": ta, "val_loss": vl,
-            "train_loss": tl, "findings": run.findings, "num_classes": c}
+        tl, ta = torch.stack(losses).mean().item(), correct / max(len(losses) * s.batch_size, 1)
+        vl, va = _accuracy(model, xv, yv)
+        _, ta = _accuracy(model, xt, yt)
+        run.epoch(train_loss=tl, train_acc=ta, val_loss=vl, val_acc=va)
+        if step >= total or run.should_stop:
+            break
+    return va, ta, vl, tl

@@ -114,7 +114,7 @@ def _digit_folder(root, classes=(0, 1, 2), per_class=15, fmt="npy"):
     for c in classes:
         (root / f"digit{c}").mkdir(parents=True)
         for i, img in enumerate(d.images[d.target == c][:per_class]):
-            a = (img * 16).astype(np.uint8)
+            a = (img * 15).astype(np.uint8)
             if fmt == "npy":
                 np.save(root / f"digit{c}" / f"{i}.npy", a)
             else:

@@ -56,7 +56,7 @@ def test_init_from_another_task_keeps_a_fresh_head(pretrained, quick_cfg, tmp_pa
     for c in (3, 5, 8):  # a three-class task from the same kind of images
         (tmp_path / "data" / str(c)).mkdir(parents=True)
         for i, img in enumerate(d.images[d.target == c][:40]):
-            np.save(tmp_path / "data" / str(c) / f"{i}.npy", (img * 16).astype(np.uint8))
+            np.save(tmp_path / "data" / str(c) / f"{i}.npy", (img * 15).astype(np.uint8))
     cfg = quick_cfg(model="convnet", dataset=f"folder:{tmp_path / 'data'}", init_from=str(pretrained),
                     freeze="relu2", epochs=5, lr=0.05, batch_size=16)
     result = train(cfg)
