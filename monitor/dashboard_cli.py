@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,12 +86,35 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ, BABYSIT_ROOT=str(root.resolve()), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     proc = subprocess.Popen(streamlit_command(root.resolve(), args.host, args.port), env=env,
                             stdout=subprocess.DEVNULL)
+    # The server must not outlive this command: on Ctrl-C or a SIGTERM (a service manager, a test), stop it.
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: nobody can send us SIGTERM handling anyway
+        previous = None
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    finally:
+        _stop(proc)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -167,12 +167,15 @@ def diagnose_all(run_data: Any, thresholds: dict | None = None) -> tuple[list[di
             except Exception as e:  # noqa: BLE001
                 problems.append(f"diagnosis failed ({type(e).__name__}: {e})")
         problems += [str(w.message) for w in caught if issubclass(w.category, getattr(rules, "RuleWarning", ()))]
+    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
     seen = {f.get("rule") for f in findings}
+    recorded: dict[Any, dict] = {}  # rule -> its most severe (then latest) record: the log keeps escalations
     for f in run_data.findings or []:
         if isinstance(f, dict) and f.get("rule") not in seen:
-            findings.append({**f, "recorded": True})
-            seen.add(f.get("rule"))
-    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+            old = recorded.get(f.get("rule"))
+            if old is None or rank.get(f.get("severity"), 9) <= rank.get(old.get("severity"), 9):
+                recorded[f.get("rule")] = {**f, "recorded": True}
+    findings.extend(recorded.values())
     findings.sort(key=lambda f: rank.get(f.get("severity"), 9))  # stable: the engine's order within a severity
     return findings, problems
 

@@ -108,8 +108,11 @@ class NonfiniteLoss(Rule):
 
 
 class LossExplosion(Rule):
+    """The loss rising above where it started: a warning above `explosion_warn_factor` x the initial loss
+    (healthy runs stay under ~1.1x), critical above `explosion_factor` (the lecture's 3x: quit early)."""
+
     id = "loss_explosion"
-    title = "Loss exploded above 3x its initial value"
+    title = "Loss rose far above its initial value"
     fix = (
         "stop this run: the lecture's rule is to quit early when loss > 3x the original",
         "lower the learning rate (3-10x)",
@@ -120,33 +123,38 @@ class LossExplosion(Rule):
         super().__init__(thresholds)
         self.w = max(int(thresholds["explosion_window"]), 1)
         self.tail = Tail(self.w - 1, float, np.int64, float)
-        self.done = False
+        self.severity: str | None = None
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         n = len(ctx.new_loss)
-        if self.done or not n:
+        if self.severity == "critical" or not n:
             return []
         x, steps, lrs = self.tail.extend(ctx.new_loss, ctx.new_step, ctx.new_lr)
         init = ctx.initial_loss
         if init is None or not ctx.initial_final or init <= 0 or len(x) < self.w:
             return []
-        factor = self.th["explosion_factor"]
-        # The median of a window is above the limit exactly when more than half its values are (for odd w):
-        # a rolling count, O(n) and cheap. NaN never counts (nonfinite_loss reports it); +inf does.
-        above = rolling_count(x > factor * init, self.w)
         start = max(len(x) - n - (self.w - 1), 0)  # windows that end on a new step
-        hit = first_true(above[start:] >= self.w // 2 + 1)
-        if hit is None:
-            return []
-        end = start + hit + self.w - 1
-        self.done = True
-        window = x[end - self.w + 1 : end + 1]
-        value, step, lr = float(np.median(window)), int(steps[end]), float(lrs[end])
-        msg = (f"loss {fmt(value)} at step {step} is {fmt(value / init, 2)}x the initial {fmt(init)} "
-               f"(median of {self.w} steps; limit {fmt(factor)}x){_lr_note(lr)}")
-        evidence = {"step": step, "loss": value, "peak": float(np.nanmax(window)), "initial_loss": init,
-                    "ratio": value / init, "factor": factor, "lr": lr}
-        return [self.finding(ctx, "critical", step, msg, evidence)]
+        levels = [("critical", self.th["explosion_factor"])]
+        if self.severity is None:
+            levels.append(("warning", self.th["explosion_warn_factor"]))
+        for severity, factor in levels:
+            # The median of a window is above the limit exactly when more than half its values are (odd w):
+            # a rolling count, O(n) and cheap. NaN never counts (nonfinite_loss reports it); +inf does.
+            above = rolling_count(x > factor * init, self.w)
+            hit = first_true(above[start:] >= self.w // 2 + 1)
+            if hit is None:
+                continue
+            self.severity = severity
+            end = start + hit + self.w - 1
+            window = x[end - self.w + 1 : end + 1]
+            value, step, lr = float(np.median(window)), int(steps[end]), float(lrs[end])
+            msg = (f"loss {fmt(value)} at step {step} is {fmt(value / init, 2)}x the initial {fmt(init)} "
+                   f"(median of {self.w} steps; limit {fmt(factor)}x){_lr_note(lr)}")
+            evidence = {"step": step, "loss": value, "peak": float(np.nanmax(window)), "initial_loss": init,
+                        "ratio": value / init, "factor": factor, "lr": lr}
+            fix = list(self.fix) if severity == "critical" else [self.fix[1], self.fix[2]]
+            return [self.finding(ctx, severity, step, msg, evidence, fix)]
+        return []
 
 
 class FlatLoss(Rule):

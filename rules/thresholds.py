@@ -31,6 +31,11 @@ TABLE: dict[str, Threshold] = {
         "loss_explosion: smoothed loss above this multiple of the initial loss",
         LECTURE + ": 'loss > 3x original loss, quit early'",
     ),
+    "explosion_warn_factor": Threshold(
+        1.5,
+        "loss_explosion (warning): smoothed loss above this multiple of the initial loss",
+        "ours: healthy runs stay under ~1.1x (measured on the scenario suite)",
+    ),
     "explosion_window": Threshold(
         5,
         "loss_explosion: steps in the rolling median that must exceed the factor",
@@ -259,7 +264,7 @@ TABLE: dict[str, Threshold] = {
         "ours",
     ),
     "noisy_weights_roughness": Threshold(
-        0.85,
+        0.9,
         "noisy_weights: high-frequency energy of first-layer filters (white noise = 1, smooth = 0) above this",
         "Karpathy's recipe / lecture: noisy filters; ours",
     ),

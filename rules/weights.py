@@ -18,6 +18,7 @@ from rules.base import Context, Finding, Rule, fmt
 __all__ = ["NoisyWeights", "roughness", "as_images"]
 
 MIN_SIDE = 5  # 3x3 filters are too small to call noisy
+MIN_FILTERS = 8
 
 
 def as_images(w: np.ndarray) -> np.ndarray | None:
@@ -110,7 +111,8 @@ class NoisyWeights(Rule):
             return []  # smooth enough, or a frozen (pretrained) first layer
         # A warning only when training clearly moved the filters and what it added is itself noise;
         # filters that are still mostly their random init get an info note (train longer).
-        noisy_change = moved >= 1.0 and math.isfinite(rd) and rd >= self.th["noisy_weights_roughness"]
+        noisy_change = (moved >= 1.0 and math.isfinite(rd) and rd >= self.th["noisy_weights_roughness"]
+                        and len(w) >= MIN_FILTERS)  # a median over 2 filters is no evidence
         severity = "warning" if noisy_change else "info"
         if self.severity == severity:
             return []

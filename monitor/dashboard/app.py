@@ -230,10 +230,10 @@ def metrics_row(state: RunState, smoothing: float) -> None:
         loss_now = float(finite[-1]) if len(finite) else None
         delta = None
         if loss_now is not None and initial:
-            delta = f"{loss_now / initial - 1:+.0%} from start"
+            delta = f"{loss_now / initial - 1:+.0%}"
         spark = finite[:: max(1, len(finite) // 80)].tolist() if len(finite) > 2 else None
         row.metric("Loss (smoothed)", fmt(loss_now, 4), delta=delta, delta_color="inverse", border=True,
-                   height="stretch",
+                   height="stretch", help="The change is relative to the first loss of the run.",
                    chart_data=spark, chart_type="area")
     val = epochs["val_acc"].to_numpy(dtype=float) if "val_acc" in epochs else np.empty(0)
     val = val[np.isfinite(val)]
@@ -276,7 +276,7 @@ def loss_section(state: RunState, name: str, focus: dict | None, domain: tuple[f
     chart(plan)
     view = state.loss.view()
     notes = []
-    if view.width > 1:
+    if len(view.x) < view.n:
         notes.append(f"{view.n:,} steps drawn as {len(view.x):,} points (min and max of every {view.width:,})")
     nf = view.nonfinite
     if len(nf):
@@ -414,38 +414,44 @@ def details_section(state: RunState) -> None:
             st.caption(f"{state.corrupt_lines} corrupt line(s) skipped while reading this run.")
 
 
+def _rerun_if_runs_changed(root: str, known_runs: tuple[str, ...]) -> None:
+    if tuple(cached_runs_index(root).discover()) != known_runs:
+        st.rerun()  # a run appeared or went away: redraw the whole page, the sidebar's list included
+
+
 def run_view(root: str, name: str, known_runs: tuple[str, ...]) -> None:
     _jump_if_asked()
-    if tuple(cached_runs_index(root).discover()) != known_runs:
-        st.rerun()  # a run appeared or went away: redraw the sidebar's list too
+    _rerun_if_runs_changed(root, known_runs)
     state = cached_run_state(root, name)
     if state is None:
         st.warning("This run is no longer under the runs folder.")
         return
-    state.update()
-    focus = st.session_state.get(focus_key(name))
-    domain = focus_range(state, focus)
-    plans = run_plans(state, domain=domain, marker=focus, scale=st.session_state.get(f"yscale:{name}") or "auto",
-                      smoothing=float(st.session_state.get("smoothing", 0.8)))
-    run_header(state, name)
-    metrics_row(state, float(st.session_state.get("smoothing", 0.8)))
-    left, right = st.columns([2.2, 1], gap="medium")
-    with left:
-        loss_section(state, name, focus, domain, plans["loss"])
-    with right:
-        findings_section(state, name)
-    left, right = st.columns(2, gap="medium")
-    with left:
-        accuracy_section(plans.get("accuracy"))
-    with right:
-        lr_section(plans.get("lr"))
-    layers_tab, weights_tab, details_tab = st.tabs(["Layers", "Weights", "Details"])
-    with layers_tab:
-        layers_section(state, plans)
-    with weights_tab:
-        weights_section(state, name)
-    with details_tab:
-        details_section(state)
+    # One lock per run, shared by every browser session: a refresh reads a consistent state.
+    with state.lock:
+        state.update()
+        focus = st.session_state.get(focus_key(name))
+        domain = focus_range(state, focus)
+        plans = run_plans(state, domain=domain, marker=focus, scale=st.session_state.get(f"yscale:{name}") or "auto",
+                          smoothing=float(st.session_state.get("smoothing", 0.8)))
+        run_header(state, name)
+        metrics_row(state, float(st.session_state.get("smoothing", 0.8)))
+        left, right = st.columns([2.2, 1], gap="medium")
+        with left:
+            loss_section(state, name, focus, domain, plans["loss"])
+        with right:
+            findings_section(state, name)
+        left, right = st.columns(2, gap="medium")
+        with left:
+            accuracy_section(plans.get("accuracy"))
+        with right:
+            lr_section(plans.get("lr"))
+        layers_tab, weights_tab, details_tab = st.tabs(["Layers", "Weights", "Details"])
+        with layers_tab:
+            layers_section(state, plans)
+        with weights_tab:
+            weights_section(state, name)
+        with details_tab:
+            details_section(state)
 
 
 # ----------------------------------------------------------------- the Runs view
@@ -469,8 +475,10 @@ def runs_table(frame: pd.DataFrame, now: float) -> pd.DataFrame:
     return out
 
 
-def runs_view(root: str) -> None:
+def runs_view(root: str, known_runs: tuple[str, ...] | None = None) -> None:
     _jump_if_asked()
+    if known_runs is not None:
+        _rerun_if_runs_changed(root, known_runs)
     index = cached_runs_index(root)
     index.refresh()
     frame = index.frame()
@@ -495,7 +503,7 @@ def runs_view(root: str) -> None:
             "step": st.column_config.NumberColumn("step", format="localized"),
             "epoch": st.column_config.NumberColumn("epoch"),
             "best val acc": st.column_config.ProgressColumn("best val acc", format="percent", min_value=0.0,
-                                                            max_value=1.0),
+                                                            max_value=1.0, color="blue"),
             "worst finding": st.column_config.TextColumn("worst finding", width="medium"),
             "open": st.column_config.LinkColumn("open", display_text="open ›", width="small"),
         },
@@ -521,8 +529,9 @@ def compare_view(root: str, names: list[str], current: str | None) -> None:
         state = cached_run_state(root, name)
         if state is None:
             continue
-        state.update()
-        v = state.loss.view()
+        with state.lock:
+            state.update()
+            v = state.loss.view()
         losses.append(pd.DataFrame({"run": name, "step": v.mean_x, "loss": ema(v.mean_y, smoothing)}))
         ep = state.epochs
         for split in ("train", "val"):
@@ -551,7 +560,7 @@ def compare_view(root: str, names: list[str], current: str | None) -> None:
         chart(charts.plan_compare_accuracy(frame))
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
         "best val acc": st.column_config.ProgressColumn("best val acc", format="percent", min_value=0.0,
-                                                        max_value=1.0)})
+                                                        max_value=1.0, color="blue")})
 
 
 def search_view(root: str, current: str | None) -> None:
@@ -584,7 +593,7 @@ def search_view(root: str, current: str | None) -> None:
                                "reg": best["reg"], "state": best["state"], "open": [run_link(r) for r in best["run"]]}),
                  hide_index=True, column_config={
                      "best val acc": st.column_config.ProgressColumn("best val acc", format="percent",
-                                                                     min_value=0.0, max_value=1.0),
+                                                                     min_value=0.0, max_value=1.0, color="blue"),
                      "lr": st.column_config.NumberColumn("lr", format="%.2e"),
                      "reg": st.column_config.NumberColumn("reg", format="%.2e"),
                      "open": st.column_config.LinkColumn("open", display_text="open ›")})
@@ -628,6 +637,7 @@ def main() -> None:
 
     every = REFRESH.get(st.session_state.get("refresh", "2 s"))
     current = st.session_state.get("run") if st.session_state.get("run") in by_name else (names[0] if names else None)
+    known = tuple(sorted(names))
     tabs = st.tabs(VIEWS, key="view", bind="query-params", on_change="rerun")
     for tab, view in zip(tabs, VIEWS, strict=True):
         if tab.open is False:
@@ -635,11 +645,11 @@ def main() -> None:
         with tab:
             if view == "Run":
                 if current is None:
-                    runs_view(root_s)
+                    st.fragment(runs_view, run_every=every)(root_s, known)
                 else:
-                    st.fragment(run_view, run_every=every)(root_s, current, tuple(sorted(names)))
+                    st.fragment(run_view, run_every=every)(root_s, current, known)
             elif view == "Runs":
-                st.fragment(runs_view, run_every=every)(root_s)
+                st.fragment(runs_view, run_every=every)(root_s, known)
             elif view == "Compare":
                 st.fragment(compare_view, run_every=every)(root_s, names, current)
             else:

@@ -162,11 +162,20 @@ def test_live_dashboard_in_a_real_browser(tmp_path, browser):
             page.get_by_role("tab", name=view, exact=True).click()
             page.wait_for_timeout(3500)
             if view == "Runs":  # a run started now shows up in the table by itself
-                assert page.get_by_text("late-arrival").count() == 0
+                assert page.get_by_text("5 run(s)", exact=False).count() == 1
                 write_run(root / "late-arrival", steps=300, epochs=3, state="running", config={"lr": 0.01})
-                _wait(lambda: page.get_by_text("late-arrival").count() > 0, 30, "a new run to appear by itself")
+                _wait(lambda: page.get_by_text("6 run(s)", exact=False).count() > 0, 30,
+                      "a new run to appear by itself")
+                page.wait_for_timeout(2500)
             page.screenshot(path=str(ARTIFACTS / f"dashboard_{view.lower()}.png"))
         assert page.evaluate("window.__not_reloaded === true")
+        healthy = browser.new_page(viewport={"width": 1500, "height": 1250})
+        healthy.goto(f"http://127.0.0.1:{port}/?run=search/lr0.02_reg0.003")
+        _wait(lambda: _step_value(healthy), 60, "a finished run's page")
+        healthy.wait_for_timeout(3000)
+        healthy.screenshot(path=str(ARTIFACTS / "dashboard_healthy.png"))
+        healthy.close()
+
         page.get_by_role("tab", name="Run", exact=True).click()
         page.get_by_role("tab", name="Weights", exact=True).click()
         page.wait_for_timeout(2500)

@@ -42,6 +42,9 @@ def test_run_prints_the_url_and_starts_streamlit_with_the_root(tmp_path, monkeyp
         def wait(self, timeout=None):
             return 0
 
+        def poll(self):
+            return 0
+
     monkeypatch.setattr(subprocess, "Popen", FakePopen)
     port = _free_port()
     assert cli.main(["dashboard", str(tmp_path), "--port", str(port)]) == 0
@@ -76,3 +79,37 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_stopping_the_command_stops_the_server(tmp_path):
+    """A SIGTERM to `babysit dashboard` (a service manager, a test) must not leave Streamlit running."""
+    import os
+    import signal
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "dashboard", str(tmp_path), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=str(dashboard_cli.APP.parents[2])))
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                return r.read().strip() == b"ok"
+        except OSError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 90
+        while not healthy():
+            assert proc.poll() is None and time.monotonic() < deadline, "the dashboard did not start"
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        with socket.socket() as s:  # the port is free again: the server went with the command
+            s.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -209,11 +209,12 @@ def test_cli_writes_the_report_and_fails_in_one_line(healthy, tmp_path, capsys):
 def test_recorded_findings_the_diagnosis_does_not_reproduce_are_kept(tmp_path):
     path = _train(tmp_path / "run", steps=25)
     with open(path / runfile.FINDINGS, "a") as f:
-        f.write(runfile.dumps_line({"rule": "custom_rule", "title": "Custom", "severity": "info", "step": 1,
-                                    "epoch": 1, "message": "m", "evidence": {"x": math.nan}, "fix": []}))
+        for severity in ("info", "warning", "info"):  # the log keeps each escalation
+            f.write(runfile.dumps_line({"rule": "custom_rule", "title": "Custom", "severity": severity, "step": 1,
+                                        "epoch": 1, "message": severity, "evidence": {"x": math.nan}, "fix": []}))
     findings, problems = diagnose_all(load_any(path))
     custom = [f for f in findings if f["rule"] == "custom_rule"]
-    assert custom and custom[0]["recorded"] and not problems
+    assert len(custom) == 1 and custom[0]["recorded"] and custom[0]["severity"] == "warning" and not problems
     assert "recorded during training" in build_report(load_any(path), findings)
 
 

@@ -49,6 +49,8 @@ class Scenario:
     weight_noise: float = 0.0  # add N(0, this) to the first layer's weights after every step (fault)
     input_shape: tuple[int, ...] | None = None  # given to run.watch (snapshots as images)
     every: int | None = 10
+    double_softmax: bool = False  # softmax before cross_entropy (fault)
+    no_zero_grad: bool = False  # gradients accumulate across steps (fault)
     crash_at: int | None = None  # raise a RuntimeError at this step (the run is closed as crashed)
     keep_open: bool = False  # return without closing the run (a process that hangs: no more heartbeats)
     step_sleep: float = 0.0  # seconds per step: emulate a slower training loop (online-stop tests)
@@ -229,8 +231,9 @@ def _loop(s: Scenario, run, model, opt, linears, xt, yt, xv, yv, total: int, ste
             for g in opt.param_groups:
                 g["lr"] = s.lr * _lr_factor(s, step, total, steps_per_epoch)
             out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb)
-            opt.zero_grad()
+            loss = nn.functional.cross_entropy(out.softmax(1) if s.double_softmax else out, yb)
+            if not s.no_zero_grad:
+                opt.zero_grad()
             loss.backward()
             opt.step()
             if s.weight_noise:

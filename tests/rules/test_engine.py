@@ -81,7 +81,19 @@ def test_loss_explosion_message_and_threshold_override():
     f = by_rule(diagnose(run))["loss_explosion"]
     assert f.severity == "critical" and f.step == 203  # 3 of the 5 steps in the window are above 3x
     assert "loss 7.41 at step 203 is 3.2x the initial 2.3" in f.message
-    assert "loss_explosion" not in by_rule(diagnose(run, {"explosion_factor": 4}))
+    assert by_rule(diagnose(run, {"explosion_factor": 4}))["loss_explosion"].severity == "warning"
+    assert "loss_explosion" not in by_rule(diagnose(run, {"explosion_factor": 4, "explosion_warn_factor": 4}))
+
+
+def test_loss_rising_warns_then_escalates_online():
+    d = OnlineDiagnoser({"num_classes": 10})
+    s = np.arange(1, 401)
+    loss = np.r_[np.full(100, 2.3), np.full(100, 4.0), np.full(200, 8.0)]
+    first = [f for f in d.update(batch(steps(s[:150], loss[:150]))) if f.rule == "loss_explosion"]
+    assert [(f.rule, f.severity, f.step) for f in first] == [("loss_explosion", "warning", 103)]
+    assert "stop" not in first[0].fix[0]  # a warning: lower the lr, no need to stop yet
+    second = [f for f in d.update(batch(steps(s[150:], loss[150:]))) if f.rule == "loss_explosion"]
+    assert [(f.rule, f.severity, f.step) for f in second] == [("loss_explosion", "critical", 203)]
 
 
 def test_a_single_spike_is_not_an_explosion():
