@@ -217,6 +217,12 @@ class Context:
             return None
         return c if c >= 2 else None
 
+    @property
+    def starts_trained(self) -> bool:
+        """The first loss is well below ln(C): a pretrained net, where small steps and a flat loss are intended."""
+        c = self.num_classes
+        return c is not None and self.initial_loss is not None and self.initial_loss < 0.5 * math.log(c)
+
     def epoch_of(self, step: int | None) -> int | None:
         """The 1-based epoch a step belongs to (the epoch in progress when it ran)."""
         if step is None:

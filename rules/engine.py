@@ -177,15 +177,19 @@ def _link_causes(findings: dict[str, Finding]) -> None:
                      f"fix that first" + (f" (also see {', '.join(also)})" if also else ""))
         fixes = [f"fix {lead.rule} first: {lead.fix[0]}" if lead.fix else f"fix {lead.rule} first"]
         fixes += lead.fix[1:3]
-        fixes += [x for x in f.evidence["own_fix"] if x not in fixes and not _contradicts(x, found)]
+        seen = {_gist(x) for x in fixes}
+        fixes += [x for x in f.evidence["own_fix"] if _gist(x) not in seen and not _contradicts(x, found)]
         f.fix = fixes[:6]
 
 
 def _explains(cause: Finding, symptom: Finding) -> bool:
-    """A cause explains a symptom only if it was there by the time the symptom was seen (or soon after)."""
-    if cause.evidence.get("direction") == "high" and symptom.rule == "flat_loss":
-        return False  # a too-high update ratio does not explain a flat loss the lr-raise way... nor the other
-    return True
+    """Whether a cause finding explains a symptom; a too-high update ratio does not explain a flat loss."""
+    return not (cause.evidence.get("direction") == "high" and symptom.rule == "flat_loss")
+
+
+def _gist(fix: str) -> str:
+    """The first three words of a fix: 'lower the regularization (...)' twice is one fix."""
+    return " ".join(fix.lower().replace(":", " ").split()[:3])
 
 
 def _contradicts(fix: str, causes: list[str]) -> bool:

@@ -158,6 +158,7 @@ class UpdateRatio(_LayerRule):
         decayed = np.isfinite(lr) & math.isfinite(peak) & (lr < self.th["lr_decayed_factor"] * peak)
         init = ctx.initial_loss
         learned = init is not None and math.isfinite(self.recent_loss) and self.recent_loss < 0.5 * init
+        learned = learned or ctx.starts_trained  # fine-tuning: small steps on purpose
         low = (med < self.th["update_ratio_low"]) & ~decayed & (not learned)
         high = (med > self.th["update_ratio_high"]) & (steps >= (ctx.first_step or 1) + 5)
         sub = _Sub(view, steps)
@@ -171,10 +172,10 @@ class UpdateRatio(_LayerRule):
             msg = (f"median update/weight ratio {fmt(med[i])} at step {step}, too {direction} for {n} layer "
                    f"records in a row (healthy ~1e-3; limit {fmt(self.th['update_ratio_' + direction])}){_lr(lri)}")
             if direction == "high":
-                fix = [f"lower the learning rate ~{fmt(max(med[i] / 1e-3, 3), 2)}x{_from(lri)}",
+                fix = [f"lower the learning rate ~{_times(max(med[i] / 1e-3, 3))}x{_from(lri)}",
                        "add a learning-rate warmup or gradient clipping"]
             elif med[i] > 0:
-                fix = [f"raise the learning rate ~{fmt(min(1e-3 / med[i], 1000), 2)}x{_from(lri)}",
+                fix = [f"raise the learning rate ~{_times(min(1e-3 / med[i], 1000))}x{_from(lri)}",
                        "lower the regularization if it holds the weights back"]
             else:  # exactly 0: nothing moves, and a higher lr would not change that
                 fix = ["check the optimizer holds the parameters and the lr is not 0 (see stalled_weights)",
@@ -536,3 +537,9 @@ def _lr(lr: float) -> str:
 
 def _from(lr: float) -> str:
     return f" from {fmt(lr)}" if lr is not None and math.isfinite(lr) else ""
+
+
+def _times(x: float) -> str:
+    """A factor for a fix: '390', '3.5'."""
+    return f"{x:.0f}" if x >= 10 else f"{x:.1f}"
+

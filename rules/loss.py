@@ -193,6 +193,9 @@ class FlatLoss(Rule):
         init = ctx.initial_loss
         if init is None or init <= 0 or len(x) < self.m:
             return []
+        if ctx.initial_final and ctx.starts_trained:
+            self.done = True  # fine-tuning a pretrained net: a loss that barely moves is the point
+            return []
         w, m = self.w, self.m
         finite = np.isfinite(x)
         level = rolling_mean(np.where(finite, x, 0.0), m)  # level[j] = mean of x[j : j + m]

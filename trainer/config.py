@@ -119,8 +119,10 @@ class TrainConfig:
         val, test = self.fractions()
         if not (0 < val < 1 and 0 <= test < 1 and val + test < 1):
             raise ValueError(f"bad split fractions: val {val}, test {test} (val > 0, together below 1)")
-        if self.crop_pad < 0 or self.warmup < 0 or self.lr_step < 1 or self.samples < 4:
-            raise ValueError("--crop-pad and --warmup must be >= 0, --lr-step >= 1, --samples >= 4")
+        if self.crop_pad < 0 or self.warmup < 0 or self.lr_step < 1 or self.samples < 4 or self.width < 1:
+            raise ValueError("--crop-pad and --warmup must be >= 0, --lr-step and --width >= 1, --samples >= 4")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError("--image-size must be at least 1")
         if self.linear_probe and not self.init_from:
             raise ValueError("--linear-probe needs --init-from CHECKPOINT (features of a trained net)")
         self.hidden_sizes()

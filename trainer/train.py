@@ -4,7 +4,7 @@ One step: gather a batch from the on-device training split, augment it on the de
 CUDA), loss + regularization penalty, backward, update, max-norm, lr schedule, `run.step(loss)`. Nothing in the
 step waits for the device: the loss stays a tensor (the hooks move it to the host in batches), and the trainer's
 own divergence check keeps a running maximum on the device that it reads every CHECK_EVERY steps and at the end
-of each epoch, where the epoch's metrics are read in one transfer anyway.
+of each epoch (where the loop waits for the epoch's metrics anyway).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from trainer.transfer import freeze_up_to, linear_probe, load_pretrained, train_
 
 __all__ = ["TrainConfig", "train", "prepare", "evaluate", "resolve_device", "CHECK_EVERY", "TRAIN_EVAL_MAX"]
 
-CHECK_EVERY = 50  # steps between reads of the divergence monitor (one small device->host copy each)
+# Steps between reads of the divergence monitor: one 8-byte device->host copy, i.e. one wait for the GPU to
+# drain, per 50 steps (tens of microseconds per 50 steps of work); an epoch can be thousands of steps long.
+CHECK_EVERY = 50
 TRAIN_EVAL_MAX = 1000  # training accuracy is measured on this many (already shuffled) examples, as CS231n does
 
 
@@ -163,7 +165,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
                 scheduler.step()
                 total += value
                 steps += 1
-                first = value if first is None else first
+                if first is None:
+                    first = value
                 peak = value if peak is None else torch.maximum(peak, value)  # NaN propagates
                 if run.global_step % CHECK_EVERY == 0:
                     if cfg.max_loss_ratio and not reason:

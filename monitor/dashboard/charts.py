@@ -439,7 +439,8 @@ def plan_compare_loss(frame: pd.DataFrame, *, log_scale: bool = False, height: i
 def _compare_loss_structure(*, log_scale: bool, height: int) -> alt.Chart:
     return alt.Chart(_data("runs")).mark_line(strokeWidth=2, clip=True).encode(
         x=alt.X("step:Q", title="step", axis=alt.Axis(format="~s")),
-        y=alt.Y("loss:Q", title="loss (smoothed)", scale=alt.Scale(type="log" if log_scale else "linear", zero=False)),
+        y=alt.Y("loss:Q", title="loss (smoothed)", scale=alt.Scale(type="log" if log_scale else "linear", zero=False),
+                axis=alt.Axis(format=".3~g")),
         color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom", columns=2, labelLimit=320)),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("step:Q", format=","), alt.Tooltip("loss:Q", format=".4g")],
     ).properties(height=height)

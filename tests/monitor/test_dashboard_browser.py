@@ -129,13 +129,13 @@ def test_live_dashboard_in_a_real_browser(tmp_path, browser):
         dashboard = subprocess.Popen([sys.executable, "-m", "monitor.cli", "dashboard", str(root), "--port", str(port)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(dashboard)
-        _wait(lambda: _healthy(port), 60, "the dashboard to serve")
+        _wait(lambda: _healthy(port), 120, "the dashboard to serve")
         _wait(lambda: (root / "live" / "meta.json").exists() or trainer.poll() is not None, 90, "the run to start")
         assert trainer.poll() is None, trainer.stderr.read().decode()[-2000:]
 
         page = browser.new_page(viewport={"width": 1500, "height": 1250})
         page.goto(f"http://127.0.0.1:{port}/?run=live")
-        first = _wait(lambda: _step_value(page), 60, "the Step metric")
+        first = _wait(lambda: _step_value(page), 120, "the Step metric")
         page.evaluate("window.__not_reloaded = true")  # gone if anything reloads the page
         # New steps appear without a reload: the same page, its fragment rerunning on its own.
         later = _wait(lambda: (v := _step_value(page)) is not None and v > first and v, 60, "the step counter to grow")

@@ -108,7 +108,8 @@ def test_stopping_the_command_stops_the_server(tmp_path):
             time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-        with socket.socket() as s:  # the port is free again: the server went with the command
+        with socket.socket() as s:  # nobody listens on the port any more: the server went with the command
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of our health checks is fine
             s.bind(("127.0.0.1", port))
     finally:
         if proc.poll() is None:

@@ -353,3 +353,15 @@ def test_a_broken_rule_is_switched_off_not_fatal():
         d.update(batch(steps([1, 2], [math.nan, 2.0])))
     assert [f.rule for f in d.findings] == ["nonfinite_loss"]
     assert len(d.rules) == len(RULES)
+
+
+def test_pretrained_finetune_is_not_flat_nor_too_slow():
+    """Fine-tuning starts well below ln(C): a loss that barely moves and tiny updates are intended."""
+    s = np.arange(1, 401)
+    loss = 0.30 + 0.01 * np.sin(s)
+    w = {"kind": "weight", "w_norm": 5.0, "w_mean": 0.0, "w_std": 0.1, "g_norm": 0.1, "update_ratio": 1e-6}
+    recs = [steps(s, loss, lr=1e-5)] + [layers(k, a=w, b=w) for k in (1, 100, 200, 300)]
+    found = by_rule(diagnose(run_of(*recs)))
+    assert {f.rule for f in found.values() if f.severity != "info"} == set()
+    assert found["init_loss_mismatch"].severity == "info"
+

@@ -75,12 +75,13 @@ class Payload:
         return (print, ("code ran while loading",))
 
 
-def test_checkpoints_never_unpickle_code(tmp_path, quick_cfg):
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoints_never_unpickle_code(tmp_path, quick_cfg, capsys):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"model": Payload()}, f)
     with pytest.raises(ValueError, match="cannot load checkpoint") as err:
         train(quick_cfg(init_from=str(tmp_path / "evil.pt")))
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "code ran" not in capsys.readouterr().out
 
 
 def test_init_from_an_unrelated_checkpoint(tmp_path, quick_cfg):
