@@ -1,7 +1,9 @@
 """What every benchmark row shares: a summary of repeated measurements, the machine it ran on, the table.
 
 A row is one figure measured several times in the same process run: its median, a spread (p10-p90 when there
-are ten or more samples, else min-max), a target and whether the median meets it.
+are ten or more samples, else min-max), a target and whether the median meets it. Where the benchmark also
+took CPU time, its median is shown beside: on a shared machine the wall clock includes waiting for a core,
+CPU time does not (the verdict is on the wall clock, what a user waits).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Row:
     note: str = ""  # why there is no number (skipped, not installed, failed), or what the figure counts
     spread_kind: str | None = None  # override: e.g. "p25-p75" when only quartiles are available
     spread: tuple[float, float] | None = None
+    cpu: list[float] = field(default_factory=list)  # the same measure on CPU time, where it was taken
 
     @property
     def median(self) -> float:
@@ -141,14 +144,15 @@ def machine_line(info: dict) -> str:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    out = ["| row | median | spread | target | result |", "|---|---:|---|---|---|"]
+    out = ["| row | median | spread | CPU median | target | result |", "|---|---:|---|---:|---|---|"]
     for r in rows:
+        target = r.target.text if r.target else "-"
         if not r.samples:
-            out.append(f"| {r.name} | - | {r.note or 'no samples'} | {r.target.text if r.target else '-'} | - |")
+            out.append(f"| {r.name} | - | {r.note or 'no samples'} | - | {target} | - |")
             continue
         s = r.spread_range()
         spread = f"{r.fmt(s[0])} - {r.fmt(s[1])} ({s[2]}, n={len(r.samples)})" if s else f"n={len(r.samples)}"
         name = f"{r.name} ({r.note})" if r.note else r.name
-        out.append(f"| {name} | {r.fmt(r.median)} | {spread} | {r.target.text if r.target else '-'} | "
-                   f"{r.verdict()} |")
+        cpu = r.fmt(statistics.median(r.cpu)) if r.cpu else "-"
+        out.append(f"| {name} | {r.fmt(r.median)} | {spread} | {cpu} | {target} | {r.verdict()} |")
     return "\n".join(out)

@@ -12,7 +12,7 @@ Every statistic stays a device tensor; `hooks.run._materialize` moves them to th
 in one transfer at flush time. Snapshots are the one exception (a .npy needs host memory); they are rare.
 
 By default sampling is time-budgeted: a sample is taken when the probes' total cost stays under `budget`
-(0.4%) of the wall time since `watch()`, and never more often than every `min_every` steps. Short runs on
+(0.3%) of the wall time since `watch()`, and never more often than every `min_every` steps. Short runs on
 fast machines get many samples early; a large model whose probe is costly gets fewer. Pass `every=N` for a
 fixed schedule (step 1, then every multiple of N) whatever it costs.
 """
@@ -44,7 +44,7 @@ __all__ = [
     "SIGMOID_SATURATED",
 ]
 
-DEFAULT_BUDGET = 0.004  # adaptive sampling: probe time <= 0.4% of wall time
+DEFAULT_BUDGET = 0.003  # adaptive sampling: probe time <= 0.3% of wall time
 MIN_EVERY = 10  # adaptive sampling: at most one sample per this many steps
 SNAPSHOT_EVERY = 100  # steps between first-layer snapshots ...
 SNAPSHOTS_PER_DOUBLING = 50  # ... and the spacing doubles after each this many, so long runs keep few files

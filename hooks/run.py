@@ -27,7 +27,7 @@ __all__ = ["Run", "StopTraining"]
 
 # Online rules cost milliseconds per call (frames, every rule): they run when the time they took so far plus
 # their last cost fits in this fraction of the run's time, at once on the first non-finite loss, and at close.
-RULES_BUDGET = 0.003
+RULES_BUDGET = 0.002
 # status.json (an atomic rename: about a millisecond on ext4) is rewritten at most this often, and at close.
 STATUS_INTERVAL = 5.0
 

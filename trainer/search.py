@@ -23,7 +23,6 @@ import random
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
@@ -153,17 +152,15 @@ def _table(trials: list[dict]) -> str:
 
 def _stage(trials: list[dict], workers: int, threads: int, logs: Path, progress: Progress, done: list[dict],
            write) -> list[dict]:
-    lock = threading.Lock()
     results = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # threads only wait on the trial processes
         for future in as_completed([pool.submit(_execute, t, logs, threads) for t in trials]):
-            r = future.result()
-            with lock:
-                results.append(r)
-                done.append(r)
-                write()
-                best = max((t.get("best_val_acc", math.nan) for t in done if _sort_key(t) < math.inf), default=math.nan)
-                progress.update(len(done), f"best val acc {best:.4f}")
+            r = future.result()  # collected here, in this thread: no lock needed
+            results.append(r)
+            done.append(r)
+            write()
+            best = max((t.get("best_val_acc", math.nan) for t in done if _sort_key(t) < math.inf), default=math.nan)
+            progress.update(len(done), f"best val acc {best:.4f}")
     return results
 
 
@@ -195,7 +192,10 @@ def run(args: argparse.Namespace) -> int:
                           "lr_range": list(lr_range), "reg_range": list(reg_range)}]}
     done: list[dict] = []
     progress = Progress(args.trials + fine_trials, "trials", not args.no_progress)
-    write = lambda: _write(folder, header, done)  # noqa: E731
+
+    def write() -> None:
+        _write(folder, header, done)
+
     print(f"stage 1: {args.trials} trials, {args.coarse_epochs} epochs, lr {lr_range[0]:.3g}..{lr_range[1]:.3g}, "
           f"reg {reg_range[0]:.3g}..{reg_range[1]:.3g}", file=sys.stderr)
     first = _stage(stage1, args.workers, threads, logs, progress, done, write)

@@ -276,9 +276,11 @@ def loss_section(state: RunState, name: str, focus: dict | None, domain: tuple[f
     chart(plan)
     view = state.loss.view()
     notes = []
-    if len(view.x) < view.n:
-        notes.append(f"{view.n:,} steps drawn as {len(view.x):,} points (min and max of every {view.width:,})")
     nf = view.nonfinite
+    finite = view.n - int(nf["count"].sum()) if len(nf) else view.n
+    if len(view.x) < finite:
+        notes.append(f"{finite:,} finite steps drawn as {len(view.x):,} points (min and max of every "
+                     f"{view.width:,})")
     if len(nf):
         notes.append(f"loss not finite at {int(nf['count'].sum()):,} steps, first at step {int(nf['start'].iloc[0]):,}")
     if notes:
