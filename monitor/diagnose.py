@@ -19,7 +19,7 @@ from typing import Any
 
 from monitor import runfile
 from monitor.cli import UsageError
-from monitor.reader import RunData, RunReadError, load_run
+from monitor.reader import RunData, RunReadError
 from rules import Finding, diagnose
 from rules.base import SEVERITIES, fmt, severity_rank
 from rules.thresholds import load_config, parse_assignment
@@ -30,18 +30,26 @@ JSON_KEYS = ("rule", "severity", "step", "epoch", "message", "evidence", "fix")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run directory (written by hooks.Run or babysit train)")
+    parser.add_argument("run", metavar="RUN", help="a babysit run directory, a TensorBoard log directory or "
+                        "event file, or a CSV of metrics (Lightning's metrics.csv, an exported history)")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON (see docs/FORMAT.md)")
     parser.add_argument("--fail-on", choices=["warning", "critical"], default="critical",
                         help="exit 1 when a finding is at this severity or worse (default: critical)")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                         help="override a rule threshold (repeatable); names in the README's diagnose table")
     parser.add_argument("--config", metavar="FILE", help="thresholds from a .json or .toml file")
+    parser.add_argument("--map", action="append", default=[], metavar="OURS=THEIRS",
+                        help="for imported logs: which tag or column is our loss, lr, train_loss, train_acc, "
+                        "val_loss, val_acc, step, epoch or time (repeatable), e.g. --map val_acc=acc/valid")
+    parser.add_argument("--num-classes", type=int, default=None, metavar="C",
+                        help="number of classes, when the log does not say (enables the ln(C) and chance rules)")
 
 
-def load(path: str | Path) -> RunData:
-    """The one place a path becomes run data (the importers extend it to TensorBoard dirs and CSV files)."""
-    return load_run(path)
+def load(path: str | Path, mapping: dict[str, str] | None = None, num_classes: int | None = None) -> RunData:
+    """The one place a path becomes run data: a babysit run, a TensorBoard log or a CSV of metrics."""
+    from monitor.importers import load_any
+
+    return load_any(path, mapping=mapping, num_classes=num_classes)
 
 
 def thresholds_from_args(args: argparse.Namespace) -> dict[str, float]:
@@ -59,10 +67,14 @@ def thresholds_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from monitor.importers import parse_map
+
     thresholds = thresholds_from_args(args)
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UsageError("--num-classes must be at least 2")
     try:
-        data = load(args.run)
-    except RunReadError as e:
+        data = load(args.run, mapping=parse_map(args.map), num_classes=args.num_classes)
+    except (ValueError, RunReadError) as e:
         raise UsageError(str(e)) from None
     findings = diagnose(data, thresholds)
     text = (json.dumps(runfile.encode(report_dict(data, findings)), allow_nan=False, indent=1) if args.json

@@ -45,6 +45,8 @@ def _append(path: Path, data: bytes) -> Path:
 EPOCH_LINE = runfile.dumps_line({"type": "epoch", "epoch": 1, "step": N_STEPS, "time": 1.7e9 + N_STEPS,
                                  "metrics": {"train_acc": 0.5, "val_acc": 0.5}}).encode()
 
+GARBAGE = bytes(b for b in range(1, 256) if b not in b"\r\n")  # one line of every other byte
+
 # Runs that cannot be read at all: every command that takes a run says why in one line and exits 2.
 UNREADABLE = {
     "missing path": (lambda p: None, "no such"),
@@ -61,8 +63,7 @@ UNREADABLE = {
 # last line, left for later: a run still being written looks exactly like that).
 PARTLY_GOOD = {
     "truncated last line": (lambda p: _append(_good(p), EPOCH_LINE[:-10]), 0),
-    "garbage bytes line": (lambda p: _append(_good(p), bytes(range(1, 256)).replace(b"\n", b"").replace(b"\r", b"") + b"\n" + EPOCH_LINE),
-                           1),
+    "garbage bytes line": (lambda p: _append(_good(p), GARBAGE + b"\n" + EPOCH_LINE), 1),
     "invalid UTF-8 line": (lambda p: _append(_good(p), b'{"type": "event", "name": "\xff\xfe"}\n' + EPOCH_LINE), 1),
     "wrong types": (lambda p: _append(_good(p), b'{"type": "steps", "step": "many", "loss": {}}\n'
                                                 b'{"type": "epoch", "epoch": [], "step": null}\n'
@@ -306,7 +307,7 @@ def test_bad_values_are_one_line_errors(capsys, tmp_path):
                    "RuntimeWarning), then fails with '[Errno 17] File exists'")
 def test_train_run_dir_that_is_a_file(capsys, tmp_path):
     afile = _file(tmp_path, "afile", b"x")
-    rc, out, err = call(capsys, ["train", "--run-dir", afile, "--dataset", "xor", "--samples", "64", "--epochs", "1",
+    rc, out, err = call(capsys, ["train", "--run-dir", afile, "--dataset", "xor", "--model", "mlp", "--samples", "64", "--epochs", "1",
                                  "--no-progress", "--threads", "1"])
     assert_one_line_error(rc, out, err, "train", "afile")
 
