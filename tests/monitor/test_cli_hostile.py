@@ -305,11 +305,13 @@ def test_bad_values_are_one_line_errors(capsys, tmp_path):
 @pytest.mark.xfail(strict=True, reason="bug (trainer/train.py or TrainConfig.validate): --run-dir naming an existing "
                    "FILE is not refused up front: the whole training runs with the writer disabled (a multi-line "
                    "RuntimeWarning), then fails with '[Errno 17] File exists'")
-def test_train_run_dir_that_is_a_file(capsys, tmp_path):
+def test_train_run_dir_that_is_a_file(capsys, tmp_path, recwarn):
     afile = _file(tmp_path, "afile", b"x")
-    rc, out, err = call(capsys, ["train", "--run-dir", afile, "--dataset", "xor", "--model", "mlp", "--samples", "64", "--epochs", "1",
-                                 "--no-progress", "--threads", "1"])
+    rc, out, err = call(capsys, ["train", "--run-dir", afile, "--dataset", "xor", "--model", "mlp", "--samples", "64",
+                                 "--epochs", "1", "--no-progress", "--threads", "1"])
     assert_one_line_error(rc, out, err, "train", "afile")
+    assert "Errno" not in err[0]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], "trained before refusing"
 
 
 # argparse refuses these itself (wrong type, missing argument, bad choice).
