@@ -77,12 +77,10 @@ class _Narrator:
                     continue  # not started yet
             tailer = self.tailers[name]
             batch = tailer.poll()
-            if len(batch.epochs):
-                last = batch.epochs.iloc[-1]
-                epoch = int(last["epoch"])
-                if epoch == 1 or epoch % 5 == 0:
-                    val = last.get("val_acc", float("nan"))
-                    print(f"  {name:<12} epoch {epoch:>3}  val acc {val:.3f}", flush=True)
+            for row in batch.epochs.itertuples(index=False):
+                if row.epoch == 1 or row.epoch % 5 == 0:
+                    val = getattr(row, "val_acc", float("nan"))
+                    print(f"  {name:<12} epoch {row.epoch:>3}  val acc {val:.3f}", flush=True)
             for f in tailer.findings:
                 key = (name, str(f.get("rule")), str(f.get("severity")))
                 if f.get("severity") in ("warning", "critical") and key not in self.seen:
@@ -131,9 +129,12 @@ def run(args: argparse.Namespace) -> int:
             narrator.poll()
             time.sleep(0.5)
         narrator.poll()
-        print("babysit demo: both runs are done.", flush=True)
+        print("babysit demo: both runs are done. Diagnose them any time:", flush=True)
         for name, path in runs.items():
-            print(f"  babysit diagnose {path}", flush=True)
+            status = narrator.tailers[name].status if name in narrator.tailers else {}
+            reason = f" ({status['reason']})" if status.get("reason") else ""
+            print(f"  {name:<12} {status.get('state', 'not started')}{reason}", flush=True)
+            print(f"  {'':<12} babysit diagnose {path}", flush=True)
         if args.no_dashboard:
             return 0
         print(f"babysit demo: the dashboard stays up at http://{args.host}:{args.port}; Ctrl-C to stop.", flush=True)

@@ -72,6 +72,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto (on CUDA for conv models) | on | off
     compile: bool = False
     max_loss_ratio: float = 3.0  # stop when the loss exceeds this multiple of the initial loss (0: off)
+    step_delay: float = 0.0  # seconds to pause after each step, so a demo run can be watched live
     # transfer
     init_from: str | None = None
     freeze: str | None = None
@@ -106,7 +107,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
-        for name in ("lr", "reg", "momentum", "noise", "init_scale", "max_norm", "lr_decay", "max_loss_ratio"):
+        for name in ("lr", "reg", "momentum", "noise", "init_scale", "max_norm", "lr_decay", "max_loss_ratio",
+                     "step_delay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, not {value}")

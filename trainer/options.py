@@ -63,6 +63,7 @@ OPTIONS: dict[str, tuple[str, str, dict]] = {
     "compile": ("run", "torch.compile the model", {}),
     "max_loss_ratio": ("run", "quit when the loss exceeds this multiple of the initial loss (default 3; 0 off)",
                        {}),
+    "step_delay": ("run", "pause this many seconds after each step, to watch a run live (demos; default 0)", {}),
     "init_from": ("transfer", "start from this checkpoint's weights (matching names and shapes)", {}),
     "freeze": ("transfer", "freeze the layers up to and including this named layer", {}),
     "linear_probe": ("transfer", "fit a logistic regression on penultimate features instead of SGD", {}),

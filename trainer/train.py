@@ -10,6 +10,7 @@ of each epoch (where the loop waits for the epoch's metrics anyway).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -163,6 +164,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
                 value = loss.detach()
                 run.step(loss=value)  # records the lr this step used, so before the scheduler moves it
                 scheduler.step()
+                if cfg.step_delay:
+                    time.sleep(cfg.step_delay)
                 total += value
                 steps += 1
                 if first is None:
