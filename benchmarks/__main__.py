@@ -224,12 +224,11 @@ def run_groups(names: list[str], settings: Settings) -> list[Row]:
     return rows
 
 
-def _names(only: list[str]) -> list[str]:
+def _names(only: list[str], parser: argparse.ArgumentParser) -> list[str]:
     asked = [n.strip() for item in only for n in item.split(",") if n.strip()]
     unknown = [n for n in asked if n not in GROUPS]
     if unknown:
-        raise SystemExit(f"python -m benchmarks: error: unknown group {unknown[0]!r} (choose from "
-                         f"{', '.join(GROUPS)})")
+        parser.error(f"unknown group {unknown[0]!r} (choose from {', '.join(GROUPS)})")
     return [n for n in GROUPS if n in asked] if asked else list(GROUPS)
 
 
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these groups (repeatable or comma-separated): {', '.join(GROUPS)}")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    names = _names(args.only)
+    names = _names(args.only, parser)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     info = machine()
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(f" --only {n}" for n in args.only)
@@ -251,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - start) / 60
     judged = [r for r in rows if r.verdict() != "-"]
     met = sum(r.verdict() == "pass" for r in judged)
-    print(f"Machine: {machine_line(info)}.")
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    print(f"Machine: {machine_line(info)}; load average {end_load:.1f} at the end.")
     print(f"Command: `{command}` ({minutes:.1f} min, {time.strftime('%Y-%m-%d')}); {met} of {len(judged)} "
           "targets met.\n")
     print(markdown_table(rows))
