@@ -235,7 +235,6 @@ class LayerProbe:
         self._collecting = False  # forward hooks record only between arming and the optimizer step
         self._stepped = False  # the optimizer's post-hook ran for this sample
         self._cost = 0.0  # seconds spent in hooks for the sample in progress
-        self._uncharged = 0.0  # the first sample's cost: one-time costs (first hook calls), paid with watch()
         self._start = time.perf_counter()
         self._next_step = 1  # the next step that may be sampled
         self._next_time = self._start  # adaptive: the earliest time the next sample fits the budget
@@ -286,15 +285,13 @@ class LayerProbe:
     # ----------------------------------------------------------------- scheduling
     def _schedule(self, step: int, cost: float) -> None:
         self.seconds += cost
-        if self.samples == 1:
-            self._uncharged = cost
         if self.every is not None:
             self._next_step = (step // self.every + 1) * self.every
             return
         # Token bucket: the next sample waits until the time spent plus its expected cost (the last one's)
         # fits in budget * elapsed. Over a run the probes take `budget` of the time, whatever they cost.
         self._next_step = step + self.min_every
-        self._next_time = self._start + (self.seconds - self._uncharged + cost) / self.budget
+        self._next_time = self._start + (self.seconds + cost) / self.budget
 
     def _fail(self, where: str, exc: BaseException) -> None:
         """Switch the probes off. Never removes hooks here: we may be inside the loop that calls them."""
