@@ -11,10 +11,11 @@ The clone is a transient copy of the trainable weights, once per sample.
 Every statistic stays a device tensor; `hooks.run._materialize` moves them to the host with the step losses,
 in one transfer at flush time. Snapshots are the one exception (a .npy needs host memory); they are rare.
 
-By default sampling is time-budgeted: a sample is taken when the probes' total cost stays under `budget`
-(0.3%) of the wall time since `watch()`, and never more often than every `min_every` steps. Short runs on
-fast machines get many samples early; a large model whose probe is costly gets fewer. Pass `every=N` for a
-fixed schedule (step 1, then every multiple of N) whatever it costs.
+Step 1 is always sampled (the state at initialization). After that sampling is time-budgeted by default: a
+sample is taken when the probes' total cost (snapshots included) stays under `budget` (0.3%) of the wall time
+since `watch()`, and never more often than every `min_every` steps: slow steps get samples every few tens of
+steps, a model whose probe is costly relative to its step gets fewer. Pass `every=N` for a fixed schedule
+(step 1, then every multiple of N) whatever it costs.
 """
 
 from __future__ import annotations
