@@ -1,7 +1,7 @@
 """`python -m benchmarks`: every figure that says babysit is fast, measured side by side in one run, one table.
 
-    python -m benchmarks                   # the full set (about 10 minutes on 2 busy cores)
-    python -m benchmarks --quick           # fewer repetitions, same rows (about 3 minutes)
+    python -m benchmarks                   # the full set (about 5 minutes on 2 idle cores, 15+ when busy)
+    python -m benchmarks --quick           # fewer repetitions, same rows (1-2 minutes idle, 3-4 busy)
     python -m benchmarks --only diagnose --only alerts
 
 Groups (each calls the functions of its own benchmark module; run those alone for more detail):
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions, same rows (1-2 minutes on 2 idle cores)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help=f"run only these groups (repeatable or comma-separated): {', '.join(GROUPS)}")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")

@@ -16,7 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Row", "Target", "summarize", "machine", "markdown_table", "fmt_seconds", "fmt_ratio", "fmt_rate"]
+__all__ = ["Row", "Target", "summarize", "machine", "machine_line", "markdown_table", "fmt_seconds", "fmt_ratio",
+           "fmt_rate"]
 
 
 @dataclass(frozen=True)

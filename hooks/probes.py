@@ -163,6 +163,12 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "layer"
 
 
+def _not_compiled(fn):
+    """Probes read clocks and Python state: under torch.compile they would force a recompile at every sample."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
 class LayerProbe:
     """Per-layer statistics of `model` on sampled steps, and snapshots of its first layer's weights.
 
@@ -310,8 +316,8 @@ class LayerProbe:
         for layer in self._weights:
             layer.stats, layer.before, layer.before_norm = {}, None, None
         if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
-            self._handles.append(self.optimizer.register_step_post_hook(self._post_step))
+            self._handles.append(self.optimizer.register_step_pre_hook(_not_compiled(self._pre_step)))
+            self._handles.append(self.optimizer.register_step_post_hook(_not_compiled(self._post_step)))
         self._armed = self._collecting = True
         self._stepped = False
         self._cost = time.perf_counter() - t0  # this sample's cost starts with arming
@@ -334,7 +340,7 @@ class LayerProbe:
                 self._fail(f"the forward hook of {act.name}", exc)
             self._cost += time.perf_counter() - t0
 
-        return hook
+        return _not_compiled(hook)
 
     # ----------------------------------------------------------------- optimizer hooks
     def _optimized(self) -> list[_WeightLayer]:

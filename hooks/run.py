@@ -149,6 +149,9 @@ class Run:
         self._status: dict = {}
         self._warned: set[str] = set()
 
+        if self.enabled and not resume and _holds_a_run(self.path):
+            # A user mistake, not a monitoring failure: say so now rather than record nothing for hours.
+            raise FileExistsError(f"{self.path} already holds a run; use a new directory or resume=True")
         if self.enabled:
             self._guard("writer", self._open, resume)
         if self.enabled and on_critical is not None:
@@ -399,9 +402,8 @@ class Run:
     def _start_diagnoser(self) -> None:
         from rules import OnlineDiagnoser
 
-        self._diagnoser = OnlineDiagnoser(
-            meta={"num_classes": self.num_classes, "config": self.config}, thresholds=self.thresholds
-        )
+        # meta by reference: the diagnoser sees the model summary watch() adds, and finds snapshots via run_dir
+        self._diagnoser = OnlineDiagnoser(meta=self.meta, thresholds=self.thresholds, run_dir=self.path)
 
     def _diagnose_pending(self) -> None:
         records, self._undiagnosed = self._undiagnosed, []
@@ -498,6 +500,13 @@ class Run:
                 self._file.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _holds_a_run(path: Path) -> bool:
+    try:
+        return (path / runfile.EVENTS).stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _jsonable(obj: Any) -> Any:

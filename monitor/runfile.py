@@ -57,6 +57,11 @@ def encode(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): encode(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
+        try:
+            if all(map(math.isfinite, obj)):  # the common case: a column of finite numbers, as it is
+                return list(obj)
+        except TypeError:
+            pass
         return [encode(v) for v in obj]
     return obj
 

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # scenarios.py sits next to the tests
 
-LATENCY: dict[str, tuple[int, int, int]] = {}  # scenario -> (fault onset step, finding step, latency)
+from scenarios import LATENCY  # noqa: E402 - importable only once the path above is set
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ import hooks
 
 __all__ = ["Scenario", "train", "make_data"]
 
+LATENCY: dict[str, tuple[int, int, int]] = {}  # scenario -> (fault onset step, finding step, latency)
+
 
 @dataclass
 class Scenario:

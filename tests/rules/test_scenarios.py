@@ -8,8 +8,7 @@ healthy configuration must get no warning and no critical (info notes are allowe
 from __future__ import annotations
 
 import pytest
-from conftest import LATENCY
-from scenarios import Scenario, train
+from scenarios import LATENCY, Scenario, train
 
 import hooks
 from monitor.reader import load_run
