@@ -54,11 +54,14 @@ class _Watcher:
         self.lines: list[tuple[float, str]] = []
         self.err: list[str] = []
         self._new = threading.Condition()
-        threading.Thread(target=self._pump_out, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump_out, daemon=True),
+                       threading.Thread(target=self._pump_err, daemon=True)]
+        for pump in self._pumps:
+            pump.start()
         with self._new:
             ok = self._new.wait_for(lambda: any("Ctrl-C to stop" in e for e in self.err) or self.proc.poll(), 120)
         if not ok or self.proc.poll() is not None:
+            self.stop()
             raise RuntimeError("watcher did not start: " + "".join(self.err))
 
     def _pump_out(self) -> None:
@@ -89,12 +92,18 @@ class _Watcher:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        self.proc.send_signal(2)  # SIGINT: exits cleanly
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: exits cleanly
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for pump in self._pumps:  # the process is gone: the pumps reach end of file, then the pipes can close
+            pump.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _healthy(run: hooks.Run, n: int, rng: random.Random) -> None:

@@ -31,8 +31,15 @@ class UsageError(Exception):
     """A bad argument or input: printed as one line, exit status 2."""
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument gets one line (with where to look), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="babysit",
         description="A training babysitter for PyTorch.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name = argv[0]
     if name not in COMMANDS:
-        top.print_usage(sys.stderr)
         print(f"babysit: error: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module_name, help_text = COMMANDS[name]
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         print(f"babysit {name}: not available in this installation ({e})", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"babysit {name}", description=help_text)
+    parser = _OneLineParser(prog=f"babysit {name}", description=help_text)
     module.configure(parser)
     args = parser.parse_args(argv[1:])
     try:

@@ -5,6 +5,7 @@ the dashboard over them. The terminal narrates what the babysitter finds; Ctrl-C
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -93,12 +94,22 @@ class _Narrator:
                         print(f"  {'':<12} fix: {first}", flush=True)
 
 
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1][:300] if lines else f"no output; see {path}"
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {args.port}")
-    if args.step_delay < 0:
-        raise UsageError("--step-delay must be >= 0")
+    if not (math.isfinite(args.step_delay) and args.step_delay >= 0):
+        raise UsageError(f"--step-delay must be a finite number >= 0, not {args.step_delay}")
     root = Path(args.root or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--root {root} is a file, not a folder")
     runs = {name: root / name for name in DEMO_RUNS}
     taken = [str(p) for p in runs.values() if (p / "events.jsonl").exists()]
     if taken:
@@ -118,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"babysit demo: training two runs under {root}:", flush=True)
         print("  healthy      lr 0.02: should learn to ~97% val accuracy", flush=True)
         print("  lr-too-high  lr 8: the loss blows up; the babysitter flags it with the fix and stops it", flush=True)
+        logs = {name: root / f"{name}.log" for name in runs}  # a trainer that fails says why here
         trainers = [
             subprocess.Popen(_train_command(path, DEMO_RUNS[name], args.step_delay),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=open(logs[name], "wb"))  # noqa: SIM115
             for name, path in runs.items()
         ]
         procs.extend(trainers)
@@ -129,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
             narrator.poll()
             time.sleep(0.5)
         narrator.poll()
+        failed = [(name, p.returncode) for name, p in zip(runs, trainers, strict=True) if p.returncode]
+        if failed:
+            name, code = failed[0]
+            raise UsageError(f"the {name} trainer failed (exit {code}): {_last_line(logs[name])}")
         print("babysit demo: both runs are done. Diagnose them any time:", flush=True)
         for name, path in runs.items():
             status = narrator.tailers[name].status if name in narrator.tailers else {}

@@ -292,7 +292,9 @@ def read_meta(path: str | os.PathLike) -> dict:
     if not isinstance(meta, dict):
         raise RunReadError(f"corrupt {runfile.META} in {path}: not an object")
     schema = meta.get("schema", 1)
-    if not isinstance(schema, int) or schema > runfile.SCHEMA_VERSION:
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise RunReadError(f"corrupt {runfile.META} in {path}: schema must be a whole number, not {schema!r:.40}")
+    if schema > runfile.SCHEMA_VERSION:
         raise RunReadError(
             f"{path} was written with run format {schema}; this babysit reads up to {runfile.SCHEMA_VERSION}: "
             "upgrade babysit"

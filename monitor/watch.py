@@ -159,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
         if not watcher.runs:
             raise UsageError(f"no readable runs in {', '.join(paths)}")
         n = sum(len(r.current) for r in watcher.runs.values())
-        print(f"babysit watch: {len(watcher.runs)} run(s), {n} finding(s)", file=sys.stderr)
+        corrupt = watcher.corrupt_lines
+        skipped = f", {corrupt} corrupt log lines skipped" if corrupt > 0 else ""
+        print(f"babysit watch: {len(watcher.runs)} run(s), {n} finding(s){skipped}", file=sys.stderr)
         return 1 if worst >= severity_rank(args.fail_on) else 0
 
     stop = threading.Event()

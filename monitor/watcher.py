@@ -207,6 +207,7 @@ class Watcher:
         self._suppressed: dict[str, list[str]] = {}  # rule -> runs whose alert the rate limit held back
         self._closed = False
         self._initial = True  # the first scan: runs that already ended are history, not news
+        self._quiet_explicit = False  # evaluate_once: the caller reports an unreadable explicit run itself
 
     # ----------------------------------------------------------------- messages
     def warn(self, text: str) -> None:
@@ -318,7 +319,8 @@ class Watcher:
             tailer = RunTailer(path)
         except RunReadError as e:
             self.bad[str(path)] = str(e)
-            self.warn(str(e))
+            if root is not None or not self._quiet_explicit:
+                self.warn(str(e))
             return
         try:
             diagnoser = self._factory(tailer.meta, self.thresholds, path)
@@ -521,11 +523,21 @@ class Watcher:
         self._wake.set()
 
     def evaluate_once(self) -> int:
-        """Read everything present, announce, and return the worst severity rank found (-1 for none)."""
+        """Read everything present, announce, and return the worst severity rank found (-1 for none).
+
+        A run named explicitly that cannot be read is not warned about: it is left in `bad` for the caller
+        to report (as its one error line); unreadable runs found under a root are warned about as usual.
+        """
+        self._quiet_explicit = True
         self._discover()  # reads each run whole and runs the rules, liveness included
         self._flush_pending(force=True)
         self._flush_suppressed(force=True)
         return self.worst()
+
+    @property
+    def corrupt_lines(self) -> int:
+        """Log lines skipped as corrupt so far, over all runs."""
+        return sum(r.tailer.corrupt_lines for r in self.runs.values())
 
     def worst(self) -> int:
         ranks = [severity_rank(f.get("severity")) for r in self.runs.values() for f in r.current.values()]

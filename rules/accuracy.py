@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from rules.base import Context, Finding, Rule, fmt
+from rules.base import Context, Finding, Rule, fmt, meta_dict
 from rules.loss import infer_num_classes
 
 __all__ = ["Overfitting", "Underfitting", "ChanceAccuracy"]
@@ -177,8 +177,10 @@ class Underfitting(_EpochRule):
             evidence = {"epoch": epoch, "step": step, "train_acc": tr, "val_acc": va, "gap": gap,
                         "gain_last_epochs": gain, "chance": chance, "scaled_train_acc": scaled}
             fix = list(self.fix)
-            reg = (ctx.meta.get("config") or {}).get("reg", (ctx.meta.get("config") or {}).get("weight_decay"))
-            dropout = (ctx.meta.get("config") or {}).get("dropout")
+            config = meta_dict(ctx.meta, "config")
+            reg, dropout = config.get("reg", config.get("weight_decay")), config.get("dropout")
+            reg = reg if isinstance(reg, (int, float)) and not isinstance(reg, bool) else None
+            dropout = dropout if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else None
             if isinstance(reg, (int, float)) and reg >= 0.01 or isinstance(dropout, (int, float)) and dropout >= 0.5:
                 fix[0], fix[1] = fix[1] + f" (reg {fmt(reg) if reg is not None else '-'}, dropout "\
                                           f"{fmt(dropout) if dropout is not None else '-'})", fix[0]

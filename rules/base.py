@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian"]
+__all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian", "meta_dict", "meta_layers"]
 
 SEVERITIES = ("info", "warning", "critical")
 
@@ -41,6 +41,18 @@ class Finding:
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))
+
+
+def meta_dict(meta: Any, key: str) -> dict:
+    """`meta[key]` when it is a dict, else {} (meta.json is user data: a field may have any JSON type)."""
+    value = meta.get(key) if isinstance(meta, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def meta_layers(meta: Any) -> list[dict]:
+    """The model summary's layer entries that are dicts (odd entries, or a non-list 'layers', are ignored)."""
+    layers = meta_dict(meta, "model").get("layers")
+    return [x for x in layers if isinstance(x, dict)] if isinstance(layers, list) else []
 
 
 def _plain(obj: Any) -> Any:
@@ -210,7 +222,7 @@ class Context:
     def num_classes(self) -> int | None:
         c = self.meta.get("num_classes")
         if c is None:
-            c = (self.meta.get("config") or {}).get("num_classes")
+            c = meta_dict(self.meta, "config").get("num_classes")
         try:
             c = int(c)
         except (TypeError, ValueError):

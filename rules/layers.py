@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from rules.base import Context, Finding, Rule, Table, fmt, row_nanmedian
+from rules.base import Context, Finding, Rule, Table, fmt, meta_dict, meta_layers, row_nanmedian
 from rules.window import Streak, first_true
 
 __all__ = ["LayerView", "layer_view", "UpdateRatio", "DeadUnits", "SaturatedActivations",
@@ -88,8 +88,7 @@ def observe_layers(batch, ctx: Context) -> None:
 
 
 def _model_types(ctx: Context) -> dict[str, str]:
-    layers = ((ctx.meta.get("model") or {}).get("layers")) or []
-    return {str(x.get("name")): str(x.get("type", "")) for x in layers if isinstance(x, dict)}
+    return {str(x.get("name")): str(x.get("type", "")) for x in meta_layers(ctx.meta)}
 
 
 def _trainable_columns(view: LayerView, ctx: Context) -> list[int]:
@@ -194,7 +193,7 @@ class _Sub:
 
 
 def _batch_size(ctx: Context) -> int | None:
-    config = ctx.meta.get("config") or {}
+    config = meta_dict(ctx.meta, "config")
     for key in ("batch_size", "batch", "bs"):
         v = config.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from rules.base import Context, Finding, Rule, fmt
+from rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from rules.window import Tail, first_true, rolling_count, rolling_mean, runs_of
 
 __all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss"]
@@ -17,7 +17,7 @@ def _lr_note(lr: float) -> str:
 
 
 def _cfg(ctx: Context, *names: str):
-    config = ctx.meta.get("config") or {}
+    config = meta_dict(ctx.meta, "config")
     for n in names:
         if n in config:
             return config[n]
@@ -292,10 +292,11 @@ def infer_num_classes(ctx: Context) -> tuple[int | None, str]:
     c = ctx.num_classes
     if c is not None:
         return c, "meta"
-    layers = ((ctx.meta.get("model") or {}).get("layers")) or []
-    for layer in reversed(layers):
-        shape = (layer.get("params") or {}).get("weight") if isinstance(layer, dict) else None
-        if isinstance(shape, list) and len(shape) == 2 and "Linear" in str(layer.get("type", "")):
+    for layer in reversed(meta_layers(ctx.meta)):
+        shape = meta_dict(layer, "params").get("weight")
+        if (isinstance(shape, list) and len(shape) == 2 and isinstance(shape[0], (int, float))
+                and not isinstance(shape[0], bool) and math.isfinite(shape[0])
+                and "Linear" in str(layer.get("type", ""))):
             return (max(int(shape[0]), 2), "model") if shape[0] >= 1 else (None, "")
     return None, ""
 

@@ -293,8 +293,8 @@ def resolve(overrides: dict | None = None) -> dict[str, float]:
             v = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"threshold {name} must be a number, not {value!r}") from None
-        if math.isnan(v):
-            raise ValueError(f"threshold {name} must be a number, not NaN")
+        if not math.isfinite(v):
+            raise ValueError(f"threshold {name} must be a finite number, not {value!r}")
         out[name] = v
     return out
 

@@ -47,11 +47,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt file, pickle that needs code, wrong format: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load checkpoint {path}: {first}") from None
+        # Never repeat torch's text: it advises loading with weights_only=False (running the file's code)
+        # and carries terminal escape codes.
+        raise ValueError(f"cannot load checkpoint {path}: {_refusal(e)}") from None
     if not isinstance(blob, dict):
         raise ValueError(f"{path} holds a {type(blob).__name__}, not a checkpoint or state_dict")
     return blob
+
+
+def _refusal(exc: Exception) -> str:
+    """Our own one-line reason for a torch.load(weights_only=True) failure."""
+    if isinstance(exc, torch.serialization.pickle.UnpicklingError) and "GLOBAL" in str(exc):
+        return "not a plain-tensor checkpoint (refused: loading it would run pickle code)"
+    return "not a readable checkpoint"
 
 
 def state_dict_of(blob: dict) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 __all__ = ["TrainConfig", "TOY_DATASETS", "MODELS", "INITS", "LOSSES", "OPTIMIZERS", "SCHEDULES", "REG_TYPES",
            "NORMALIZE"]
@@ -128,7 +129,20 @@ class TrainConfig:
         if self.linear_probe and not self.init_from:
             raise ValueError("--linear-probe needs --init-from CHECKPOINT (features of a trained net)")
         self.hidden_sizes()
+        self._check_run_dir()
         return self
+
+    def _check_run_dir(self) -> None:
+        """The run directory (or the nearest existing folder above it) must be a directory, not a file."""
+        if not self.run_dir:
+            return
+        p = Path(self.run_dir)
+        for q in (p, *p.parents):
+            if q.is_dir():
+                return
+            if q.exists() or q.is_symlink():
+                where = "" if q == p else f": {q}"
+                raise ValueError(f"--run-dir {self.run_dir} is not a directory{where}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -50,7 +50,9 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
         lo = hi = math.nan
     if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
         raise UsageError(f"--{name} takes LOW:HIGH with positive numbers (log space), e.g. 1e-6:1e-3; got {text!r}")
-    return (lo, hi) if lo <= hi else (hi, lo)
+    if lo > hi:
+        raise UsageError(f"--{name} takes LOW:HIGH with LOW <= HIGH; got {text!r} (did you mean {parts[-1]}:{parts[0]}?)")
+    return lo, hi
 
 
 def sample_log_uniform(rng: random.Random, lo: float, hi: float) -> float:

@@ -134,8 +134,6 @@ def test_unreadable_run_is_one_line_exit_2(capsys, tmp_path, command, case):
     assert not (tmp_path / "out").exists()  # report wrote nothing
 
 
-@pytest.mark.xfail(strict=True, reason="bug (monitor/reader.py read_meta): a non-integer schema, e.g. \"1\", is "
-                   "reported as 'written with run format 1; this babysit reads up to 1: upgrade babysit'")
 def test_wrong_type_schema_is_called_corrupt_not_future(capsys, tmp_path):
     path = _good(tmp_path / "run")
     (path / runfile.META).write_text('{"schema": "1"}')
@@ -144,8 +142,6 @@ def test_wrong_type_schema_is_called_corrupt_not_future(capsys, tmp_path):
     assert "upgrade" not in err[0]
 
 
-@pytest.mark.xfail(strict=True, reason="bug (rules/layers.py:91 _model_types; see tests/rules/test_fuzz_rules.py): "
-                   "a meta.json whose 'model' is not an object makes babysit diagnose print a traceback")
 def test_meta_model_of_the_wrong_type(capsys, tmp_path):
     path = _good(tmp_path / "run")
     runfile.write_json_atomic(path / runfile.META, {"schema": 1, "num_classes": 10, "model": "resnet"})
@@ -155,8 +151,6 @@ def test_meta_model_of_the_wrong_type(capsys, tmp_path):
     assert rc in (0, 1, 2) and len(err) <= 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="bug (rules/thresholds.py resolve): --threshold flat_window=inf is accepted, "
-                   "then int(inf) raises OverflowError out of diagnose: a traceback instead of a one-line error")
 def test_infinite_threshold_on_the_command_line(capsys, tmp_path):
     rc, out, err = call(capsys, ["diagnose", _good(tmp_path / "run"), "--threshold", "flat_window=inf"])
     assert_one_line_error(rc, out, err, "diagnose", "flat_window")
@@ -335,16 +329,11 @@ def test_train_run_dir_that_is_a_file(capsys, tmp_path, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], "trained before refusing"
 
 
-@pytest.mark.xfail(strict=True, reason="bug (monitor/demo.py run, root.mkdir at line ~106): --root naming an "
-                   "existing file raises FileExistsError: a traceback")
 def test_demo_root_that_is_a_file(capsys, tmp_path):
     rc, out, err = call(capsys, ["demo", "--no-dashboard", "--root", _file(tmp_path, "afile", b"x")])
     assert_one_line_error(rc, out, err, "demo", "afile")
 
 
-@pytest.mark.xfail(strict=True, reason="bug (monitor/demo.py run, line 99): --step-delay nan passes the '< 0' check; "
-                   "both trainers then die at once with their stderr sent to DEVNULL, and the demo says 'both runs "
-                   "are done ... not started' and exits 0")
 def test_demo_step_delay_nan(capsys, tmp_path, monkeypatch):
     import monitor.demo
 
@@ -388,8 +377,6 @@ def test_wrong_argument_types_exit_2_with_the_error_last(capsys, argv):
     assert err and err[-1].startswith(f"babysit {argv[0]}: error: "), err
 
 
-@pytest.mark.xfail(strict=True, reason="bug (monitor/cli.py main): argparse prints its usage block (up to 40 lines "
-                   "for train) before the one-line error; the contract is exactly one stderr line")
 @pytest.mark.parametrize("argv", [WRONG_TYPES[0], WRONG_TYPES[6]], ids=["diagnose", "train --epochs abc"])
 def test_wrong_argument_types_are_exactly_one_line(capsys, argv):
     rc, out, err = call(capsys, argv)

@@ -224,10 +224,6 @@ def test_any_finite_threshold_never_crashes_the_rules():
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.xfail(strict=True, reason="bug (rules/thresholds.py resolve, line ~296): +-inf is accepted as a "
-                   "threshold; window and count thresholds (flat_window, explosion_window, init_steps, noisy_window) "
-                   "then raise OverflowError out of diagnose (babysit diagnose --threshold flat_window=inf prints a "
-                   "traceback) and 6 more switch their rule off; resolve should refuse non-finite values")
 @pytest.mark.parametrize("name", ["flat_window", "overfit_patience"])
 def test_infinite_threshold_is_refused_or_harmless(name):
     with warnings.catch_warnings(record=True) as caught:
@@ -240,11 +236,6 @@ def test_infinite_threshold_is_refused_or_harmless(name):
     assert_well_formed(findings)
 
 
-@pytest.mark.xfail(strict=True, reason="bug (rules/layers.py:91 _model_types, rules/loss.py:295+297 "
-                   "infer_num_classes, rules/base.py:213 Context.num_classes, rules/layers.py:197, "
-                   "rules/accuracy.py:180-181, rules/loss.py:20): meta.json's 'model', 'config' and a layer's "
-                   "'params' are assumed to be dicts; a non-dict model makes diagnose raise AttributeError "
-                   "(babysit diagnose prints a traceback), a non-dict config or params switches rules off")
 @pytest.mark.parametrize("meta", [{"model": "x"}, {"model": [1]}, {"config": "x"}, {"config": [1]},
                                   {"model": {"layers": [{"name": "fc", "type": "Linear", "params": "x"}]}}],
                          ids=["model str", "model list", "config str", "config list", "layer params str"])
