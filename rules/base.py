@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian", "meta_dict", "meta_layers"]
+__all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian", "meta_dict",
+           "meta_layers"]
 
 SEVERITIES = ("info", "warning", "critical")
 

@@ -240,10 +240,6 @@ def test_checkpoints_with_code_are_refused_without_running_it(tmp_path, capsys):
     assert err.count("\n") == 2 and "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="bug (trainer/checkpoint.py load_checkpoint, line ~50): a refused checkpoint "
-                   "is reported with the first line of torch's text, which tells the user how to load it anyway ('This "
-                   "file can still be loaded...', or for garbage 'Re-running torch.load with weights_only set to False "
-                   "will likely succeed') and carries terminal escape codes (\\x1b[1m)")
 @pytest.mark.parametrize("payload", ["code", "garbage"])
 def test_refused_checkpoint_message_does_not_advise_unpickling(tmp_path, payload):
     from trainer.checkpoint import load_checkpoint

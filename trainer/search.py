@@ -51,7 +51,8 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
     if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
         raise UsageError(f"--{name} takes LOW:HIGH with positive numbers (log space), e.g. 1e-6:1e-3; got {text!r}")
     if lo > hi:
-        raise UsageError(f"--{name} takes LOW:HIGH with LOW <= HIGH; got {text!r} (did you mean {parts[-1]}:{parts[0]}?)")
+        raise UsageError(f"--{name} takes LOW:HIGH with LOW <= HIGH; got {text!r} "
+                         f"(did you mean {parts[-1]}:{parts[0]}?)")
     return lo, hi
 
 

@@ -109,19 +109,10 @@ def _with_output(command: str, path: Path, tmp_path: Path) -> list:
 
 
 # --------------------------------------------------------------------------- unreadable runs
-_WATCH_TWICE = pytest.mark.xfail(
-    strict=True,
-    reason="bug (monitor/watcher.py Watcher._add_run + monitor/watch.py --once): an explicit run that cannot be "
-           "read is warned about by the watcher and then raised again as the UsageError: two stderr lines",
-)
-
-
 def _unreadable_cases():
     for command in ("diagnose", "report", "watch", "evaluate"):
         for case in UNREADABLE:
-            read_meta_fails = "meta" in case or case == "future schema version"
-            marks = [_WATCH_TWICE] if command == "watch" and read_meta_fails else []
-            yield pytest.param(command, case, marks=marks, id=f"{command}-{case}")
+            yield pytest.param(command, case, id=f"{command}-{case}")
 
 
 @pytest.mark.parametrize(("command", "case"), list(_unreadable_cases()))
@@ -200,8 +191,6 @@ def test_watch_once_reads_partly_good_runs(capsys, tmp_path, case):
     assert len(err) == 1 and err[0].startswith("babysit watch: 1 run(s)"), err
 
 
-@pytest.mark.xfail(strict=True, reason="gap (monitor/watcher.py): watch --once never says how many corrupt log "
-                   "lines it skipped (RunTailer.corrupt_lines is not reported); diagnose and report do")
 def test_watch_once_counts_what_it_skipped(capsys, tmp_path):
     path = PARTLY_GOOD["garbage bytes line"][0](tmp_path / "run")
     rc, out, err = call(capsys, ["watch", "--once", path])
@@ -317,9 +306,6 @@ def test_bad_values_are_one_line_errors(capsys, tmp_path):
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.xfail(strict=True, reason="bug (trainer/train.py or TrainConfig.validate): --run-dir naming an existing "
-                   "FILE is not refused up front: the whole training runs with the writer disabled (a multi-line "
-                   "RuntimeWarning), then fails with '[Errno 17] File exists'")
 def test_train_run_dir_that_is_a_file(capsys, tmp_path, recwarn):
     afile = _file(tmp_path, "afile", b"x")
     rc, out, err = call(capsys, ["train", "--run-dir", afile, "--dataset", "xor", "--model", "mlp", "--samples", "64",
