@@ -45,7 +45,9 @@ class OnlineDiagnoser:
         self.thresholds = resolve(thresholds)
         meta = meta if meta is not None else {}  # by reference: hooks.Run adds the model summary at watch()
         self.ctx = Context(meta=meta, thresholds=self.thresholds)
-        self.ctx.run_dir = Path(run_dir) if run_dir is not None else (Path(meta["path"]) if meta.get("path") else None)
+        meta_path = meta.get("path") if isinstance(meta, dict) else None
+        self.ctx.run_dir = Path(run_dir) if run_dir is not None else (
+            Path(meta_path) if isinstance(meta_path, str) and meta_path else None)
         self.rules = [cls(self.thresholds) for cls in (RULES if rules is None else rules)]
         self._reported: dict[str, tuple[int, tuple]] = {}
         self._init_losses: list[float] = []
