@@ -21,7 +21,7 @@ import streamlit as st
 
 from monitor import runfile
 from monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
-from monitor.dashboard.fastread import FastRunTailer
+from monitor.fastread import FastRunTailer
 from monitor.reader import LineTailer, RunBatch, RunReadError, find_runs, read_meta, read_status
 
 __all__ = [

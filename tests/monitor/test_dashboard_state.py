@@ -156,7 +156,7 @@ def test_snapshots_load_without_pickle_and_only_from_the_run(tmp_path):
 def test_the_fast_step_parser_gives_the_readers_exact_results(tmp_path):
     import pandas as pd
 
-    from monitor.dashboard.fastread import FastRunTailer
+    from monitor.fastread import FastRunTailer
     from monitor.reader import RunTailer
 
     path = write_run(tmp_path / "r", steps=1200, epochs=3, nan_from=1100)
