@@ -12,14 +12,13 @@ ordering and corrupt-line counts are the reader's.
 from __future__ import annotations
 
 import io
-import json
 import os
 
 import numpy as np
 import pandas as pd
 
 from monitor import runfile
-from monitor.reader import MAX_LINE_BYTES, LineTailer, RunBatch, RunReadError, RunTailer
+from monitor.reader import LineTailer, RunBatch, RunTailer
 
 __all__ = ["FastRunTailer", "parse_steps_lines"]
 
@@ -97,35 +96,15 @@ class _EventsTailer(LineTailer):
 
     def read(self) -> list[dict]:
         self.steps = None
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < self.offset:
-                    self.offset = 0
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise RunReadError(f"cannot read {self.path}: {e.strerror or e}") from None
-        end = data.rfind(b"\n")
-        if end < 0:
-            if len(data) > MAX_LINE_BYTES:
-                self.offset += len(data)
-                self.corrupt_lines += 1
-            return []
-        self.offset += end + 1
         entries: list[bytes | dict] = []  # in file order: fast-path lines as bytes, the rest decoded
         fast: list[bytes] = []
         slow_steps = False
-        for line in data[: end + 1].splitlines():
-            if not line.strip():
-                continue
+        for line in self.complete_lines():
             if line.startswith(_PREFIX) and not line.rstrip().endswith(b"}}"):
                 entries.append(line)
                 fast.append(line)
                 continue
-            rec = self._decode(line)
+            rec = self.decode(line)
             if rec is not None:
                 slow_steps |= rec.get("type") == "steps"
                 entries.append(rec)
@@ -138,21 +117,10 @@ class _EventsTailer(LineTailer):
         # Mixed or unusual step records: decode everything in order, exactly like the reader.
         out = []
         for e in entries:
-            rec = self._decode(e) if isinstance(e, bytes) else e
+            rec = self.decode(e) if isinstance(e, bytes) else e
             if rec is not None:
                 out.append(rec)
         return out
-
-    def _decode(self, line: bytes) -> dict | None:
-        try:
-            rec = json.loads(line)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            self.corrupt_lines += 1
-            return None
-        if isinstance(rec, dict):
-            return rec
-        self.corrupt_lines += 1
-        return None
 
 
 class FastRunTailer(RunTailer):

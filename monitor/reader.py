@@ -262,6 +262,15 @@ class LineTailer:
         self.corrupt_lines = 0
 
     def read(self) -> list[dict]:
+        records = []
+        for line in self.complete_lines():
+            rec = self.decode(line)
+            if rec is not None:
+                records.append(rec)
+        return records
+
+    def complete_lines(self) -> list[bytes]:
+        """The non-blank complete lines appended since the last call; the offset moves past them."""
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -280,20 +289,19 @@ class LineTailer:
                 self.corrupt_lines += 1
             return []
         self.offset += end + 1
-        records = []
-        for line in data[: end + 1].splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                self.corrupt_lines += 1
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-            else:
-                self.corrupt_lines += 1
-        return records
+        return [line for line in data[: end + 1].splitlines() if line.strip()]
+
+    def decode(self, line: bytes) -> dict | None:
+        """One line as a record, or None (counted as corrupt)."""
+        try:
+            rec = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            self.corrupt_lines += 1
+            return None
+        if isinstance(rec, dict):
+            return rec
+        self.corrupt_lines += 1
+        return None
 
 
 def read_meta(path: str | os.PathLike) -> dict:
