@@ -35,6 +35,7 @@ from monitor.dashboard.state import (
     severity_rank,
 )
 from monitor.dashboard.views import run_plans, spans_decades
+from rules.base import fmt as format_number
 
 VIEWS = ["Run", "Runs", "Compare", "Search"]
 REFRESH = {"off": None, "1 s": 1.0, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
@@ -76,14 +77,7 @@ def fmt(x: Any, digits: int = 3) -> str:
         return "—" if x is None else str(x)
     if not isinstance(x, (int, float, np.floating, np.integer)):
         return str(x)
-    x = float(x)
-    if not math.isfinite(x):
-        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if x == 0:
-        return "0"
-    if 1e-3 <= abs(x) < 1e5:
-        return f"{x:.{digits}g}"
-    return f"{x:.{max(digits - 1, 1)}e}"
+    return format_number(x, digits)  # the rules' own formatting: the page shows numbers as messages do
 
 
 def fmt_age(seconds: float | None) -> str:
