@@ -169,8 +169,9 @@ def diagnose(s: Settings, tmp: Path) -> list[Row]:
 
 
 def dashboard(s: Settings, tmp: Path) -> list[Row]:
+    from babysit.monitor.dashboard.synthetic import append_steps, write_run
+
     from benchmarks.dashboard import FINDING, Clock, first_view, render
-    from monitor.dashboard.synthetic import append_steps, write_run
 
     n = s.dashboard_steps
     _log(f"[dashboard] writing a {n:,}-step run (monitor.dashboard.synthetic)")

@@ -33,11 +33,11 @@ import threading
 import time
 from pathlib import Path
 
-import hooks
+from babysit import hooks
 
 __all__ = ["main", "latency", "many_runs", "pass_cost"]
 
-CLI = "import sys; from monitor.cli import main; sys.exit(main())"
+CLI = "import sys; from babysit.monitor.cli import main; sys.exit(main())"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -207,7 +207,7 @@ def pass_cost(n_runs: int = 200, passes: int = 5, seed: int = 0) -> list[float]:
     """Seconds for the watcher to process `n_runs` runs that each have one new flush (in-process, no observer)."""
     import io
 
-    from monitor.watcher import Watcher
+    from babysit.monitor.watcher import Watcher
 
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="babysit-bench-") as tmp:

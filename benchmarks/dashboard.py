@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from babysit.monitor.dashboard import charts
+from babysit.monitor.dashboard.state import RunsIndex, RunState
+from babysit.monitor.dashboard.synthetic import append_steps, write_run
+from babysit.monitor.dashboard.views import run_plans
 from streamlit.dataframe_util import convert_pandas_df_to_arrow_bytes
-
-from monitor.dashboard import charts
-from monitor.dashboard.state import RunsIndex, RunState
-from monitor.dashboard.synthetic import append_steps, write_run
-from monitor.dashboard.views import run_plans
 
 TARGETS = {"first view": 2.0, "refresh (+100 steps)": 0.100, "runs listed": 1.0}
 FINDING = {"rule": "overfitting", "title": "Overfitting", "severity": "warning", "step": 1500, "epoch": 15,

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from monitor import runfile
-from monitor.reader import load_run, records_to_batch
-from rules import OnlineDiagnoser, diagnose
+from babysit.monitor import runfile
+from babysit.monitor.reader import load_run, records_to_batch
+from babysit.rules import OnlineDiagnoser, diagnose
 
 __all__ = ["main", "write_run", "posthoc", "online"]
 

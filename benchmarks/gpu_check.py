@@ -79,9 +79,10 @@ def _loop(model, optimizer, x, y, batch: int, steps: int, device, amp: bool, run
 def hook_overhead(device: torch.device, model_name: str, side: int, channels: int, batch: int, steps: int,
                   pairs: int, width: int = 16) -> dict:
     """Median ratio (hooks / plain) of the loop's wall time over interleaved pairs, plus ms/step plain."""
-    import hooks
-    from trainer.config import TrainConfig
-    from trainer.models import build_model
+    from babysit.trainer.config import TrainConfig
+    from babysit.trainer.models import build_model
+
+    from babysit import hooks
 
     amp = device.type == "cuda"
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -120,7 +121,7 @@ def hook_overhead(device: torch.device, model_name: str, side: int, channels: in
 
 def _steps_per_second(run_dir: Path) -> tuple[float, int]:
     """Steps per second after the first epoch, from the run's own step timestamps."""
-    from monitor.reader import load_run
+    from babysit.monitor.reader import load_run
 
     run = load_run(run_dir)
     first_epoch_end = int(run.epochs["step"].iloc[0]) if len(run.epochs) else 0
@@ -133,8 +134,8 @@ def _steps_per_second(run_dir: Path) -> tuple[float, int]:
 
 def trainer_throughput(device: torch.device, folder: Path, variants: list[dict], tmp: Path, **common) -> list[dict]:
     """Train once per variant; rows of {variant, images_per_s, val_acc, steps, seconds}."""
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from babysit.trainer.config import TrainConfig
+    from babysit.trainer.train import train
 
     rows = []
     for i, v in enumerate(variants):
@@ -152,7 +153,7 @@ def trainer_throughput(device: torch.device, folder: Path, variants: list[dict],
 
 def _ddp(folder: Path, tmp: Path, gpus: int, common: dict) -> dict:
     run_dir = tmp / "ddp"
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m", "monitor.cli", "train",
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m", "babysit", "train",
             "--dataset", f"folder:{folder}", "--run-dir", str(run_dir), "--no-progress", "--device", "cuda",
             "--model", common["model"], "--width", str(common["width"]), "--epochs", str(common["epochs"]),
             "--batch-size", str(common["batch_size"] * gpus), "--on-critical", "warn"]

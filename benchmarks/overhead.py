@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.data import load_splits
+from babysit.trainer.models import build_model
 
-import hooks
-from trainer.config import TrainConfig
-from trainer.data import load_splits
-from trainer.models import build_model
+from babysit import hooks
 
 __all__ = ["main", "measure"]
 

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from monitor import runfile
-from monitor.reader import RunTailer, load_run
+from babysit.monitor import runfile
+from babysit.monitor.reader import RunTailer, load_run
 
 __all__ = ["main", "load_rate", "tailer_refresh", "append_flush", "count_lines"]
 

@@ -6,6 +6,6 @@
         run.step(loss=loss)
 """
 
-from hooks.run import Run, StopTraining
+from babysit.hooks.run import Run, StopTraining
 
 __all__ = ["Run", "StopTraining"]

@@ -1,6 +1,6 @@
 """Hugging Face Trainer: one line records a run with the babysit hooks.
 
-    from hooks.huggingface import BabysitCallback
+    from babysit.hooks.huggingface import BabysitCallback
     trainer = Trainer(..., callbacks=[BabysitCallback("runs/exp1")])
 
 The Trainer hands callbacks no per-step loss: the loss reaches us through `on_log`, as the mean over the
@@ -24,8 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-
-from hooks.run import Run
+from babysit.hooks.run import Run
 
 __all__ = ["BabysitCallback", "HFHooks", "callback_class", "unwrap_optimizer"]  # noqa: F822 - built on first use (__getattr__)
 
@@ -57,7 +56,7 @@ def unwrap_optimizer(optimizer: Any) -> Any:
 
 def _eval_metrics(metrics: Mapping) -> dict[str, float]:
     """eval_loss, eval_accuracy, ... -> val_loss, val_acc, ... (runtime and throughput numbers dropped)."""
-    from monitor.importers.names import epoch_metrics
+    from babysit.monitor.importers.names import epoch_metrics
 
     numbers = {}
     for k, v in metrics.items():

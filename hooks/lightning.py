@@ -1,6 +1,6 @@
 """PyTorch Lightning: one line records a run with the babysit hooks.
 
-    from hooks.lightning import BabysitCallback
+    from babysit.hooks.lightning import BabysitCallback
     trainer = L.Trainer(callbacks=[BabysitCallback("runs/exp1", num_classes=10)])
 
 Every optimizer step's training loss (the value `training_step` returns; averaged over gradient
@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-
-from hooks.huggingface import unwrap_optimizer
-from hooks.run import Run, StopTraining
+from babysit.hooks.huggingface import unwrap_optimizer
+from babysit.hooks.run import Run, StopTraining
 
 __all__ = ["BabysitCallback", "LightningHooks", "callback_class"]  # noqa: F822 - built on first use (__getattr__)
 
@@ -95,7 +94,7 @@ class LightningHooks:
     def setup(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
         if self.run is not None or stage not in (None, "fit"):
             return
-        from monitor.importers.series import num_classes_of
+        from babysit.monitor.importers.series import num_classes_of
 
         hparams = {}
         try:
@@ -154,7 +153,7 @@ class LightningHooks:
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.run is None or getattr(trainer, "sanity_checking", False):
             return
-        from monitor.importers.names import epoch_metrics
+        from babysit.monitor.importers.names import epoch_metrics
 
         metrics = epoch_metrics(_numbers(getattr(trainer, "callback_metrics", None) or {}))
         self.run.epoch(**metrics)

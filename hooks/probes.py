@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from babysit.monitor import runfile
 from torch import nn
-
-from monitor import runfile
 
 __all__ = [
     "LayerProbe",

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from monitor import runfile
-from monitor.reader import records_to_batch
+from babysit.monitor import runfile
+from babysit.monitor.reader import records_to_batch
 
 __all__ = ["Run", "StopTraining"]
 
@@ -274,13 +273,13 @@ class Run:
         return self
 
     def _record_model(self, model: torch.nn.Module) -> None:
-        from hooks.summary import model_summary
+        from babysit.hooks.summary import model_summary
 
         device = next((str(p.device) for p in model.parameters()), "cpu")
         self._update_meta(model=model_summary(model), device=device)
 
     def _start_probe(self, model, optimizer, every, input_shape, snapshot_every) -> None:
-        from hooks.probes import LayerProbe
+        from babysit.hooks.probes import LayerProbe
 
         kwargs = {k: v for k, v in {"every": every, "snapshot_every": snapshot_every}.items() if v is not None}
         self._probe = LayerProbe(model, optimizer, run_dir=self.path, input_shape=input_shape, **kwargs)
@@ -400,7 +399,7 @@ class Run:
         return nonfinite
 
     def _start_diagnoser(self) -> None:
-        from rules import OnlineDiagnoser
+        from babysit.rules import OnlineDiagnoser
 
         # meta by reference: the diagnoser sees the model summary watch() adds, and finds snapshots via run_dir
         self._diagnoser = OnlineDiagnoser(meta=self.meta, thresholds=self.thresholds, run_dir=self.path)

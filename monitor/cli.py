@@ -15,15 +15,15 @@ __all__ = ["main", "COMMANDS", "UsageError"]
 
 # name -> (module, one-line help). The order is the order of `babysit --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("monitor.demo", "start a healthy and a broken run on digits and the dashboard over them"),
-    "train": ("trainer.cli", "train the reference model with the hooks inside"),
-    "diagnose": ("monitor.diagnose", "say what is wrong with a run, with evidence and fixes"),
-    "dashboard": ("monitor.dashboard_cli", "live dashboard over a folder of runs (Streamlit)"),
-    "watch": ("monitor.watch", "alert while runs train: terminal, webhook, command; can stop runs"),
-    "report": ("monitor.report", "one standalone HTML report of a run"),
-    "sanity": ("trainer.sanity", "the lecture's sanity checks: ln(C) loss, reg raises loss, overfit 20"),
-    "search": ("trainer.search", "coarse-to-fine random search of learning rate and regularization"),
-    "evaluate": ("trainer.evaluate", "evaluate a run's checkpoint; --test touches the test split once"),
+    "demo": ("babysit.monitor.demo", "start a healthy and a broken run on digits and the dashboard over them"),
+    "train": ("babysit.trainer.cli", "train the reference model with the hooks inside"),
+    "diagnose": ("babysit.monitor.diagnose", "say what is wrong with a run, with evidence and fixes"),
+    "dashboard": ("babysit.monitor.dashboard_cli", "live dashboard over a folder of runs (Streamlit)"),
+    "watch": ("babysit.monitor.watch", "alert while runs train: terminal, webhook, command; can stop runs"),
+    "report": ("babysit.monitor.report", "one standalone HTML report of a run"),
+    "sanity": ("babysit.trainer.sanity", "the lecture's sanity checks: ln(C) loss, reg raises loss, overfit 20"),
+    "search": ("babysit.trainer.search", "coarse-to-fine random search of learning rate and regularization"),
+    "evaluate": ("babysit.trainer.evaluate", "evaluate a run's checkpoint; --test touches the test split once"),
 }
 
 
@@ -81,6 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # `python -m monitor.cli` runs this file as __main__, a second copy of the module: use the real one so
     # its UsageError is the one subcommands raise.
-    from monitor.cli import main as _main
+    from babysit.monitor.cli import main as _main
 
     sys.exit(_main())

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from monitor.cli import UsageError
+from babysit.monitor.cli import UsageError
 
 __all__ = ["configure", "run", "streamlit_command", "APP"]
 

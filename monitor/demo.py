@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from monitor.cli import UsageError
+from babysit.monitor.cli import UsageError
 
 __all__ = ["configure", "run", "DEMO_RUNS"]
 
@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _train_command(run_dir: Path, extra: list[str], step_delay: float) -> list[str]:
     return [
-        sys.executable, "-m", "monitor.cli", "train", "--dataset", "digits", "--model", "convnet",
+        sys.executable, "-m", "babysit", "train", "--dataset", "digits", "--model", "convnet",
         "--run-dir", str(run_dir), "--threads", "1", "--no-progress", "--step-delay", str(step_delay), *extra,
     ]
 
@@ -68,7 +68,7 @@ class _Narrator:
         self.epochs: dict[str, int] = {}
 
     def poll(self) -> None:
-        from monitor.reader import RunReadError, RunTailer
+        from babysit.monitor.reader import RunReadError, RunTailer
 
         for name, path in self.runs.items():
             if name not in self.tailers:
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen] = []
     try:
         if not args.no_dashboard:
-            from monitor.dashboard_cli import _check_port, streamlit_command
+            from babysit.monitor.dashboard_cli import _check_port, streamlit_command
 
             _check_port(args.host, args.port)
             env = dict(os.environ, BABYSIT_ROOT=str(root.resolve()), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")

@@ -17,12 +17,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from monitor import runfile
-from monitor.cli import UsageError
-from monitor.reader import RunData, RunReadError
-from rules import Finding, diagnose
-from rules.base import SEVERITIES, fmt, severity_rank
-from rules.thresholds import load_config, parse_assignment
+from babysit.monitor import runfile
+from babysit.monitor.cli import UsageError
+from babysit.monitor.reader import RunData, RunReadError
+from babysit.rules import Finding, diagnose
+from babysit.rules.base import SEVERITIES, fmt, severity_rank
+from babysit.rules.thresholds import load_config, parse_assignment
 
 __all__ = ["configure", "run", "load", "thresholds_from_args", "report_dict", "render_text", "JSON_KEYS"]
 
@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def load(path: str | Path, mapping: dict[str, str] | None = None, num_classes: int | None = None) -> RunData:
     """The one place a path becomes run data: a babysit run, a TensorBoard log or a CSV of metrics."""
-    from monitor.importers import load_any
+    from babysit.monitor.importers import load_any
 
     return load_any(path, mapping=mapping, num_classes=num_classes)
 
@@ -67,7 +67,7 @@ def thresholds_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.importers import parse_map
+    from babysit.monitor.importers import parse_map
 
     thresholds = thresholds_from_args(args)
     if args.num_classes is not None and args.num_classes < 2:

@@ -16,9 +16,8 @@ import os
 
 import numpy as np
 import pandas as pd
-
-from monitor import runfile
-from monitor.reader import LineTailer, RunBatch, RunTailer
+from babysit.monitor import runfile
+from babysit.monitor.reader import LineTailer, RunBatch, RunTailer
 
 __all__ = ["FastRunTailer", "parse_steps_lines"]
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from monitor import runfile
+from babysit.monitor import runfile
 
 __all__ = [
     "RunReadError",
@@ -423,7 +422,7 @@ class RunTailer:
 
 def load_run(path: str | os.PathLike) -> RunData:
     """The whole run. Raises RunReadError (one-line message) when it cannot be read at all."""
-    from monitor.fastread import FastRunTailer  # same records, step arrays parsed in C: 1M steps in ~1 s
+    from babysit.monitor.fastread import FastRunTailer  # same records, step arrays parsed in C: 1M steps in ~1 s
 
     tailer = FastRunTailer(path)
     batch = tailer.poll()

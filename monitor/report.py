@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from monitor.cli import UsageError
-from monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
-from monitor.runfile import decode_float
+from babysit.monitor.cli import UsageError
+from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
+from babysit.monitor.runfile import decode_float
 
 __all__ = ["configure", "run", "build_report", "write_report", "data_available", "not_evaluated", "REQUIRES"]
 
@@ -93,7 +92,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.importers import parse_map
+    from babysit.monitor.importers import parse_map
 
     try:
         mapping = parse_map(args.map)
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.num_classes is not None and args.num_classes < 2:
         raise UsageError("--num-classes must be at least 2")
-    from monitor.diagnose import thresholds_from_args
+    from babysit.monitor.diagnose import thresholds_from_args
 
     out, data = write_report(args.run, args.output, mapping=mapping, num_classes=args.num_classes,
                              thresholds=thresholds_from_args(args))
@@ -127,8 +126,8 @@ def write_report(
     thresholds: dict | None = None,
 ) -> tuple[Path, dict]:
     """Read RUN, diagnose it, write the HTML. Returns (the file written, what went into it)."""
-    from monitor.importers import load_any
-    from monitor.reader import RunReadError
+    from babysit.monitor.importers import load_any
+    from babysit.monitor.reader import RunReadError
 
     path = Path(path)
     try:
@@ -154,7 +153,7 @@ def diagnose_all(run_data: Any, thresholds: dict | None = None) -> tuple[list[di
     problems: list[str] = []
     findings: list[dict] = []
     try:
-        import rules
+        from babysit import rules
     except Exception as e:  # noqa: BLE001 - the report still shows the data
         problems.append(f"the rule engine could not be loaded ({type(e).__name__}: {e}); findings recorded "
                         "during training are shown")
@@ -222,7 +221,7 @@ def data_available(run_data: Any) -> dict[str, bool]:
 def _rule_catalogue() -> list[tuple[str, str, Any]]:
     """(id, title, requires or None) for every rule the engine runs; our table's ids if it will not load."""
     try:
-        from rules import RULES
+        from babysit.rules import RULES
     except Exception:  # noqa: BLE001
         return [(rid, rid.replace("_", " "), None) for rid in REQUIRES]
     return [(r.id, r.title, getattr(r, "requires", None)) for r in RULES]
@@ -538,7 +537,7 @@ def _layer_charts(layers: pd.DataFrame, meta: dict) -> list[str]:
     if not len(layers) or "layer" not in layers.columns:
         return []
     try:
-        from rules import THRESHOLDS
+        from babysit.rules import THRESHOLDS
     except Exception:  # noqa: BLE001
         THRESHOLDS = {}  # noqa: N806
     specs = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from monitor import runfile
+from babysit.monitor import runfile
 
 __all__ = [
     "SEVERITIES",

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from monitor.cli import UsageError
+from babysit.monitor.cli import UsageError
 
 __all__ = ["configure", "run", "parse_threshold"]
 
@@ -98,7 +98,7 @@ def _thresholds(items: list[str]) -> dict | None:
         return None
     values = dict(parse_threshold(t) for t in items)
     try:
-        from rules.thresholds import resolve
+        from babysit.rules.thresholds import resolve
     except ImportError:
         return values
     try:
@@ -109,7 +109,7 @@ def _thresholds(items: list[str]) -> dict | None:
 
 
 def _sinks(args: argparse.Namespace) -> list:
-    from monitor.sinks import ExecSink, TerminalSink, WebhookSink
+    from babysit.monitor.sinks import ExecSink, TerminalSink, WebhookSink
 
     color = {"auto": None, "always": True, "never": False}[args.color]
     sinks: list = [TerminalSink(sys.stdout, color=color)]
@@ -130,8 +130,8 @@ def _sinks(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.sinks import severity_rank
-    from monitor.watcher import Watcher, WatchError
+    from babysit.monitor.sinks import severity_rank
+    from babysit.monitor.watcher import Watcher, WatchError
 
     thresholds = _thresholds(args.threshold)
     paths = args.paths or ["runs"]

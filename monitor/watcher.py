@@ -21,13 +21,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from babysit.monitor import runfile
+from babysit.monitor.reader import (
+    RunBatch,
+    RunReadError,
+    RunTailer,
+    find_runs,
+    is_run_dir,
+    read_status,
+    records_to_batch,
+)
+from babysit.monitor.sinks import SEVERITIES, Alert, FindingsLog, severity_rank
 from watchdog.events import DirCreatedEvent, DirMovedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserverVFS
-
-from monitor import runfile
-from monitor.reader import RunBatch, RunReadError, RunTailer, find_runs, is_run_dir, read_status, records_to_batch
-from monitor.sinks import SEVERITIES, Alert, FindingsLog, severity_rank
 
 __all__ = ["Watcher", "WatchError", "STALL_RULE", "stall_thresholds"]
 
@@ -74,7 +81,7 @@ def _as_dict(finding: Any) -> dict:
 
 def _default_diagnoser_factory() -> Callable[[dict, dict | None, Path], Any]:
     try:
-        from rules import OnlineDiagnoser
+        from babysit.rules import OnlineDiagnoser
     except ImportError:
         raise WatchError("the rules engine is not available (rules.OnlineDiagnoser is missing)") from None
     return lambda meta, thresholds, run_dir: OnlineDiagnoser(meta, thresholds, run_dir=run_dir)

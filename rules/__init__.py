@@ -2,15 +2,15 @@
 
 Torch-free. Three callers get the same results from the same data:
 
-    from rules import diagnose, OnlineDiagnoser
+    from babysit.rules import diagnose, OnlineDiagnoser
     findings = diagnose(monitor.reader.load_run("runs/exp1"))          # post-hoc
     d = OnlineDiagnoser(meta); new = d.update(tailer.poll(), status)  # online: O(new records)
 """
 
-from rules.base import Context, Finding, Rule
-from rules.catalogue import CAUSES, RULES
-from rules.engine import OnlineDiagnoser, RuleWarning, diagnose, sort_findings
-from rules.thresholds import TABLE, THRESHOLDS
+from babysit.rules.base import Context, Finding, Rule
+from babysit.rules.catalogue import CAUSES, RULES
+from babysit.rules.engine import OnlineDiagnoser, RuleWarning, diagnose, sort_findings
+from babysit.rules.thresholds import TABLE, THRESHOLDS
 
 __all__ = [
     "Finding",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from rules.base import Context, Finding, Rule, fmt, meta_dict
-from rules.loss import infer_num_classes
+from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict
+from babysit.rules.loss import infer_num_classes
 
 __all__ = ["Overfitting", "Underfitting", "ChanceAccuracy"]
 

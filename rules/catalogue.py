@@ -5,8 +5,8 @@ The ids are a public contract (findings.jsonl, --json output, thresholds, dashbo
 
 from __future__ import annotations
 
-from rules.accuracy import ChanceAccuracy, Overfitting, Underfitting
-from rules.layers import (
+from babysit.rules.accuracy import ChanceAccuracy, Overfitting, Underfitting
+from babysit.rules.layers import (
     DeadUnits,
     ExplodingGradients,
     SaturatedActivations,
@@ -14,9 +14,9 @@ from rules.layers import (
     UpdateRatio,
     VanishingGradients,
 )
-from rules.loss import FlatLoss, InitLossMismatch, LossExplosion, NoisyLoss, NonfiniteLoss
-from rules.process import StalledRun, TestSetReuse
-from rules.weights import NoisyWeights
+from babysit.rules.loss import FlatLoss, InitLossMismatch, LossExplosion, NoisyLoss, NonfiniteLoss
+from babysit.rules.process import StalledRun, TestSetReuse
+from babysit.rules.weights import NoisyWeights
 
 __all__ = ["RULES", "CAUSES", "RULE_IDS"]
 

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from rules.base import Context, Finding, Rule, Table, severity_rank
-from rules.catalogue import CAUSES, RULES
-from rules.layers import observe_layers
-from rules.thresholds import resolve
+from babysit.rules.base import Context, Finding, Rule, Table, severity_rank
+from babysit.rules.catalogue import CAUSES, RULES
+from babysit.rules.layers import observe_layers
+from babysit.rules.thresholds import resolve
 
 __all__ = ["OnlineDiagnoser", "diagnose", "RuleWarning", "sort_findings"]
 

@@ -10,9 +10,8 @@ import math
 
 import numpy as np
 import pandas as pd
-
-from rules.base import Context, Finding, Rule, Table, fmt, meta_dict, meta_layers, row_nanmedian
-from rules.window import Streak, first_true
+from babysit.rules.base import Context, Finding, Rule, Table, fmt, meta_dict, meta_layers, row_nanmedian
+from babysit.rules.window import Streak, first_true
 
 __all__ = ["LayerView", "layer_view", "UpdateRatio", "DeadUnits", "SaturatedActivations",
            "VanishingGradients", "ExplodingGradients", "StalledWeights"]

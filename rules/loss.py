@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
-from rules.window import Tail, first_true, rolling_count, rolling_mean, runs_of
+from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
+from babysit.rules.window import Tail, first_true, rolling_count, rolling_mean, runs_of
 
 __all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss"]
 

@@ -6,8 +6,7 @@ import math
 import time
 
 import numpy as np
-
-from rules.base import Context, Finding, Rule, fmt
+from babysit.rules.base import Context, Finding, Rule, fmt
 
 __all__ = ["StalledRun", "TestSetReuse"]
 

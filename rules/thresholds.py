@@ -1,6 +1,6 @@
 """Every number a rule compares against, in one table, each with where it came from.
 
-Override per run with `hooks.Run(thresholds={...})`, `diagnose(run, thresholds={...})`, or on the command line
+Override per run with `babysit.Run(thresholds={...})`, `diagnose(run, thresholds={...})`, or on the command line
 (`babysit diagnose RUN --threshold explosion_factor=5 --config thresholds.toml`). Unknown names are an error,
 so a typo never silently leaves a default in place.
 """

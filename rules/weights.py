@@ -12,8 +12,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-
-from rules.base import Context, Finding, Rule, fmt
+from babysit.rules.base import Context, Finding, Rule, fmt
 
 __all__ = ["NoisyWeights", "roughness", "as_images"]
 

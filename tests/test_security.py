@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from babysit.monitor import runfile
+from babysit.monitor.cli import main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from monitor import runfile
-from monitor.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("hooks", "rules", "monitor", "trainer")
@@ -172,7 +171,7 @@ def evil_run(tmp_path):
 
 
 def test_dashboard_refuses_a_pickled_snapshot(evil_run):
-    from monitor.dashboard.state import RunState
+    from babysit.monitor.dashboard.state import RunState
 
     run, marker = evil_run
     state = RunState(run, diagnose=False)
@@ -193,8 +192,8 @@ def test_report_refuses_a_pickled_snapshot(evil_run, tmp_path, capsys):
 def test_rules_refuse_a_pickled_snapshot(evil_run):
     import warnings
 
-    from monitor.reader import load_run
-    from rules import RuleWarning, diagnose
+    from babysit.monitor.reader import load_run
+    from babysit.rules import RuleWarning, diagnose
 
     run, marker = evil_run
     with warnings.catch_warnings():
@@ -205,7 +204,7 @@ def test_rules_refuse_a_pickled_snapshot(evil_run):
 
 
 def test_trainer_folder_dataset_refuses_a_pickled_image(tmp_path):
-    from trainer.folder import load_folder
+    from babysit.trainer.folder import load_folder
 
     marker = tmp_path / "PWNED"
     for c in ("a", "b"):
@@ -225,7 +224,7 @@ def _pickled_checkpoint(path: Path, marker: Path) -> Path:
 
 
 def test_checkpoints_with_code_are_refused_without_running_it(tmp_path, capsys):
-    from trainer.checkpoint import load_checkpoint
+    from babysit.trainer.checkpoint import load_checkpoint
 
     marker = tmp_path / "PWNED"
     ckpt = _pickled_checkpoint(tmp_path / "evil.pt", marker)
@@ -242,7 +241,7 @@ def test_checkpoints_with_code_are_refused_without_running_it(tmp_path, capsys):
 
 @pytest.mark.parametrize("payload", ["code", "garbage"])
 def test_refused_checkpoint_message_does_not_advise_unpickling(tmp_path, payload):
-    from trainer.checkpoint import load_checkpoint
+    from babysit.trainer.checkpoint import load_checkpoint
 
     path = tmp_path / "evil.pt"
     if payload == "code":
@@ -305,8 +304,8 @@ def test_report_escapes_every_string_from_the_run(tmp_path, capsys):
 
 def test_report_of_html_run_names_written_beside_it(tmp_path, capsys, monkeypatch):
     """The default output name is derived from the run's name: it must stay a plain file in the cwd."""
-    from monitor.reader import load_run
-    from monitor.report import default_output
+    from babysit.monitor.reader import load_run
+    from babysit.monitor.report import default_output
 
     run = _html_run(tmp_path)
     data = load_run(run)
@@ -334,13 +333,13 @@ def runs_root(tmp_path):
 
 @pytest.mark.parametrize("name", ESCAPES, ids=[repr(e)[:30] for e in ESCAPES])
 def test_dashboard_never_resolves_a_run_outside_its_root(runs_root, name):
-    from monitor.dashboard.state import resolve_run
+    from babysit.monitor.dashboard.state import resolve_run
 
     assert resolve_run(runs_root, name) is None
 
 
 def test_dashboard_resolves_plain_names(runs_root):
-    from monitor.dashboard.state import resolve_run
+    from babysit.monitor.dashboard.state import resolve_run
 
     assert resolve_run(runs_root, "ok") == runs_root / "ok"
     assert resolve_run(runs_root, "nested/deep") == runs_root / "nested" / "deep"
@@ -350,7 +349,7 @@ def test_dashboard_resolves_plain_names(runs_root):
 @given(st.lists(st.sampled_from(["..", ".", "ok", "nested", "deep", "link_out", "", "~", "/", "\\", "C:", "%2e%2e",
                                  "\x00"]), max_size=6).map("/".join) | st.text(max_size=40))
 def test_fuzz_run_names_stay_inside_the_root(runs_root, name):
-    from monitor.dashboard.state import resolve_run
+    from babysit.monitor.dashboard.state import resolve_run
 
     path = resolve_run(runs_root, name)
     if path is not None:
@@ -360,7 +359,7 @@ def test_fuzz_run_names_stay_inside_the_root(runs_root, name):
 @pytest.mark.parametrize("rel", ["../outside.npy", "/tmp/outside.npy", "snapshots/../../outside.npy",
                                  "snapshots/link.npy"])
 def test_snapshot_paths_never_leave_the_run_directory(tmp_path, rel):
-    from monitor.dashboard.state import RunState
+    from babysit.monitor.dashboard.state import RunState
 
     outside = tmp_path / "outside.npy"
     np.save(outside, np.random.default_rng(0).standard_normal((8, 1, 5, 5)), allow_pickle=False)
@@ -379,7 +378,7 @@ def test_snapshot_paths_never_leave_the_run_directory(tmp_path, rel):
 def test_dashboard_binds_localhost_by_default(tmp_path, monkeypatch, capsys):
     import argparse
 
-    from monitor import dashboard_cli
+    from babysit.monitor import dashboard_cli
 
     parser = argparse.ArgumentParser()
     dashboard_cli.configure(parser)
@@ -477,7 +476,7 @@ def test_webhook_url_never_written_anywhere(tmp_path, capsys, hook_server, statu
 
 
 def test_webhook_sink_never_shows_its_url(tmp_path):
-    from monitor.sinks import Alert, WebhookSink
+    from babysit.monitor.sinks import Alert, WebhookSink
 
     errors = io.StringIO()
     with socket.socket() as s:  # a port nobody listens on: connection refused

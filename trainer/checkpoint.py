@@ -12,10 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.data import Preprocess
 from torch import nn
-
-from trainer.config import TrainConfig
-from trainer.data import Preprocess
 
 __all__ = ["CHECKPOINT", "save_checkpoint", "load_checkpoint", "state_dict_of"]
 

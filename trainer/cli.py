@@ -7,8 +7,8 @@ import math
 import time
 from pathlib import Path
 
-from monitor.cli import UsageError
-from trainer.options import add_train_options, config_from_args
+from babysit.monitor.cli import UsageError
+from babysit.trainer.options import add_train_options, config_from_args
 
 __all__ = ["configure", "run", "set_threads"]
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     try:
         cfg = config_from_args(args, run_dir=run_dir, progress=not args.no_progress).validate()
-        from trainer.train import train
+        from babysit.trainer.train import train
 
         result = train(cfg)
     except (ValueError, FileExistsError, OSError) as e:

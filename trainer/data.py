@@ -13,9 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-
-from trainer.config import TrainConfig
-from trainer.datasets import describe, load_examples
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.datasets import describe, load_examples
 
 __all__ = ["Preprocess", "Splits", "stratified_split", "split_id", "load_splits"]
 

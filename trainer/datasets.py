@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from trainer.config import TOY_DATASETS, TrainConfig
+from babysit.trainer.config import TOY_DATASETS, TrainConfig
 
 __all__ = ["Examples", "load_examples", "describe"]
 
@@ -80,12 +79,12 @@ def load_examples(cfg: TrainConfig) -> Examples:
     if name == "digits":
         return _digits()
     if name in TOY_DATASETS:
-        from trainer.toy import make_toy
+        from babysit.trainer.toy import make_toy
 
         x, y = make_toy(name, cfg.samples, cfg.noise, cfg.seed)
         return Examples(x, y, ["negative", "positive"])
     if name.startswith("folder:"):
-        from trainer.folder import load_folder
+        from babysit.trainer.folder import load_folder
 
         return Examples(*load_folder(name[len("folder:"):], cfg.image_size))
     if name.startswith("torchvision:"):

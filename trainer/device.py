@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-
-from trainer.config import TrainConfig
-from trainer.models import is_conv
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.models import is_conv
 
 __all__ = ["resolve_device", "autocast", "use_channels_last"]
 

@@ -1,10 +1,10 @@
 """Data-parallel training under torchrun: one process per GPU (or several gloo processes on a CPU).
 
-    torchrun --nproc_per_node 4 -m monitor.cli train --model resnet ...
+    torchrun --nproc_per_node 4 -m babysit train --model resnet ...
 
 Every rank holds the whole (small) dataset on its device and takes its own shard of each epoch's permutation,
 drawn from the same seed on every rank (DistributedSampler's scheme, without a DataLoader). DistributedDataParallel
-averages gradients. Rank 0 records the run (hooks.Run writes from rank 0 only); the ranks agree on stopping at
+averages gradients. Rank 0 records the run (babysit.Run writes from rank 0 only); the ranks agree on stopping at
 the few points where they already synchronize.
 """
 
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from trainer.device import resolve_device
+from babysit.trainer.device import resolve_device
 
 __all__ = ["Dist", "setup", "teardown", "shard", "any_rank"]
 

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from monitor import runfile
-from monitor.cli import UsageError
+from babysit.monitor import runfile
+from babysit.monitor.cli import UsageError
 
 __all__ = ["configure", "run", "evaluate_run"]
 
@@ -32,14 +32,13 @@ def evaluate_run(run_dir: str, *, test: bool = False, device: str = "auto") -> d
     """Metrics of the run's checkpoint: {"train_acc", "train_loss", "val_acc", "val_loss", ["test_acc", ...],
     "split_id", "num_test"}. ValueError (one line) if the run or its checkpoint cannot be used."""
     import torch
-
-    from monitor.reader import RunReadError, read_meta
-    from trainer.checkpoint import CHECKPOINT, load_checkpoint, state_dict_of
-    from trainer.config import TrainConfig
-    from trainer.data import Preprocess, load_splits
-    from trainer.device import resolve_device
-    from trainer.models import build_model
-    from trainer.train import TRAIN_EVAL_MAX, evaluate
+    from babysit.monitor.reader import RunReadError, read_meta
+    from babysit.trainer.checkpoint import CHECKPOINT, load_checkpoint, state_dict_of
+    from babysit.trainer.config import TrainConfig
+    from babysit.trainer.data import Preprocess, load_splits
+    from babysit.trainer.device import resolve_device
+    from babysit.trainer.models import build_model
+    from babysit.trainer.train import TRAIN_EVAL_MAX, evaluate
 
     path = Path(run_dir)
     try:
@@ -77,7 +76,7 @@ def evaluate_run(run_dir: str, *, test: bool = False, device: str = "auto") -> d
 
 
 def _record(run_dir: Path, ledger: Path, metrics: dict) -> int:
-    from trainer.ledger import record_use
+    from babysit.trainer.ledger import record_use
 
     try:
         step = int(runfile.read_json(run_dir / runfile.STATUS).get("step") or 0)
@@ -93,8 +92,8 @@ def _record(run_dir: Path, ledger: Path, metrics: dict) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.cli import set_threads
-    from trainer.ledger import ledger_path
+    from babysit.trainer.cli import set_threads
+    from babysit.trainer.ledger import ledger_path
 
     set_threads(args.threads)
     try:

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from monitor import runfile
+from babysit.monitor import runfile
 
 __all__ = ["ledger_path", "record_use", "uses"]
 

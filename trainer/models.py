@@ -11,9 +11,8 @@ import math
 from collections import OrderedDict
 
 import torch
+from babysit.trainer.config import TrainConfig
 from torch import nn
-
-from trainer.config import TrainConfig
 
 __all__ = ["mlp", "convnet", "resnet", "build_model", "layer_names", "is_conv"]
 
@@ -94,7 +93,7 @@ def is_conv(model_name: str) -> bool:
 
 def build_model(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """The model cfg names, initialized as cfg says (seed the RNG first for a reproducible init)."""
-    from trainer.initialize import initialize
+    from babysit.trainer.initialize import initialize
 
     if cfg.model == "mlp":
         model = mlp(input_shape, num_classes, cfg.hidden_sizes(), cfg.activation, cfg.dropout)

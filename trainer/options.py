@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
-from trainer import config as C
-from trainer.config import TrainConfig
+from babysit.trainer import config as C
+from babysit.trainer.config import TrainConfig
 
 __all__ = ["add_train_options", "config_from_args", "to_argv"]
 

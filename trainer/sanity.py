@@ -16,8 +16,8 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, replace
 from unittest import mock
 
-from monitor.cli import UsageError
-from trainer.options import add_train_options, config_from_args
+from babysit.monitor.cli import UsageError
+from babysit.trainer.options import add_train_options, config_from_args
 
 __all__ = ["configure", "run", "Check", "run_checks", "plain_sgd_lr", "BUGS"]
 
@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _planted(bug: str | None) -> ExitStack:
     """Patch one piece of the trainer the way real bugs look; the checks must notice."""
-    from trainer import losses, models, regularize
+    from babysit.trainer import losses, models, regularize
 
     stack = ExitStack()
     if bug == "init":  # the head is initialized 100x too large: confident wrong guesses at step 0
@@ -85,10 +85,9 @@ def run_checks(cfg, *, overfit_n: int = 20, overfit_steps: int = 200, overfit_lr
                crank: float = 1e3, init_tol: float = 0.1, run_dir: str | None = None) -> list[Check]:
     """The three checks on cfg's data and model (cfg: a TrainConfig)."""
     import torch
-
-    from trainer import losses, models, regularize
-    from trainer.data import load_splits
-    from trainer.device import resolve_device
+    from babysit.trainer import losses, models, regularize
+    from babysit.trainer.data import load_splits
+    from babysit.trainer.device import resolve_device
 
     device = resolve_device(cfg.device)
     splits = load_splits(cfg).to(device)
@@ -123,10 +122,10 @@ def plain_sgd_lr(cfg) -> float:
 
 def _overfit(cfg, splits, n: int, max_steps: int, lr: float, run_dir: str | None) -> Check:
     import torch
+    from babysit.trainer import losses, models
+    from babysit.trainer.train import _check_run_dir
 
-    import hooks
-    from trainer import losses, models
-    from trainer.train import _check_run_dir
+    from babysit import hooks
 
     cfg = replace(cfg, dropout=0.0, reg=0.0, optimizer="sgd", schedule="constant", warmup=0)
     x, y = splits.x_train[:n], splits.y_train[:n]
@@ -169,7 +168,7 @@ def _table(checks: list[Check]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.cli import set_threads
+    from babysit.trainer.cli import set_threads
 
     set_threads(args.threads)
     if args.overfit_n < 1 or args.overfit_steps < 1:

@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
-from monitor import runfile
-from monitor.cli import UsageError
-from trainer.config import TrainConfig
-from trainer.options import add_train_options, config_from_args, to_argv
-from trainer.progress import Progress
+from babysit.monitor import runfile
+from babysit.monitor.cli import UsageError
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.options import add_train_options, config_from_args, to_argv
+from babysit.trainer.progress import Progress
 
 __all__ = ["configure", "run", "parse_range", "sample_log_uniform", "narrow", "trial_result", "SEARCH_FILE"]
 
@@ -99,7 +99,7 @@ def _trial(base: TrainConfig, folder: Path, stage: int, index: int, lr: float, r
 
 def trial_result(run_dir: str | os.PathLike) -> dict:
     """best/final val accuracy, train accuracy and state of a finished trial, read from its run directory."""
-    from monitor.reader import RunReadError, load_run
+    from babysit.monitor.reader import RunReadError, load_run
 
     try:
         run = load_run(run_dir)
@@ -118,7 +118,7 @@ def trial_result(run_dir: str | os.PathLike) -> dict:
 
 
 def _execute(trial: dict, logs: Path, threads: int) -> dict:
-    argv = [sys.executable, "-m", "monitor.cli", *trial["command"][1:], "--threads", str(threads)]
+    argv = [sys.executable, "-m", "babysit", *trial["command"][1:], "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log = logs / f"{trial['name']}.log"
     start = time.time()

@@ -15,21 +15,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from babysit.monitor import runfile
+from babysit.trainer import distributed, losses, regularize
+from babysit.trainer.augment import augment
+from babysit.trainer.checkpoint import CHECKPOINT, save_checkpoint
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.data import Splits, load_splits
+from babysit.trainer.device import autocast, resolve_device, use_channels_last
+from babysit.trainer.models import build_model
+from babysit.trainer.optim import make_optimizer
+from babysit.trainer.progress import Progress
+from babysit.trainer.schedules import make_scheduler
+from babysit.trainer.transfer import freeze_up_to, linear_probe, load_pretrained, train_mode
 from torch import nn
 
-import hooks
-from monitor import runfile
-from trainer import distributed, losses, regularize
-from trainer.augment import augment
-from trainer.checkpoint import CHECKPOINT, save_checkpoint
-from trainer.config import TrainConfig
-from trainer.data import Splits, load_splits
-from trainer.device import autocast, resolve_device, use_channels_last
-from trainer.models import build_model
-from trainer.optim import make_optimizer
-from trainer.progress import Progress
-from trainer.schedules import make_scheduler
-from trainer.transfer import freeze_up_to, linear_probe, load_pretrained, train_mode
+from babysit import hooks
 
 __all__ = ["TrainConfig", "train", "prepare", "evaluate", "resolve_device", "CHECK_EVERY", "TRAIN_EVAL_MAX"]
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from babysit.trainer.checkpoint import load_checkpoint, state_dict_of
+from babysit.trainer.models import layer_names
 from torch import nn
-
-from trainer.checkpoint import load_checkpoint, state_dict_of
-from trainer.models import layer_names
 
 __all__ = ["load_pretrained", "freeze_up_to", "train_mode", "penultimate_features", "linear_probe"]
 

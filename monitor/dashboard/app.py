@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-
-from monitor.dashboard import charts
-from monitor.dashboard.downsample import ema
-from monitor.dashboard.state import (
+from babysit.monitor.dashboard import charts
+from babysit.monitor.dashboard.downsample import ema
+from babysit.monitor.dashboard.state import (
     SEVERITIES,
     RunState,
     cached_run_state,
@@ -34,8 +33,8 @@ from monitor.dashboard.state import (
     inside,
     severity_rank,
 )
-from monitor.dashboard.views import run_plans, spans_decades
-from rules.base import fmt as format_number
+from babysit.monitor.dashboard.views import run_plans, spans_decades
+from babysit.rules.base import fmt as format_number
 
 VIEWS = ["Run", "Runs", "Compare", "Search"]
 REFRESH = {"off": None, "1 s": 1.0, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-
-from monitor import runfile
-from monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
-from monitor.fastread import FastRunTailer
-from monitor.reader import LineTailer, RunBatch, RunReadError, find_runs, read_meta, read_status
+from babysit.monitor import runfile
+from babysit.monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
+from babysit.monitor.fastread import FastRunTailer
+from babysit.monitor.reader import LineTailer, RunBatch, RunReadError, find_runs, read_meta, read_status
 
 __all__ = [
     "RunState",
@@ -45,7 +44,7 @@ LAYER_CHART_STATS = ("g_norm", "update_ratio", "dead_frac", "saturated_frac", "w
 SEVERITIES = ("info", "warning", "critical")
 
 try:  # the rule engine is optional here: without it the dashboard shows the findings the run recorded
-    from rules import OnlineDiagnoser as _OnlineDiagnoser
+    from babysit.rules import OnlineDiagnoser as _OnlineDiagnoser
 except Exception:  # noqa: BLE001 - a rules package that fails to import must not take the dashboard down
     _OnlineDiagnoser = None
 

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from monitor import runfile
+from babysit.monitor import runfile
 
 __all__ = ["write_run", "append_steps", "LAYERS"]
 

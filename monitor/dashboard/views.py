@@ -10,10 +10,9 @@ import math
 
 import numpy as np
 import pandas as pd
-
-from monitor.dashboard import charts
-from monitor.dashboard.downsample import ema
-from monitor.dashboard.state import RunState
+from babysit.monitor.dashboard import charts
+from babysit.monitor.dashboard.downsample import ema
+from babysit.monitor.dashboard.state import RunState
 
 __all__ = ["run_plans", "spans_decades", "UPDATE_RATIO_BAND"]
 

@@ -1,6 +1,6 @@
 """Runs you did not record with the hooks: TensorBoard logs and CSVs of metrics, read into the same `RunData`.
 
-    from monitor.importers import load_any
+    from babysit.monitor.importers import load_any
     run = load_any("lightning_logs/version_0")          # a babysit run, a TensorBoard log, or a CSV
     run = load_any("history.csv", mapping={"val_acc": "acc/valid"})
 
@@ -12,15 +12,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from monitor.importers.names import parse_map
-from monitor.reader import RunData, RunReadError, is_run_dir, load_run
+from babysit.monitor.importers.names import parse_map
+from babysit.monitor.reader import RunData, RunReadError, is_run_dir, load_run
 
 __all__ = ["load_any", "detect", "parse_map"]
 
 
 def detect(path: str | os.PathLike) -> str:
     """What path holds: "run" (a babysit run directory), "tensorboard", or "csv". RunReadError otherwise."""
-    from monitor.importers.tensorboard import event_files
+    from babysit.monitor.importers.tensorboard import event_files
 
     path = Path(path)
     if not path.exists():
@@ -60,14 +60,14 @@ def load_any(
         if num_classes is not None and run.meta.get("num_classes") is None:
             run.meta["num_classes"] = int(num_classes)
         return run
-    from monitor.importers.series import assemble
+    from babysit.monitor.importers.series import assemble
 
     if kind == "tensorboard":
-        from monitor.importers.tensorboard import load_tensorboard
+        from babysit.monitor.importers.tensorboard import load_tensorboard
 
         imported = load_tensorboard(path)
     else:
-        from monitor.importers.csv import load_csv
+        from babysit.monitor.importers.csv import load_csv
 
         imported = load_csv(path / "metrics.csv" if path.is_dir() else path, mapping)
     return assemble(imported, mapping, num_classes)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from monitor.importers.names import resolve
-from monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
-from monitor.reader import RunReadError
+from babysit.monitor.importers.names import resolve
+from babysit.monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
+from babysit.monitor.reader import RunReadError
 
 __all__ = ["load_csv", "MISSING"]
 

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from monitor import runfile
-from monitor.importers.names import ROLES, is_epoch_level, normalize, resolve
-from monitor.reader import RunData, RunReadError
+from babysit.monitor import runfile
+from babysit.monitor.importers.names import ROLES, is_epoch_level, normalize, resolve
+from babysit.monitor.reader import RunData, RunReadError
 
 __all__ = ["Imported", "assemble", "series_frame", "read_hparams", "num_classes_of"]
 

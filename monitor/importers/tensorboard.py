@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
-from monitor.reader import RunReadError
+from babysit.monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
+from babysit.monitor.reader import RunReadError
 
 __all__ = ["load_tensorboard", "is_tensorboard", "event_files", "read_events", "layer_of_tag"]
 

@@ -12,11 +12,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
-from hooks.huggingface import HFHooks, unwrap_optimizer
-from hooks.lightning import LightningHooks, callback_class
-from monitor import runfile
-from monitor.reader import load_run
+from babysit.hooks.huggingface import HFHooks, unwrap_optimizer
+from babysit.hooks.lightning import LightningHooks, callback_class
+from babysit.monitor import runfile
+from babysit.monitor.reader import load_run
 
 
 def _data(n: int = 128, seed: int = 0):
@@ -146,7 +145,7 @@ def test_lightning_callback_class_subclasses_the_given_base(run_dir):
 
 
 def test_lightning_missing_is_one_clear_import_error(monkeypatch):
-    import hooks.lightning as hl
+    import babysit.hooks.lightning as hl
 
     for name in ("lightning.pytorch", "pytorch_lightning", "lightning"):
         monkeypatch.setitem(sys.modules, name, None)
@@ -156,7 +155,7 @@ def test_lightning_missing_is_one_clear_import_error(monkeypatch):
 
 @pytest.mark.slow  # a fresh interpreter pays for importing torch
 def test_importing_the_integrations_imports_neither_framework():
-    code = ("import sys, hooks.lightning, hooks.huggingface; "
+    code = ("import sys, babysit.hooks.lightning, babysit.hooks.huggingface; "
             "bad = [m for m in ('lightning', 'pytorch_lightning', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -268,11 +267,10 @@ def test_unwrap_optimizer():
 @pytest.mark.filterwarnings("ignore:.*LeafSpec")  # Lightning's own deprecation noise
 def test_real_lightning_fit_with_a_planted_fault(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
+    from babysit.hooks.lightning import BabysitCallback
+    from babysit.monitor.importers import load_any
+    from babysit.rules import diagnose
     from lightning.pytorch.loggers import CSVLogger
-
-    from hooks.lightning import BabysitCallback
-    from monitor.importers import load_any
-    from rules import diagnose
 
     class Module(L.LightningModule):
         def __init__(self, lr: float, num_classes: int = 3):
@@ -314,7 +312,7 @@ def test_real_lightning_fit_with_a_planted_fault(tmp_path):
 def test_real_hf_trainer(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from hooks.huggingface import BabysitCallback
+    from babysit.hooks.huggingface import BabysitCallback
 
     class Net(torch.nn.Module):
         def __init__(self):

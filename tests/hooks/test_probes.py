@@ -8,10 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from babysit.hooks import probes
+from babysit.hooks.probes import LayerProbe
 from torch import nn
-
-from hooks import probes
-from hooks.probes import LayerProbe
 
 
 def _values(records: list[dict], kind: str = "layers") -> dict:
@@ -360,7 +359,7 @@ def test_snapshot_spacing_doubles_so_long_runs_keep_few_files(tmp_path, monkeypa
 
 
 def test_layer_names_match_the_model_summary(tmp_path):
-    from hooks.summary import model_summary
+    from babysit.hooks.summary import model_summary
 
     model = nn.Linear(3, 2)  # the root module itself owns the weights
     probe = LayerProbe(model, None, tmp_path, every=1)

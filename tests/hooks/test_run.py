@@ -9,12 +9,12 @@ import warnings
 
 import pytest
 import torch
+from babysit.hooks import run as run_module
+from babysit.monitor import runfile
+from babysit.monitor.reader import load_run
 from torch import nn
 
-import hooks
-from hooks import run as run_module
-from monitor import runfile
-from monitor.reader import load_run
+from babysit import hooks
 
 
 def _model_and_data(seed: int = 0):

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from monitor.dashboard import charts
+from babysit.monitor.dashboard import charts
 
 
 def _layers(spec: dict) -> list[dict]:

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from monitor import runfile
-from monitor.cli import main
+from babysit.monitor import runfile
+from babysit.monitor.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 N_STEPS = 40
@@ -321,7 +320,7 @@ def test_demo_root_that_is_a_file(capsys, tmp_path):
 
 
 def test_demo_step_delay_nan(capsys, tmp_path, monkeypatch):
-    import monitor.demo
+    import babysit.monitor.demo
 
     class DeadTrainer:  # what `babysit train --step-delay nan` does: exit 2 at once (without torch's import time)
         returncode = 2
@@ -334,7 +333,7 @@ def test_demo_step_delay_nan(capsys, tmp_path, monkeypatch):
 
         wait = terminate = kill = poll
 
-    monkeypatch.setattr(monitor.demo.subprocess, "Popen", DeadTrainer)
+    monkeypatch.setattr(babysit.monitor.demo.subprocess, "Popen", DeadTrainer)
     rc, out, err = call(capsys, ["demo", "--no-dashboard", "--root", tmp_path / "d", "--step-delay", "nan"])
     assert_one_line_error(rc, out, err, "demo", "step-delay")
 
@@ -378,7 +377,7 @@ def test_unknown_command(capsys):
 # --------------------------------------------------------------------------- a real terminal
 def _subprocess(argv: list) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *map(str, argv)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "babysit", *map(str, argv)], capture_output=True, text=True,
                           env=env, timeout=120)
 
 

@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from monitor.dashboard.synthetic import write_run
+from babysit.monitor.dashboard.synthetic import write_run
 
 pytestmark = pytest.mark.browser
 
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAINER = textwrap.dedent("""
     import sys, time
     import torch
-    import hooks
+    from babysit import hooks
 
     run_dir, bad_at, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.manual_seed(0)
@@ -126,7 +125,7 @@ def test_live_dashboard_in_a_real_browser(tmp_path, browser):
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(trainer)
         port = _free_port()
-        dashboard = subprocess.Popen([sys.executable, "-m", "monitor.cli", "dashboard", str(root), "--port", str(port)],
+        dashboard = subprocess.Popen([sys.executable, "-m", "babysit", "dashboard", str(root), "--port", str(port)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(dashboard)
         _wait(lambda: _healthy(port), 120, "the dashboard to serve")
@@ -143,7 +142,7 @@ def test_live_dashboard_in_a_real_browser(tmp_path, browser):
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "dashboard_live.png"))
 
-        if importlib.util.find_spec("rules") is None:
+        if importlib.util.find_spec("babysit.rules") is None:
             pytest.xfail("pending on rules: no rule engine to flag the run")
         card = page.locator('[class*="st-key-finding-critical"], [class*="st-key-finding-warning"]')
         _wait(lambda: card.count() > 0, 120, "a finding to appear once the run goes wrong", interval=0.5)

@@ -7,8 +7,7 @@ import socket
 import subprocess
 
 import pytest
-
-from monitor import cli, dashboard_cli
+from babysit.monitor import cli, dashboard_cli
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -90,7 +89,7 @@ def test_stopping_the_command_stops_the_server(tmp_path):
     import urllib.request
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "dashboard", str(tmp_path), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "babysit", "dashboard", str(tmp_path), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONPATH=str(dashboard_cli.APP.parents[2])))
 

@@ -6,11 +6,10 @@ import os
 
 import numpy as np
 import pytest
-
-from monitor import runfile
-from monitor.dashboard import state as state_mod
-from monitor.dashboard.state import RunsIndex, RunState, inside, resolve_run
-from monitor.dashboard.synthetic import append_steps, write_run
+from babysit.monitor import runfile
+from babysit.monitor.dashboard import state as state_mod
+from babysit.monitor.dashboard.state import RunsIndex, RunState, inside, resolve_run
+from babysit.monitor.dashboard.synthetic import append_steps, write_run
 
 NAN_FINDING = {"rule": "nonfinite_loss", "title": "Loss is NaN", "severity": "critical", "step": 150,
                "epoch": None, "message": "loss became NaN", "evidence": {"lr": 0.5}, "fix": ["lower the lr"]}
@@ -155,9 +154,8 @@ def test_snapshots_load_without_pickle_and_only_from_the_run(tmp_path):
 
 def test_the_fast_step_parser_gives_the_readers_exact_results(tmp_path):
     import pandas as pd
-
-    from monitor.fastread import FastRunTailer
-    from monitor.reader import RunTailer
+    from babysit.monitor.fastread import FastRunTailer
+    from babysit.monitor.reader import RunTailer
 
     path = write_run(tmp_path / "r", steps=1200, epochs=3, nan_from=1100)
     odd = [

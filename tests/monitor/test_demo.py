@@ -49,7 +49,7 @@ def test_demo_trains_flags_the_broken_run_and_stops_cleanly(tmp_path):
     root = tmp_path / "demo"
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "demo", "--root", str(root), "--port", str(port),
+        [sys.executable, "-m", "babysit", "demo", "--root", str(root), "--port", str(port),
          "--step-delay", "0.05"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

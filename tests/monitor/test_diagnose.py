@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
-from monitor import runfile
-from monitor.cli import main
+from babysit.monitor import runfile
+from babysit.monitor.cli import main
 
 
 def write_run(path, losses, num_classes=10, state="finished", extra=()):
@@ -122,11 +121,11 @@ def test_corrupt_lines_are_reported_not_fatal(tmp_path, capsys):
 
 
 def test_cli_process_never_prints_a_traceback(tmp_path, exploded):
-    cmd = [sys.executable, "-c", "import sys; from monitor.cli import main; sys.exit(main())", "diagnose"]
+    cmd = [sys.executable, "-c", "import sys; from babysit.monitor.cli import main; sys.exit(main())", "diagnose"]
     bad = subprocess.run([*cmd, str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     good = subprocess.run([*cmd, str(exploded), "--json"], capture_output=True, text=True, timeout=60)
     assert good.returncode == 1 and json.loads(good.stdout)["findings"]
     assert "torch" not in subprocess.run(
-        [sys.executable, "-c", "import sys, monitor.diagnose; print(' '.join(sorted(sys.modules)))"],
+        [sys.executable, "-c", "import sys, babysit.monitor.diagnose; print(' '.join(sorted(sys.modules)))"],
         capture_output=True, text=True, timeout=60).stdout.split()

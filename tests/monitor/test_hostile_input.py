@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from babysit.monitor import runfile
+from babysit.monitor.reader import LineTailer, RunReadError, load_run, records_to_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from monitor import runfile
-from monitor.reader import LineTailer, RunReadError, load_run, records_to_batch
 
 
 def _good_run(path, n=10):
@@ -60,7 +59,7 @@ def test_truncated_last_line_is_not_data_yet(tmp_path):
 
 
 def test_enormous_line_without_newline_is_skipped(tmp_path, monkeypatch):
-    import monitor.reader as reader
+    import babysit.monitor.reader as reader
 
     monkeypatch.setattr(reader, "MAX_LINE_BYTES", 1000)
     path = tmp_path / "events.jsonl"

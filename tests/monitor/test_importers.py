@@ -11,12 +11,11 @@ import struct
 
 import numpy as np
 import pytest
-
-from monitor.importers import detect, load_any, parse_map
-from monitor.importers.names import epoch_metrics, normalize, resolve
-from monitor.importers.tensorboard import layer_of_tag, read_events
-from monitor.reader import RunReadError
-from rules import diagnose
+from babysit.monitor.importers import detect, load_any, parse_map
+from babysit.monitor.importers.names import epoch_metrics, normalize, resolve
+from babysit.monitor.importers.tensorboard import layer_of_tag, read_events
+from babysit.monitor.reader import RunReadError
+from babysit.rules import diagnose
 
 
 def _rules(run) -> dict[str, str]:
@@ -322,7 +321,7 @@ def test_unusable_csvs_are_one_line_errors(tmp_path, text, message):
 
 
 def test_detect_and_dispatch(tmp_path, run_dir):
-    import hooks
+    from babysit import hooks
 
     with hooks.Run(run_dir, num_classes=3, on_critical=None) as run:
         run.step(loss=1.0)

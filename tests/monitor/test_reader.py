@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from monitor import runfile
-from monitor.reader import RunTailer, effective_state, load_run, read_status
+from babysit.monitor import runfile
+from babysit.monitor.reader import RunTailer, effective_state, load_run, read_status
 
 torch = pytest.importorskip("torch")
-import hooks  # noqa: E402  (needs torch)
+from babysit import hooks  # noqa: E402  (needs torch)
 
 NAN, INF = math.nan, math.inf
 LOSSES = [1.5, NAN, INF, -INF, 0.0, -0.0, 1e-310, 1.7976931348623157e308]
@@ -118,7 +117,7 @@ TRAIN_FOREVER = textwrap.dedent(
     """
     import sys, torch
     from torch import nn
-    import hooks
+    from babysit import hooks
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from babysit.monitor import runfile
+from babysit.monitor.cli import main
+from babysit.monitor.importers import load_any
+from babysit.monitor.report import build_report, data_available, diagnose_all, not_evaluated, write_report
+from babysit.monitor.report_svg import Line, filter_grid, line_chart, minmax_downsample, png_bytes
 
-import hooks
-from monitor import runfile
-from monitor.cli import main
-from monitor.importers import load_any
-from monitor.report import build_report, data_available, diagnose_all, not_evaluated, write_report
-from monitor.report_svg import Line, filter_grid, line_chart, minmax_downsample, png_bytes
+from babysit import hooks
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 XSS = "<script>alert(1)</script>"

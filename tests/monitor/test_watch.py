@@ -20,10 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from monitor import runfile
-from monitor.sinks import Alert, ExecSink, TerminalSink, WebhookSink
-from monitor.watcher import Watcher, WatchError
+from babysit.monitor import runfile
+from babysit.monitor.sinks import Alert, ExecSink, TerminalSink, WebhookSink
+from babysit.monitor.watcher import Watcher, WatchError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -312,7 +311,7 @@ def test_unreadable_run_is_reported_once_and_skipped(tmp_path):
 
 
 def test_once_exit_status_follows_diagnose(tmp_path, capsys):
-    from monitor.cli import main
+    from babysit.monitor.cli import main
 
     root = tmp_path / "runs"
     bad = make_run(root / "bad", state="finished")
@@ -335,7 +334,7 @@ def test_once_exit_status_follows_diagnose(tmp_path, capsys):
 
 
 def test_once_with_an_unreadable_run_is_bad_input(tmp_path, capsys):
-    from monitor.cli import main
+    from babysit.monitor.cli import main
 
     run = make_run(tmp_path / "a")
     runfile.write_json_atomic(run / runfile.META, {"schema": 99})

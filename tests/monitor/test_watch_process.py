@@ -19,19 +19,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from monitor import runfile
-from monitor.reader import load_run
+from babysit.monitor import runfile
+from babysit.monitor.reader import load_run
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = "import sys; from monitor.cli import main; sys.exit(main())"
+CLI = "import sys; from babysit.monitor.cli import main; sys.exit(main())"
 TRAIN = r'''
 import argparse, time
 import torch
 torch.set_num_threads(1)
-import hooks
+from babysit import hooks
 
 p = argparse.ArgumentParser()
 p.add_argument("run_dir")

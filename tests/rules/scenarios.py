@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import hooks
+from babysit import hooks
 
 __all__ = ["Scenario", "train", "make_data"]
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from monitor.reader import records_to_batch
+from babysit.monitor.reader import records_to_batch
 
 __all__ = ["steps", "epoch", "layers", "batch", "curve"]
 

@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from babysit.monitor.reader import RunData
+from babysit.rules import RULES, THRESHOLDS, Finding, OnlineDiagnoser, diagnose
+from babysit.rules.catalogue import CAUSES, RULE_IDS
+from babysit.rules.thresholds import TABLE, load_config, parse_assignment, resolve
 from synth import batch, curve, epoch, layers, steps
-
-from monitor.reader import RunData
-from rules import RULES, THRESHOLDS, Finding, OnlineDiagnoser, diagnose
-from rules.catalogue import CAUSES, RULE_IDS
-from rules.thresholds import TABLE, load_config, parse_assignment, resolve
 
 pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
 

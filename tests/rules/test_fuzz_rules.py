@@ -15,14 +15,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from babysit.monitor import runfile
+from babysit.monitor.reader import LAYER_STATS, RunData, records_to_batch
+from babysit.rules import OnlineDiagnoser, RuleWarning, diagnose
+from babysit.rules.base import SEVERITIES
+from babysit.rules.catalogue import RULE_IDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from monitor import runfile
-from monitor.reader import LAYER_STATS, RunData, records_to_batch
-from rules import OnlineDiagnoser, RuleWarning, diagnose
-from rules.base import SEVERITIES
-from rules.catalogue import RULE_IDS
 
 ODD = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, -1e308, 1e-308, 5e-324, -1.0, 2.302585, 1e-12, 1e12]
 odd_floats = st.one_of(st.sampled_from(ODD), st.floats(allow_nan=True, allow_infinity=True),
@@ -209,7 +208,7 @@ def _small_run() -> RunData:
 
 def test_any_finite_threshold_never_crashes_the_rules():
     """A threshold given on the command line is a number, but any number: the rules must not raise."""
-    from rules import THRESHOLDS
+    from babysit.rules import THRESHOLDS
 
     run, failures = _small_run(), []
     for name in THRESHOLDS:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from trainer.config import TrainConfig
+from babysit.trainer.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from trainer.augment import augment, random_crop, random_flip
+from babysit.trainer.augment import augment, random_crop, random_flip
 
 
 def test_crop_is_a_shifted_window_of_the_padded_image():

@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.initialize import initialize
+from babysit.trainer.losses import initial_loss, softmax_loss, svm_loss
+from babysit.trainer.models import build_model, layer_names
+from babysit.trainer.optim import make_optimizer
+from babysit.trainer.regularize import apply_max_norm, penalized, penalty
+from babysit.trainer.schedules import lr_factor, make_scheduler
 from torch import nn
-
-from trainer.config import TrainConfig
-from trainer.initialize import initialize
-from trainer.losses import initial_loss, softmax_loss, svm_loss
-from trainer.models import build_model, layer_names
-from trainer.optim import make_optimizer
-from trainer.regularize import apply_max_norm, penalized, penalty
-from trainer.schedules import lr_factor, make_scheduler
 
 
 @pytest.mark.parametrize("model", ["mlp", "convnet", "resnet"])

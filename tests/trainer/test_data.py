@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from trainer.config import TrainConfig
-from trainer.data import Preprocess, load_splits, split_id, stratified_split
-from trainer.datasets import load_examples
-from trainer.toy import make_toy
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.data import Preprocess, load_splits, split_id, stratified_split
+from babysit.trainer.datasets import load_examples
+from babysit.trainer.toy import make_toy
 
 
 def test_split_is_stratified_disjoint_complete_and_seeded():

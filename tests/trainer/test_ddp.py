@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import torch
-
-from monitor.reader import load_run
-from trainer.checkpoint import load_checkpoint
-from trainer.distributed import Dist, shard
+from babysit.monitor.reader import load_run
+from babysit.trainer.checkpoint import load_checkpoint
+from babysit.trainer.distributed import Dist, shard
 
 
 def test_shards_are_disjoint_equal_and_cover_the_permutation():
@@ -34,7 +33,7 @@ def test_torchrun_two_processes(tmp_path):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}", "-m", "monitor.cli", "train", "--model", "mlp", "--epochs", "2",
+            f"--master_port={_free_port()}", "-m", "babysit", "train", "--model", "mlp", "--epochs", "2",
             "--lr", "0.1", "--device", "cpu", "--run-dir", str(run_dir), "--no-progress", "--threads", "1"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

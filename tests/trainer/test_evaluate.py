@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from monitor.cli import main
-from monitor.reader import load_run
-from trainer.evaluate import evaluate_run
-from trainer.ledger import uses
-from trainer.train import train
+from babysit.monitor.cli import main
+from babysit.monitor.reader import load_run
+from babysit.trainer.evaluate import evaluate_run
+from babysit.trainer.ledger import uses
+from babysit.trainer.train import train
 
 
 @pytest.fixture

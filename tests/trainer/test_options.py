@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from trainer import cli as train_cli
-from trainer.config import TrainConfig
-from trainer.options import OPTIONS, config_from_args, to_argv
+from babysit.trainer import cli as train_cli
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.options import OPTIONS, config_from_args, to_argv
 
 
 def _parse(argv: list[str]) -> TrainConfig:

@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch.nn.functional as F
-
-from monitor.cli import main
-from monitor.reader import load_run
-from trainer import losses
-from trainer.config import TrainConfig
-from trainer.sanity import run_checks
+from babysit.monitor.cli import main
+from babysit.monitor.reader import load_run
+from babysit.trainer import losses
+from babysit.trainer.config import TrainConfig
+from babysit.trainer.sanity import run_checks
 
 
 def _row(out: str, name: str) -> str:

@@ -10,12 +10,11 @@ import random
 import shlex
 
 import pytest
-
-from monitor.cli import main
-from monitor.reader import load_run
-from trainer import cli as train_cli
-from trainer.options import config_from_args
-from trainer.search import narrow, parse_range, sample_log_uniform
+from babysit.monitor.cli import main
+from babysit.monitor.reader import load_run
+from babysit.trainer import cli as train_cli
+from babysit.trainer.options import config_from_args
+from babysit.trainer.search import narrow, parse_range, sample_log_uniform
 
 # Best validation accuracy of the mlp (hidden 50, momentum 0.9, batch 64, seed 0 split) on digits after 10 epochs,
 # from two grids, lr {0.01, 0.03, 0.1, 0.3, 1} x reg {1e-5, 1e-4, 1e-3, 1e-2} and lr {1, 2, 4, 8} x

@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
-
-from monitor.cli import main
-from monitor.reader import load_run
-from trainer.checkpoint import CHECKPOINT, load_checkpoint
-from trainer.train import train
+from babysit.monitor.cli import main
+from babysit.monitor.reader import load_run
+from babysit.trainer.checkpoint import CHECKPOINT, load_checkpoint
+from babysit.trainer.train import train
 
 
 def test_convnet_run_records_everything_and_learns(quick_cfg):
@@ -74,7 +73,7 @@ def test_toy_set_with_the_lectures_two_layer_net(quick_cfg):
 
 
 def test_divergence_stops_the_run_even_without_the_hooks_rules(quick_cfg, monkeypatch):
-    monkeypatch.setattr("trainer.train.CHECK_EVERY", 5)
+    monkeypatch.setattr("babysit.trainer.train.CHECK_EVERY", 5)
     cfg = quick_cfg(lr=50.0, epochs=5, on_critical="warn")  # warn: the hooks never stop it; the trainer must
     result = train(cfg)
     assert result["state"] == "stopped" and result["steps"] < 17

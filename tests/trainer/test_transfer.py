@@ -7,16 +7,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from monitor.reader import load_run
-from trainer.checkpoint import CHECKPOINT, load_checkpoint
-from trainer.evaluate import evaluate_run
-from trainer.train import train
+from babysit.monitor.reader import load_run
+from babysit.trainer.checkpoint import CHECKPOINT, load_checkpoint
+from babysit.trainer.evaluate import evaluate_run
+from babysit.trainer.train import train
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from trainer.config import TrainConfig
+    from babysit.trainer.config import TrainConfig
 
     run_dir = tmp_path_factory.mktemp("pre") / "run"
     cfg = TrainConfig(model="convnet", epochs=3, lr=0.05, run_dir=str(run_dir), progress=False, on_critical="warn")
