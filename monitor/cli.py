@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from babysit.errors import UsageError  # re-exported: subcommands raise it
+
 __all__ = ["main", "COMMANDS", "UsageError"]
 
 # name -> (module, one-line help). The order is the order of `babysit --help`.
@@ -25,10 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("babysit.trainer.search", "coarse-to-fine random search of learning rate and regularization"),
     "evaluate": ("babysit.trainer.evaluate", "evaluate a run's checkpoint; --test touches the test split once"),
 }
-
-
-class UsageError(Exception):
-    """A bad argument or input: printed as one line, exit status 2."""
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from babysit.monitor.cli import UsageError
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "streamlit_command", "APP"]
 

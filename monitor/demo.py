@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from babysit.monitor.cli import UsageError
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "DEMO_RUNS"]
 

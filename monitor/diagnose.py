@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from babysit.monitor import runfile
-from babysit.monitor.cli import UsageError
 from babysit.monitor.reader import RunData, RunReadError
 from babysit.rules import Finding, diagnose
 from babysit.rules.base import SEVERITIES, fmt, severity_rank
 from babysit.rules.thresholds import load_config, parse_assignment
+
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "load", "thresholds_from_args", "report_dict", "render_text", "JSON_KEYS"]
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from babysit.monitor.cli import UsageError
 from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
 from babysit.monitor.runfile import decode_float
+
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "build_report", "write_report", "data_available", "not_evaluated", "REQUIRES"]
 

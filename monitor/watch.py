@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from babysit.monitor.cli import UsageError
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "parse_threshold"]
 

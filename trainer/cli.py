@@ -7,8 +7,9 @@ import math
 import time
 from pathlib import Path
 
-from babysit.monitor.cli import UsageError
 from babysit.trainer.options import add_train_options, config_from_args
+
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "set_threads"]
 

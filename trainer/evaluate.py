@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from babysit.monitor import runfile
-from babysit.monitor.cli import UsageError
+
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "evaluate_run"]
 

@@ -16,8 +16,9 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, replace
 from unittest import mock
 
-from babysit.monitor.cli import UsageError
 from babysit.trainer.options import add_train_options, config_from_args
+
+from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "Check", "run_checks", "plain_sgd_lr", "BUGS"]
 
