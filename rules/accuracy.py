@@ -78,7 +78,7 @@ class _EpochRule(Rule):
         epoch = int(row["epoch"])
         return self.finding(
             ctx, "info", fired.step, f"{fired.message}; later {what} by epoch {epoch} (resolved: a slow start)",
-            {**fired.evidence, "resolved": True, "resolved_epoch": epoch}, ["none needed"], epoch=fired.epoch,
+            {**fired.evidence, "resolved": True, "resolved_epoch": epoch}, ["none_needed"], epoch=fired.epoch,
         )
 
     def acc(self, row: dict, key: str) -> float | None:
@@ -96,12 +96,8 @@ class Overfitting(_EpochRule):
 
     id = "overfitting"
     title = "Overfitting: train and val diverge"
-    fix = (
-        "add regularization: weight decay / L2 (try 10x), dropout",
-        "more training data or data augmentation (random crops, flips)",
-        "early stopping: keep the checkpoint with the best val metric",
-        "a smaller model",
-    )
+    fix = ("regularize", "more_data", "early_stopping", "smaller_model")
+    needs = ("val_metrics", "epochs>=overfit_patience")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -150,11 +146,8 @@ class Underfitting(_EpochRule):
 
     id = "underfitting"
     title = "Underfitting: low accuracy, no gap"
-    fix = (
-        "more capacity: bigger/more layers",
-        "less regularization (weight decay, dropout)",
-        "train longer, or with a higher learning rate",
-    )
+    fix = ("more_capacity", "lower_reg", "train_longer")
+    needs = ("train_acc", "epochs>=underfit_min_epochs")
 
     def check(self, ctx: Context, row: dict) -> list[Finding]:
         epoch, step = int(row["epoch"]), int(row["step"])
@@ -182,8 +175,9 @@ class Underfitting(_EpochRule):
             reg = reg if isinstance(reg, (int, float)) and not isinstance(reg, bool) else None
             dropout = dropout if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else None
             if isinstance(reg, (int, float)) and reg >= 0.01 or isinstance(dropout, (int, float)) and dropout >= 0.5:
-                fix[0], fix[1] = fix[1] + f" (reg {fmt(reg) if reg is not None else '-'}, dropout "\
-                                          f"{fmt(dropout) if dropout is not None else '-'})", fix[0]
+                note = (f"reg {fmt(reg) if reg is not None else '-'}, "
+                        f"dropout {fmt(dropout) if dropout is not None else '-'}")
+                fix[0], fix[1] = (fix[1], note), fix[0]
             return [self.finding(ctx, "warning", step, msg, evidence, fix, epoch=epoch)]
         return []
 
@@ -203,11 +197,8 @@ class ChanceAccuracy(_EpochRule):
 
     id = "chance_accuracy"
     title = "Accuracy stuck at chance"
-    fix = (
-        "check the labels: are they aligned with the inputs (same shuffle/permutation)?",
-        "check the data pipeline: look at a batch of inputs with their labels",
-        "check that val preprocessing matches train (normalization, channel order)",
-    )
+    fix = ("check_labels", "check_pipeline", "check_val_preprocessing")
+    needs = ("accuracy", "num_classes", "epochs>=chance_min_epochs")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from babysit.rules.fixes import resolve_fixes
 
 __all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian", "meta_dict",
            "meta_layers"]
@@ -38,7 +39,15 @@ class Finding:
     epoch: int | None
     message: str
     evidence: dict = field(default_factory=dict)
-    fix: list[str] = field(default_factory=list)
+    fix: list[str] = field(default_factory=list)  # texts, in the order to try them
+    fix_ids: list[str] = field(default_factory=list)  # parallel to fix: ids in rules/fixes.py
+    caused_by: list[str] = field(default_factory=list)  # rule ids of findings that explain this one
+    root_cause: str | None = None  # the most fundamental of them (its fix leads this finding's fixes)
+
+    @property
+    def resolved(self) -> bool:
+        """The condition went away later (a slow start): kept as an info note."""
+        return bool(self.evidence.get("resolved"))
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))
@@ -248,15 +257,19 @@ class Context:
 
 
 class Rule:
-    """Base class: subclasses set `id`, `title`, `fix`, and implement `update`.
+    """Base class: subclasses set `id`, `title`, `fix`, `needs`, and implement `update`.
 
-    `fix` is the default list of fixes, in the order to try them. A rule reports each condition once; the
-    engine re-reports a rule only when its severity rises.
+    `fix` is the default list of fix ids (rules/fixes.py), in the order to try them. `needs` says what the rule
+    must see to judge a run (rules/coverage.py): "loss", "steps>=flat_window" (a threshold name or a number),
+    "epochs>=2", "layers>=3", "num_classes", "accuracy", "val_metrics", "meta.model". A rule reports each
+    condition once; the engine keeps one finding per rule and re-reports it only when its severity rises, a
+    cause is found for it, or it is resolved.
     """
 
     id: str = ""
     title: str = ""
-    fix: tuple[str, ...] = ()
+    fix: tuple = ()
+    needs: tuple[str, ...] = ()
 
     def __init__(self, thresholds: dict):
         self.th = thresholds
@@ -271,10 +284,11 @@ class Rule:
         step: int | None,
         message: str,
         evidence: dict | None = None,
-        fix: list[str] | None = None,
+        fix: list | None = None,
         epoch: int | None = None,
     ) -> Finding:
         step = None if step is None else int(step)
+        fix_ids, texts = resolve_fixes(self.fix if fix is None else fix)
         return Finding(
             rule=self.id,
             title=self.title,
@@ -283,5 +297,6 @@ class Rule:
             epoch=ctx.epoch_of(step) if epoch is None else int(epoch),
             message=message,
             evidence=dict(evidence or {}),
-            fix=list(self.fix if fix is None else fix),
+            fix=texts,
+            fix_ids=fix_ids,
         )

@@ -1,11 +1,19 @@
 """The catalogue: every rule, in the order they run, and which findings explain which.
 
-The ids are a public contract (findings.jsonl, --json output, thresholds, dashboards key on them).
+The ids are a public contract (findings.jsonl, --json output, thresholds, dashboards key on them). Rules run
+in list order on each update; a cause rule that weighs other findings (lr_too_high reads dead_units) comes
+after them. To add a rule: import it, append it to RULES, and name it in CAUSES where it explains a symptom.
+
+    python -m babysit.rules.catalogue --markdown   # the rules table of docs/rules.md
 """
 
 from __future__ import annotations
 
 from babysit.rules.accuracy import ChanceAccuracy, Overfitting, Underfitting
+from babysit.rules.bugs import DoubleSoftmax, FrozenParameters, SkippedOptimizerSteps
+from babysit.rules.causes import LowCapacity, LrTooHigh
+from babysit.rules.data import BadLabels, UnnormalizedInput
+from babysit.rules.heal import Healed
 from babysit.rules.layers import (
     DeadUnits,
     ExplodingGradients,
@@ -18,7 +26,7 @@ from babysit.rules.loss import FlatLoss, InitLossMismatch, LossExplosion, NoisyL
 from babysit.rules.process import StalledRun, TestSetReuse
 from babysit.rules.weights import NoisyWeights
 
-__all__ = ["RULES", "CAUSES", "RULE_IDS"]
+__all__ = ["RULES", "CAUSES", "CAUSE_ORDER", "RULE_IDS", "markdown"]
 
 RULES = [
     NonfiniteLoss,
@@ -36,19 +44,89 @@ RULES = [
     VanishingGradients,
     ExplodingGradients,
     StalledWeights,
+    LrTooHigh,
+    LowCapacity,
+    DoubleSoftmax,
+    FrozenParameters,
+    SkippedOptimizerSteps,
+    UnnormalizedInput,  # after the rules whose findings make it a warning (saturation, dead units, flat loss)
+    BadLabels,
     StalledRun,
     TestSetReuse,
+    Healed,  # heal events of on_critical="heal" (rules/heal.py)
 ]
 RULE_IDS = [r.id for r in RULES]
 
-# symptom -> the findings that explain it, most fundamental first. When one is present the symptom says so
-# and leads with the cause's fix (a flat loss from dead ReLUs must not advise raising the learning rate).
+# symptom -> the findings that explain it, most fundamental first. When one is present (rules/causes.py
+# `explains` agrees) the symptom names it and leads with its fix. Ids of rules that are not in RULES (another
+# module's bug checks) are simply never present.
+_BUGS = ["frozen_parameters", "skipped_optimizer_steps", "double_softmax"]
 _DEAD_NET = ["nonfinite_loss", "stalled_weights", "dead_units", "saturated_activations", "vanishing_gradients"]
+_DATA = ["bad_labels", "unnormalized_input"]
 CAUSES: dict[str, list[str]] = {
-    "flat_loss": [*_DEAD_NET, "update_ratio"],
-    "chance_accuracy": [*_DEAD_NET, "loss_explosion", "flat_loss"],
-    "underfitting": ["chance_accuracy", *_DEAD_NET, "flat_loss", "update_ratio"],
+    "flat_loss": [*_BUGS, "lr_too_high", *_DEAD_NET, "low_capacity", "update_ratio"],
+    "chance_accuracy": [*_BUGS, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA, "low_capacity", "flat_loss"],
+    "underfitting": ["chance_accuracy", *_BUGS, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA,
+                     "low_capacity", "flat_loss", "update_ratio"],
+    "init_loss_mismatch": ["double_softmax", *_DATA],
+    "dead_units": ["lr_too_high"],
+    "saturated_activations": ["unnormalized_input"],
     "vanishing_gradients": ["dead_units", "saturated_activations"],
     "update_ratio": ["stalled_weights", "dead_units", "vanishing_gradients", "saturated_activations"],
-    "noisy_loss": ["nonfinite_loss", "loss_explosion"],
+    "noisy_loss": ["nonfinite_loss", "loss_explosion", "lr_too_high"],
 }
+
+# Within a severity, causes are listed before symptoms in this order (sort_findings).
+CAUSE_ORDER = ["nonfinite_loss", *_BUGS, "lr_too_high", "stalled_weights", "dead_units", "saturated_activations",
+               "vanishing_gradients", "exploding_gradients", "loss_explosion", *_DATA, "low_capacity",
+               "update_ratio"]
+
+
+def markdown() -> str:
+    """The rules table for docs/rules.md, generated from the catalogue so it cannot drift."""
+    from babysit.rules.fixes import FIXES
+    from babysit.rules.thresholds import TABLE
+
+    lines = ["| rule | severity up to | needs | thresholds (default: source) | fixes, in order | explained by |",
+             "|---|---|---|---|---|---|"]
+    for cls in RULES:
+        names = sorted(n for n in TABLE if _uses(cls, n))
+        th = "<br>".join(f"`{n}`={TABLE[n].value:g}: {TABLE[n].source}" for n in names) or "-"
+        fixes = "<br>".join(
+            f"`{e[0] if isinstance(e, tuple) else e}`" if (e[0] if isinstance(e, tuple) else e) in FIXES
+            else str(e) for e in cls.fix) or "-"
+        needs = ", ".join(f"`{n}`" for n in getattr(cls, "needs", ())) or "-"
+        causes = ", ".join(f"`{c}`" for c in CAUSES.get(cls.id, ())) or "-"
+        doc = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        name = f"`{cls.id}`: {cls.title}" + (f". {doc}." if doc else "")
+        lines.append(f"| {name} | {_max_severity(cls)} | {needs} | {th} | {fixes} | {causes} |")
+    return "\n".join(lines)
+
+
+def _uses(cls: type, name: str) -> bool:
+    import inspect
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return False
+    return f'"{name}"' in src or f"'{name}'" in src
+
+
+def _max_severity(cls: type) -> str:
+    import inspect
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return "?"
+    return "critical" if '"critical"' in src else ("warning" if '"warning"' in src else "info")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    if "--markdown" in sys.argv[1:]:
+        print(markdown())
+    else:
+        print("\n".join(RULE_IDS))

@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 from babysit.rules.base import Context, Finding, Rule, Table, severity_rank
-from babysit.rules.catalogue import CAUSES, RULES
+from babysit.rules.catalogue import CAUSE_ORDER, CAUSES, RULES
+from babysit.rules.causes import explains, run_facts
+from babysit.rules.coverage import Seen, not_evaluated
+from babysit.rules.fixes import FIXES
 from babysit.rules.layers import observe_layers
 from babysit.rules.thresholds import resolve
 
-__all__ = ["OnlineDiagnoser", "diagnose", "RuleWarning", "sort_findings"]
+__all__ = ["OnlineDiagnoser", "diagnose", "Findings", "RuleWarning", "sort_findings"]
 
 
 class RuleWarning(RuntimeWarning):
@@ -48,7 +51,9 @@ class OnlineDiagnoser:
         self.ctx.run_dir = Path(run_dir) if run_dir is not None else (
             Path(meta_path) if isinstance(meta_path, str) and meta_path else None)
         self.rules = [cls(self.thresholds) for cls in (RULES if rules is None else rules)]
-        self._reported: dict[str, tuple[int, tuple]] = {}
+        self._reported: dict[str, tuple[int, tuple, bool]] = {}
+        self._own: dict[str, tuple] = {}  # rule -> (finding, its own message, fix ids, fix texts) before linking
+        self.seen = Seen()
         self._init_losses: list[float] = []
 
     # ------------------------------------------------------------------ context
@@ -112,7 +117,11 @@ class OnlineDiagnoser:
         ctx = self.ctx
         ctx.now = time.time() if now is None else now
         self._advance(batch, status)
+        self.seen.observe(ctx)
         for rule in list(self.rules):
+            old = ctx.findings.get(rule.id)
+            if old is not None and (old.severity == "critical" or old.resolved):
+                continue  # reported for good: nothing left for this rule to say
             try:
                 found = rule.update(batch, ctx)
             except Exception as exc:  # noqa: BLE001 - one broken rule must not silence the others
@@ -121,35 +130,66 @@ class OnlineDiagnoser:
                 self.rules.remove(rule)
                 continue
             for f in found:
-                old = ctx.findings.get(f.rule)
-                if old is None or severity_rank(f.severity) > severity_rank(old.severity) or f.evidence.get("resolved"):
-                    ctx.findings[f.rule] = f
-        _link_causes(ctx.findings)
+                self._accept(f)
+        _link_causes(ctx.findings, self._own, run_facts(ctx))
         new = []
         for rule_id, f in ctx.findings.items():
-            key = (severity_rank(f.severity), tuple(f.evidence.get("caused_by", ())), bool(f.evidence.get("resolved")))
+            key = (severity_rank(f.severity), tuple(f.caused_by), f.resolved)
             if self._reported.get(rule_id) != key:
                 self._reported[rule_id] = key
                 new.append(f)
         return sort_findings(new)
 
+    def _accept(self, f: Finding) -> None:
+        """Report-once and escalation: a rule's finding replaces its current one only when it is more severe, or
+        says the condition resolved (a slow start: downgraded to info)."""
+        old = self.ctx.findings.get(f.rule)
+        if old is None or severity_rank(f.severity) > severity_rank(old.severity) or (f.resolved and not old.resolved):
+            self.ctx.findings[f.rule] = f
+            self._own[f.rule] = (f, f.message, list(f.fix_ids), list(f.fix))
+
+    def not_evaluated(self) -> list[dict]:
+        """The rules that could not judge this run so far, and why: [{"rule", "why"}]."""
+        return not_evaluated(self.rules, self.seen, self.ctx)
+
     @property
     def findings(self) -> list[Finding]:
         return sort_findings(list(self.ctx.findings.values()))
 
+    def rolled_back(self, step: int, rules: tuple[str, ...] = ("nonfinite_loss", "loss_explosion",
+                                                               "exploding_gradients", "noisy_loss",
+                                                               "dead_units")) -> None:
+        """The hooks restored an earlier state at `step` (on_critical="heal", hooks/heal.py): judge what
+        follows afresh. These rules start over (their windows hold the blow-up) and may report again."""
+        self.rules = [type(r)(self.thresholds) if r.id in rules else r for r in self.rules]
+        for rule_id in rules:
+            self.ctx.findings.pop(rule_id, None)
+            self._reported.pop(rule_id, None)
+            self._own.pop(rule_id, None)
+        self.ctx.nonfinite_step = None
 
-def _link_causes(findings: dict[str, Finding]) -> None:
-    """Where a cause explains a symptom, say so in the symptom and lead its fixes with the cause's.
+
+class Findings(list):
+    """The findings of a diagnosis, with `not_evaluated`: the rules that could not judge the run, and why."""
+
+    not_evaluated: list[dict]
+
+    def __init__(self, findings=(), not_evaluated: list[dict] | None = None):
+        super().__init__(findings)
+        self.not_evaluated = list(not_evaluated or [])
+
+
+def _link_causes(findings: dict[str, Finding], own: dict, facts: set[str]) -> None:
+    """Where a cause explains a symptom, say so in the symptom and lead its fixes with the root cause's.
 
     A run whose ReLUs died has a flat loss too; telling the user to raise the learning rate would be wrong.
-    Chains resolve to the root: underfitting <- chance_accuracy <- dead_units names dead_units.
+    Chains resolve to the root: underfitting <- chance_accuracy <- dead_units names dead_units. Every finding
+    drops the fixes the run's facts rule out (rules/fixes.py `contradicted_by`).
     """
-    live = {k: f for k, f in findings.items() if not f.evidence.get("resolved")}
+    live = {k: f for k, f in findings.items() if not f.resolved and severity_rank(f.severity) >= 1}
 
-    def causes_of(rule: str, seen: frozenset = frozenset()) -> list[str]:
-        found = [c for c in CAUSES.get(rule, ()) if c in live and c not in seen and c != rule
-                 and _explains(live[c], live[rule])]
-        return found
+    def causes_of(rule: str) -> list[str]:
+        return [c for c in CAUSES.get(rule, ()) if c in live and c != rule and explains(live[c], live[rule])]
 
     def root_of(rule: str) -> str:
         seen = {rule}
@@ -160,62 +200,67 @@ def _link_causes(findings: dict[str, Finding]) -> None:
             rule = up[0]
             seen.add(rule)
 
-    for symptom, f in live.items():
-        found = causes_of(symptom)
-        if not found:
-            continue
-        roots = list(dict.fromkeys(root_of(c) for c in found))
-        if f.evidence.get("caused_by") == found and f.evidence.get("root_cause") == roots[0]:
-            continue
-        if "own_fix" not in f.evidence:
-            f.evidence["own_fix"] = list(f.fix)
-            f.evidence["own_message"] = f.message
-        lead = live[roots[0]]
-        f.evidence["caused_by"] = found
-        f.evidence["root_cause"] = lead.rule
-        also = [c for c in found if c != lead.rule]
-        f.message = (f"{f.evidence['own_message']} -- likely a consequence of {lead.rule} (step {lead.step}): "
-                     f"fix that first" + (f" (also see {', '.join(also)})" if also else ""))
-        fixes = [f"fix {lead.rule} first: {lead.fix[0]}" if lead.fix else f"fix {lead.rule} first"]
-        fixes += lead.fix[1:3]
-        seen = {_gist(x) for x in fixes}
-        fixes += [x for x in f.evidence["own_fix"] if _gist(x) not in seen and not _contradicts(x, found)]
-        f.fix = fixes[:6]
+    for rule_id, f in findings.items():
+        base, message, ids, texts = own.get(rule_id, (f, f.message, list(f.fix_ids), list(f.fix)))
+        if base is not f:  # a finding the engine did not accept (built by hand): its own fields are the original
+            message, ids, texts = f.message, list(f.fix_ids), list(f.fix)
+            own[rule_id] = (f, message, ids, texts)
+        found = causes_of(rule_id) if rule_id in live else []
+        pairs = list(zip(ids, texts, strict=False))
+        if found:
+            lead = live[root_of(found[0])]
+            also = [c for c in found if c != lead.rule]
+            message = (f"{message} -- likely a consequence of {lead.rule} (step {lead.step}): fix that first"
+                       + (f" (also see {', '.join(also)})" if also else ""))
+            lead_pairs = list(zip(lead_own(own, lead)[0], lead_own(own, lead)[1], strict=False))
+            if lead_pairs:
+                lead_pairs[0] = (lead_pairs[0][0], f"fix {lead.rule} first: {lead_pairs[0][1]}")
+            own_pairs = [(k, t) for k, t in pairs if not (k in FIXES and FIXES[k].generic)]
+            pairs = lead_pairs[:3] + own_pairs
+        kept, ruled_out, seen_ids = [], [], set()
+        for fid, text in pairs:
+            if fid in seen_ids:
+                continue
+            seen_ids.add(fid)
+            fix = FIXES.get(fid)
+            (ruled_out if fix is not None and facts & set(fix.contradicted_by) else kept).append((fid, text))
+        f.caused_by = found
+        f.root_cause = live[root_of(found[0])].rule if found else None
+        f.message = message
+        f.fix_ids = [k for k, _ in kept[:6]]
+        f.fix = [t for _, t in kept[:6]]
+        if ruled_out:
+            f.evidence["fixes_ruled_out"] = {k: sorted(facts & set(FIXES[k].contradicted_by)) for k, _ in ruled_out}
+        else:
+            f.evidence.pop("fixes_ruled_out", None)
 
 
-def _explains(cause: Finding, symptom: Finding) -> bool:
-    """Whether a cause finding explains a symptom; a too-high update ratio does not explain a flat loss."""
-    return not (cause.evidence.get("direction") == "high" and symptom.rule == "flat_loss")
+def lead_own(own: dict, f: Finding) -> tuple[list[str], list[str]]:
+    """A cause's own fixes (before any linking changed them)."""
+    entry = own.get(f.rule)
+    if entry is None or entry[0] is not f:
+        return list(f.fix_ids), list(f.fix)
+    return entry[2], entry[3]
 
 
-def _gist(fix: str) -> str:
-    """The first three words of a fix: 'lower the regularization (...)' twice is one fix."""
-    return " ".join(fix.lower().replace(":", " ").split()[:3])
-
-
-def _contradicts(fix: str, causes: list[str]) -> bool:
-    """A symptom's own fix that the cause makes wrong (raise the lr when units died from a high lr)."""
-    text = fix.lower()
-    return "raise the learning rate" in text or "increase the learning rate" in text or "train longer" in text
-
-
-_CAUSE_ORDER = {rule: i for i, rule in enumerate(["nonfinite_loss", "stalled_weights", "dead_units",
-                                                  "saturated_activations", "vanishing_gradients",
-                                                  "exploding_gradients", "loss_explosion", "update_ratio"])}
+_CAUSE_ORDER = {rule: i for i, rule in enumerate(CAUSE_ORDER)}
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """Most severe first; within a severity, causes before the symptoms they explain, then by step."""
     def key(f: Finding):
-        caused = 1 if f.evidence.get("caused_by") else 0
+        caused = 1 if f.caused_by else 0
         return (-severity_rank(f.severity), caused, _CAUSE_ORDER.get(f.rule, 99),
                 f.step if f.step is not None else math.inf)
     return sorted(findings, key=key)
 
 
-def diagnose(run: Any, thresholds: dict | None = None, now: float | None = None) -> list[Finding]:
-    """Post-hoc diagnosis of a whole run (a `RunData` from `monitor.reader.load_run`)."""
+def diagnose(run: Any, thresholds: dict | None = None, now: float | None = None) -> Findings:
+    """Post-hoc diagnosis of a whole run (a `RunData` from `monitor.reader.load_run`).
+
+    Returns the findings (a list, causes first) with `.not_evaluated`: the rules that could not judge the run.
+    """
     diagnoser = OnlineDiagnoser(getattr(run, "meta", None) or {}, thresholds,
                                 run_dir=getattr(run, "path", None))
     diagnoser.update(run, status=getattr(run, "status", None) or {}, now=now)
-    return diagnoser.findings
+    return Findings(diagnoser.findings, diagnoser.not_evaluated())

@@ -124,7 +124,8 @@ class UpdateRatio(_LayerRule):
 
     id = "update_ratio"
     title = "Update/weight ratio far from ~1e-3"
-    fix = ("scale the learning rate toward an update/weight ratio of ~1e-3",)
+    fix = ("scale_lr_to_ratio",)
+    needs = ("layers>=update_ratio_records",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -170,14 +171,11 @@ class UpdateRatio(_LayerRule):
             msg = (f"median update/weight ratio {fmt(med[i])} at step {step}, too {direction} for {n} layer "
                    f"records in a row (healthy ~1e-3; limit {fmt(self.th['update_ratio_' + direction])}){_lr(lri)}")
             if direction == "high":
-                fix = [f"lower the learning rate ~{_times(max(med[i] / 1e-3, 3))}x{_from(lri)}",
-                       "add a learning-rate warmup or gradient clipping"]
+                fix = [("lower_lr", f"~{_times(max(med[i] / 1e-3, 3))}x{_from(lri)}"), "warmup_or_clip"]
             elif med[i] > 0:
-                fix = [f"raise the learning rate ~{_times(min(1e-3 / med[i], 1000))}x{_from(lri)}",
-                       "lower the regularization if it holds the weights back"]
+                fix = [("raise_lr", f"~{_times(min(1e-3 / med[i], 1000))}x{_from(lri)}"), "lower_reg"]
             else:  # exactly 0: nothing moves, and a higher lr would not change that
-                fix = ["check the optimizer holds the parameters and the lr is not 0 (see stalled_weights)",
-                       "check gradients reach the weights (see dead_units, vanishing_gradients)"]
+                fix = ["check_optimizer_params", "check_lr_zero", "check_gradients_reach"]
             evidence = {"step": step, "median_ratio": float(med[i]), "direction": direction,
                         "records": n, "per_layer": per_layer, "lr": lri}
             return [self.finding(ctx, "warning", step, msg, evidence, fix)]
@@ -210,12 +208,9 @@ class DeadUnits(_LayerRule):
 
     id = "dead_units"
     title = "Dead ReLU units"
-    fix = (
-        "lower the learning rate (a large update can push ReLUs into never firing)",
-        "initialize biases at 0 or slightly positive (0.01) and use He (kaiming) init",
-        "use LeakyReLU/ELU, or add batch normalization before the ReLU",
-        "normalize the inputs (subtract the mean, divide by the std)",
-    )
+    fix = (("lower_lr", "a large update can push ReLUs into never firing"), "bias_init_he", "leaky_relu_or_bn",
+           "normalize_inputs")
+    needs = ("layers>=dead_records",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -299,12 +294,8 @@ class SaturatedActivations(_LayerRule):
 
     id = "saturated_activations"
     title = "Saturated tanh/sigmoid units"
-    fix = (
-        "normalize the inputs (subtract the mean, divide by the std)",
-        "smaller initial weights: Xavier/Glorot init for tanh/sigmoid",
-        "use ReLU (or add batch normalization before the nonlinearity)",
-        "lower the learning rate",
-    )
+    fix = ("normalize_inputs", "xavier_init", "use_relu_or_bn", "lower_lr")
+    needs = ("layers>=saturated_records",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -342,12 +333,8 @@ class VanishingGradients(_LayerRule):
 
     id = "vanishing_gradients"
     title = "Vanishing gradients in early layers"
-    fix = (
-        "use ReLU (or LeakyReLU) instead of sigmoid/tanh in hidden layers",
-        "He (kaiming) init for ReLU, Xavier for tanh",
-        "add normalization (batch norm / layer norm) between layers",
-        "add residual connections; use a shallower network",
-    )
+    fix = ("use_relu", "he_xavier_init", "add_normalization", "residual_or_shallower")
+    needs = ("layers>=vanishing_records",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -389,11 +376,8 @@ class ExplodingGradients(_LayerRule):
 
     id = "exploding_gradients"
     title = "Exploding gradients"
-    fix = (
-        "clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
-        "lower the learning rate",
-        "add normalization (batch norm / layer norm); check the init scale",
-    )
+    fix = ("clip_gradients", "lower_lr", "add_normalization")
+    needs = ("layers>=exploding_records",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -459,12 +443,8 @@ class StalledWeights(_LayerRule):
 
     id = "stalled_weights"
     title = "Weights do not change"
-    fix = (
-        "check the optimizer's parameter list: build it from model.parameters() after the whole model exists "
-        "(not a stale or partial list)",
-        "check requires_grad and that nothing detaches the layer or re-creates it after the optimizer was built",
-        "check the learning rate is not 0 (schedulers, param groups)",
-    )
+    fix = ("check_optimizer_params", "check_requires_grad", "check_lr_zero")
+    needs = ("layers>=stalled_records",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)

@@ -26,18 +26,13 @@ def _cfg(ctx: Context, *names: str):
 class NonfiniteLoss(Rule):
     id = "nonfinite_loss"
     title = "Loss, weights or gradients are NaN/inf"
-    fix = (
-        "lower the learning rate (10x): a NaN loss is the lecture's sign of a learning rate that is too high",
-        "check the inputs and labels for NaN/inf (torch.isfinite(x).all() on a batch)",
-        "clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
-        "guard log() and division in a custom loss (log(x + eps), no division by zero)",
-    )
+    fix = ("lower_lr_10x", "check_data_finite", "clip_gradients", "guard_loss_math")
+    needs = ("loss",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.done = False
         self.last_finite: tuple[int, float] | None = None
-        self.seen_finite: dict[str, bool] = {}
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         if self.done:
@@ -73,14 +68,19 @@ class NonfiniteLoss(Rule):
 
     def _epochs(self, batch, ctx: Context) -> list[Finding]:
         ep = ctx.epochs
+        # Contract 3: NaN in the frame is also how a metric that was not measured reads (validation every 3rd
+        # epoch). Only a name listed in the row's `nonfinite_metrics` was recorded as NaN/inf; frames without
+        # that column (CSV/TensorBoard imports) count only infinities.
+        marked = ep.raw("nonfinite_metrics") if "nonfinite_metrics" in ep else None
         for col in ("train_loss", "val_loss"):
             if col not in ep:
                 continue
             vals = ep.num(col)
-            # NaN is also how a missing metric reads: count it only after the metric was once finite
-            seen = self.seen_finite.get(col, False) | np.logical_or.accumulate(np.isfinite(vals))
-            bad = np.isinf(vals) | (np.isnan(vals) & np.concatenate([[self.seen_finite.get(col, False)], seen[:-1]]))
-            self.seen_finite[col] = bool(seen[-1]) if len(seen) else self.seen_finite.get(col, False)
+            if marked is not None:
+                listed = np.array([isinstance(m, (list, tuple)) and col in m for m in marked], dtype=bool)
+                bad = listed | np.isinf(vals)
+            else:
+                bad = np.isinf(vals)
             i = first_true(bad)
             if i is not None:
                 step, epoch = int(ep.ints("step")[i]), int(ep.ints("epoch")[i])
@@ -112,11 +112,8 @@ class LossExplosion(Rule):
 
     id = "loss_explosion"
     title = "Loss rose far above its initial value"
-    fix = (
-        "stop this run: the lecture's rule is to quit early when loss > 3x the original",
-        "lower the learning rate (3-10x)",
-        "add gradient clipping or a learning-rate warmup",
-    )
+    fix = ("stop_run", ("lower_lr", "3-10x"), "warmup_or_clip")
+    needs = ("loss", "steps>=init_steps")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -168,11 +165,8 @@ class FlatLoss(Rule):
 
     id = "flat_loss"
     title = "Loss barely changes"
-    fix = (
-        "raise the learning rate (3-10x)",
-        "lower the regularization (weight decay / L2 strength)",
-        "check that gradients reach the weights (see update_ratio, stalled_weights, dead_units)",
-    )
+    fix = (("raise_lr", "3-10x"), "lower_reg", "check_gradients_reach")
+    needs = ("loss", "steps>=flat_window")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -250,19 +244,17 @@ class FlatLoss(Rule):
                     "update_ratio": float(ur[hit])}
         fix = list(self.fix)
         if math.isfinite(lr):
-            fix[0] = f"raise the learning rate (3-10x, from {fmt(lr)})"
+            fix[0] = ("raise_lr", f"3-10x, from {fmt(lr)}")
         reg = _cfg(ctx, "reg", "weight_decay", "l2")
         if isinstance(reg, (int, float)) and reg >= 0.1:  # lecture: lr too low OR regularization too high
-            fix[0], fix[1] = f"lower the regularization (it is {fmt(reg)})", fix[0]
+            fix[0], fix[1] = ("lower_reg", f"it is {fmt(reg)}"), fix[0]
         if moving[hit]:
             # The weights move at a healthy (or larger) rate and the loss does not follow: raising the lr
             # would be wrong. Either the updates bounce (too large) or the labels carry no signal.
             msg += f", for {flat_for} steps, yet the weights move (update/weight ratio {fmt(ur[hit])}, healthy ~1e-3)"
-            labels = "check the labels and the data pipeline: are labels aligned with inputs? look at a batch"
-            lower = "lower the learning rate: updates this large can bounce across the minimum"
-            fix = [lower, labels] if ur[hit] >= 1e-2 else [labels, lower]
-            fix += ["check the loss function matches the outputs (logits into cross_entropy)",
-                    "for a deep net: He init, normalization layers, or Adam (a long plateau at ln(C))"]
+            lower = ("lower_lr", "updates this large can bounce across the minimum")
+            fix = [lower, "check_labels"] if ur[hit] >= 1e-2 else ["check_labels", "check_pipeline", lower]
+            fix += ["logits_to_loss", "deep_plateau"]
             evidence["weights_move"] = True
         self.fired = self.finding(ctx, "warning", step, msg, evidence, fix)
         # the same batch may already show the loss dropping (post-hoc: the whole run at once)
@@ -281,7 +273,7 @@ class FlatLoss(Rule):
             ctx, "info", f.step,
             f"{f.message}; it then dropped to {fmt(level)} by step {step} (resolved: a slow start, not a stall)",
             {**f.evidence, "resolved": True, "resolved_step": step, "resolved_loss": level},
-            ["none needed; to start faster: He init, normalization layers, or a higher learning rate"],
+            ["none_needed_slow_start"],
         )
         return [resolved]
 
@@ -305,12 +297,8 @@ class InitLossMismatch(Rule):
 
     id = "init_loss_mismatch"
     title = "Initial loss far from ln(C)"
-    fix = (
-        "scale the initial weights down (PyTorch's default init, or std ~0.01 on the last layer)",
-        "check the labels are class indices 0..C-1 and num_classes matches the data",
-        "pass raw logits to cross_entropy (no softmax or log_softmax before it)",
-        "normalize the inputs (subtract the mean, divide by the std)",
-    )
+    fix = ("scale_init_down", "check_label_indices", "logits_to_loss", "normalize_inputs")
+    needs = ("loss", "num_classes")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -352,8 +340,7 @@ class InitLossMismatch(Rule):
         if ratio < self.th["init_loss_low_ratio"]:
             msg = (f"first loss {fmt(loss)} at step {step} is well below ln({c}) = {fmt(expected)}: "
                    "fine for a pretrained net, otherwise check for a label leak or a wrong num_classes")
-            fix = ["if the net is not pretrained, check that labels do not leak into the inputs",
-                   "check num_classes matches the data"]
+            fix = ["check_label_leak", "check_num_classes"]
             return [self.finding(ctx, "info", step, msg, evidence, fix)]
         return []
 
@@ -368,11 +355,8 @@ class NoisyLoss(Rule):
 
     id = "noisy_loss"
     title = "Loss is very noisy"
-    fix = (
-        "increase the batch size (the curve's width shrinks about as 1/sqrt(batch size))",
-        "lower the learning rate",
-        "decay the learning rate (step, 0.97/epoch, 1/t) or use momentum",
-    )
+    fix = ("bigger_batch", "lower_lr", "decay_lr")
+    needs = ("loss", "steps>=noisy_min_steps+2*noisy_window")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)

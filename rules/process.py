@@ -16,11 +16,7 @@ class StalledRun(Rule):
 
     id = "stalled_run"
     title = "Run stalled or crashed"
-    fix = (
-        "check the training process: is it alive (ps, nvidia-smi), is it blocked on I/O or a lock?",
-        "check the data loader (num_workers deadlocks, a network filesystem that hangs)",
-        "with torch.distributed: check every rank is alive (a dead rank blocks the collectives of the others)",
-    )
+    fix = ("check_process", "check_dataloader", "check_ranks")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -76,8 +72,7 @@ class StalledRun(Rule):
         msg = f"run crashed at step {step}: {what}"
         evidence = {"state": "crashed", "recorded_state": status.get("recorded_state"), "step": step,
                     "error": error or None, "reason": status.get("reason"), "heartbeat": status.get("heartbeat")}
-        fix = ["read the error and the training log; fix it and resume from the last checkpoint",
-               *self.fix[:2]]
+        fix = ["read_error", *self.fix[:2]]
         return [self.finding(ctx, "critical", step, msg, evidence, fix)]
 
 
@@ -87,11 +82,7 @@ class TestSetReuse(Rule):
     __test__ = False  # not a pytest class
     id = "test_set_reuse"
     title = "Test set evaluated more than once"
-    fix = (
-        "choose hyperparameters and checkpoints on the validation split only",
-        "evaluate on the test split once, at the very end, and report that number",
-        "if the test set was already used for decisions, hold out a fresh test split",
-    )
+    fix = ("val_for_decisions", "test_once", "fresh_test_split")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)

@@ -106,6 +106,39 @@ TABLE: dict[str, Threshold] = {
         "noisy_loss: ignore the first steps (the fast initial drop is trend, not noise)",
         "ours",
     ),
+    # --- causes (rules/causes.py): learning rate too high
+    "lr_high_window": Threshold(
+        50,
+        "lr_too_high: steps over which the loss must sit at chance level (or above its start) and not fall",
+        "ours: flat_window; a warmup spike recovers within it",
+    ),
+    "lr_high_level": Threshold(
+        0.9,
+        "lr_too_high: the smoothed loss stays at or above this multiple of ln(C) (a constant predictor's loss)",
+        LECTURE + ": 'loss at chance = ln(C)'; a collapsed net predicts the class prior (<= ln C)",
+    ),
+    "lr_high_rise": Threshold(
+        1.5,
+        "lr_too_high: 'it rose back': every smoothed point of the window is this multiple of the lowest loss before",
+        LECTURE + ": 'too high: the loss goes down, then up'; explosion_warn_factor's 1.5x",
+    ),
+    "lr_high_rise_abs": Threshold(
+        0.2,
+        "lr_too_high: and the rise is at least this fraction of ln(C) (of the initial loss without C): not noise",
+        "ours",
+    ),
+    "lr_high_early_steps": Threshold(
+        50,
+        "lr_too_high: evidence 'it jumped': the smoothed loss rose explosion_warn_factor x above its start within "
+        "this many steps",
+        LECTURE + ": 'too high: the loss jumps up in the first steps'",
+    ),
+    "lr_high_ratio": Threshold(
+        0.03,
+        "lr_too_high: evidence 'updates too large': median update/weight ratio above this (30x the healthy ~1e-3; "
+        "Adam at a healthy lr stays under ~1e-2)",
+        "CS231n notes (~1e-3 healthy); ours for the factor",
+    ),
     # --- initial loss and accuracy
     "init_loss_ratio": Threshold(
         1.5,
@@ -272,6 +305,58 @@ TABLE: dict[str, Threshold] = {
         200,
         "noisy_weights: steps of training before judging",
         "ours",
+    ),
+    # --- bug and data checks (rules/bugs.py, rules/data.py)
+    "bug_min_steps": Threshold(
+        50,
+        "bug checks: steps before judging whether the loss is where it should be (frozen, skipped steps, data)",
+        "ours: noisy_min_steps; the fast initial drop of a healthy run is over by then",
+    ),
+    "bug_loss_progress": Threshold(
+        0.8,
+        "bug checks: the run learns when its recent loss (median of 20 steps) is below this fraction of its start",
+        "ours: flat_level 0.85, a little stricter so a barely moving loss counts as not learning",
+    ),
+    "frozen_frac": Threshold(
+        0.5,
+        "frozen_parameters: fraction of parameters with requires_grad off or in no optimizer group",
+        "issue 12: 'most of the model does not train'",
+    ),
+    "skipped_ratio": Threshold(
+        0.75,
+        "skipped_optimizer_steps: optimizer.step() calls per loop step (per declared accumulation) below this",
+        "ours: a skipped step now and then (AMP inf/NaN skips) stays well above it",
+    ),
+    "skipped_min_steps": Threshold(
+        20,
+        "skipped_optimizer_steps: loop steps before judging",
+        "ours",
+    ),
+    "unnorm_scale": Threshold(
+        10.0,
+        "unnormalized_input: first-batch input std or |mean| (whole batch or one channel) above this",
+        LECTURE + ": zero-center and scale the data; raw 0-255 pixels have std ~70, ToTensor's [0, 1] ~0.3",
+    ),
+    "unnorm_offset": Threshold(
+        3.0,
+        "unnormalized_input / bad_labels: |mean| above this many std (and above 1) is far from zero-centered",
+        LECTURE + ": 'subtract the mean'; ours for the factor",
+    ),
+    "labels_min_per_class": Threshold(
+        10,
+        "bad_labels: a class missing from the targets seen counts only if the rarest class present has this many",
+        "ours: at >= 10 expected hits a class is absent by chance with probability < e^-10",
+    ),
+    "labels_imbalance": Threshold(
+        100.0,
+        "bad_labels: most over least frequent class in the targets seen above this (info unless accuracy is "
+        "stuck at the majority rate)",
+        "issue 12: 'extreme imbalance, say > 100:1'",
+    ),
+    "target_scale": Threshold(
+        100.0,
+        "bad_labels (regression): target std or |mean| above this with a loss that does not fall",
+        "issue 12: 'targets far from unit scale (std > ~100)'",
     ),
     "test_reuse_max": Threshold(
         1,

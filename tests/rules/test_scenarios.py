@@ -99,7 +99,7 @@ def test_flat_loss_when_lr_too_low(trained):
     f, found = expect(trained, LOW_LR, "flat_loss")
     assert abs(f.evidence["rel_change"]) < 0.02 and f.evidence["level_vs_initial"] > 0.9
     assert "raise the learning rate" in f.fix[0]  # its own, or through update_ratio (the same cause)
-    assert f.evidence.get("root_cause", "update_ratio") == "update_ratio"
+    assert (f.root_cause or "update_ratio") == "update_ratio"
     assert found["update_ratio"].evidence["direction"] == "low"
 
 
@@ -152,7 +152,7 @@ def test_dead_units_and_flat_loss_names_the_cause(trained):
     f, found = expect(trained, DEAD_BIAS, "dead_units", severity="critical")
     assert f.evidence["dead_frac"] >= 0.99
     flat = found["flat_loss"]
-    assert flat.evidence["root_cause"] == "dead_units" and "dead_units" in flat.message
+    assert flat.root_cause == "dead_units" and "dead_units" in flat.message
     assert flat.fix[0].startswith("fix dead_units first")
     assert not any("raise the learning rate" in x for x in flat.fix)
 
@@ -167,7 +167,7 @@ def test_vanishing_gradients_in_deep_sigmoid_net(trained):
     f, found = expect(trained, DEEP_SIGMOID, "vanishing_gradients")
     assert f.evidence["ratio"] < 1e-3
     assert "ReLU" in f.fix[0]
-    assert found["flat_loss"].evidence["root_cause"] == "vanishing_gradients"
+    assert found["flat_loss"].root_cause == "vanishing_gradients"
 
 
 def test_stalled_weights_when_optimizer_misses_a_layer(trained):
@@ -179,7 +179,7 @@ def test_stalled_weights_when_optimizer_misses_a_layer(trained):
 def test_stalled_weights_critical_with_lr_0(trained):
     f, found = expect(trained, LR_ZERO, "stalled_weights", severity="critical")
     assert f.evidence["all_layers"] and "learning rate is 0" in f.message
-    assert found["flat_loss"].evidence["root_cause"] == "stalled_weights"
+    assert found["flat_loss"].root_cause == "stalled_weights"
 
 
 def test_stalled_run_crashed(trained):

@@ -1,0 +1,226 @@
+"""Cause rules and the differential diagnosis: which cause the run's own evidence supports for a symptom.
+
+A symptom (chance accuracy, a flat loss, underfitting ...) has several possible causes with different fixes.
+The symptom rules (loss.py, accuracy.py) say what is seen; the cause rules here say why, from evidence the
+symptom rules do not weigh: the shape of the loss curve (it rose, then sat at chance level), the update/weight
+ratio, units that died after step 1, the model's capacity. The engine links a symptom to its causes
+(`CAUSES` in catalogue.py, `explains` here) and leads the symptom's fixes with the root cause's fix;
+`run_facts` lists what the run shows so no finding leads with a fix the evidence contradicts (rules/fixes.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
+from babysit.rules.loss import infer_num_classes
+from babysit.rules.window import Tail, rolling_mean
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = ["LrTooHigh", "LowCapacity", "explains", "run_facts"]
+
+_WEIGHT_TYPES = ("Linear", "Conv", "Bilinear", "LSTM", "GRU", "RNN", "Embedding", "MultiheadAttention")
+
+
+class LrTooHigh(Rule):
+    """The lecture's 'too high' loss curve: it went down, then up; or the net collapsed to a constant predictor.
+
+    Rose back: over the last `lr_high_window` steps every smoothed point is `lr_high_rise` x the lowest level
+    reached before (and `lr_high_rise_abs` x ln(C) above it). Collapsed: the smoothed loss over the window never
+    below `lr_high_level` x ln(C) (at or above the initial loss when C is unknown) and not falling, with one
+    piece of evidence that the steps are too large: it jumped `explosion_warn_factor` x above its start in the
+    first `lr_high_early_steps`, the update/weight ratio reached `lr_high_ratio`, or ReLUs died after step 1.
+    """
+
+    id = "lr_too_high"
+    title = "Learning rate too high: the net collapsed"
+    fix = (("lower_lr", "10x"), "warmup_or_clip", "scale_lr_to_ratio")
+    needs = ("loss", "steps>=lr_high_window")
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.w = max(int(thresholds["lr_high_window"]), 20)
+        self.m = 10  # steps per smoothed point: one batch is noise, ten are a level
+        self.tail = Tail(self.w + self.m, float, np.int64)
+        self.min_level = math.inf
+        self.early_peak = -math.inf
+        self.ratio_max = math.nan
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        n = len(ctx.new_loss)
+        if self.done or not n:
+            return []
+        x, steps = self.tail.extend(ctx.new_loss, ctx.new_step)
+        init, w, m = ctx.initial_loss, self.w, self.m
+        if init is None or init <= 0 or not ctx.initial_final or len(x) < w or not np.isfinite(x).all():
+            return []  # a NaN is nonfinite_loss's to report; the tail keeps it out for a window
+        c, _ = infer_num_classes(ctx)
+        ref = math.log(c) if c else init
+        L = rolling_mean(x, m)  # L[j]: the smoothed loss of x[j : j + m]
+        early = np.where(steps[m - 1:] <= (ctx.first_step or 1) + self.th["lr_high_early_steps"], L, -np.inf)
+        ends = np.arange(max(len(x) - n, w - 1), len(x))  # windows x[p - w + 1 : p + 1] that end on a new step
+        # per window end p: the lowest smoothed point inside the window, the lowest before it, the early peak
+        low = sliding_window_view(L, w - m + 1).min(axis=1)[ends - w + 1]
+        before = np.fmin.accumulate(np.r_[self.min_level, L])  # before[k]: min of the carried level and L[:k]
+        min_before = before[np.maximum(ends - w - m + 2, 0)]
+        peak = np.fmax.accumulate(np.r_[self.early_peak, early])[ends - m + 2]
+        cs = np.r_[0.0, np.cumsum(x)]
+        half = w // 2
+        last_half = (cs[ends + 1] - cs[ends + 1 - half]) / half
+        first_half = (cs[ends + 1 - half] - cs[ends + 1 - w]) / (w - half)
+        falling = last_half < (1 - self.th["flat_rel_change"]) * first_half
+        level = (cs[ends + 1] - cs[ends + 1 - w]) / w
+        # down, then up: the whole window well above a level the loss had reached before
+        rose = ~falling & (low >= self.th["lr_high_rise"] * min_before) & (
+            low - min_before >= self.th["lr_high_rise_abs"] * ref)
+        # collapsed: the whole window at chance level (at or above the start without C), not falling
+        stuck = ~falling & (low >= self.th["lr_high_level"] * ref) & (c is not None or level >= init)
+        ratio = self._ratio_by(ctx, steps[ends])
+        hit, why = None, []
+        for k in np.flatnonzero(rose | stuck):
+            why = self._evidence(ctx, int(steps[ends[k]]), float(peak[k]), float(ratio[k]), init, bool(rose[k]),
+                                 float(min_before[k]), float(low[k]), float(level[k]))
+            if why:
+                hit = k
+                break
+        self.min_level = float(before[max(len(x) - w - m + 2, 0)])
+        self.early_peak = float(np.fmax.accumulate(np.r_[self.early_peak, early])[-1])
+        self.ratio_max = float(self._ratio_by(ctx, steps[-1:])[0])
+        if hit is None:
+            return []
+        self.done = True
+        step, lv = int(steps[ends[hit]]), float(level[hit])
+        lr = float(ctx.lr_at(np.array([step]))[0])
+        msg = (f"loss {fmt(lv)} at step {step} sits at "
+               + (f"{fmt(lv / ref, 2)}x ln({c}) = {fmt(ref)} (chance level)" if c else
+                  f"{fmt(lv / init, 2)}x its initial {fmt(init)}")
+               + f" over the last {w} steps, and " + "; ".join(why) + _lr_note(lr))
+        evidence = {"step": step, "loss": lv, "chance_loss": ref if c else None, "initial_loss": init,
+                    "min_loss_before": _finite(min_before[hit]), "early_peak": _finite(peak[hit]),
+                    "update_ratio": _finite(ratio[hit]), "lr": lr, "why": why, "direction": "high"}
+        fix = list(self.fix)
+        if math.isfinite(lr):
+            fix[0] = ("lower_lr", f"10x, from {fmt(lr)}")
+        return [self.finding(ctx, "warning", step, msg, evidence, fix)]
+
+    def _ratio_by(self, ctx: Context, at: np.ndarray) -> np.ndarray:
+        """The highest median update/weight ratio recorded at or before each step (Adam's first steps left out:
+        its first update is ~lr per weight whatever the gradient)."""
+        keep = (ctx.ur_steps >= (ctx.first_step or 1) + 5) & np.isfinite(ctx.ur_values)
+        rs, rv = ctx.ur_steps[keep], np.fmax.accumulate(np.r_[self.ratio_max, ctx.ur_values[keep]])
+        return rv[np.searchsorted(rs, at, side="right")]
+
+    def _evidence(self, ctx: Context, step: int, peak: float, ratio: float, init: float, rose: bool,
+                  min_before: float, low: float, level: float) -> list[str]:
+        """What says the steps are too large, as of `step` (empty: nothing does)."""
+        th = self.th
+        if rose:
+            return [f"it had been down at {fmt(min_before)} before: it rose back ({fmt(low / min_before, 2)}x)"]
+        why = []
+        if peak >= th["explosion_warn_factor"] * init:
+            why.append(f"it jumped to {fmt(peak)} ({fmt(peak / init, 2)}x its start) in the first steps")
+        if level >= th["explosion_warn_factor"] * init:
+            why.append(f"it sits {fmt(level / init, 2)}x above its start")
+        if math.isfinite(ratio) and ratio >= th["lr_high_ratio"]:
+            why.append(f"the update/weight ratio reached {fmt(ratio)} (healthy ~1e-3)")
+        dead = ctx.findings.get("dead_units")
+        if dead is not None and _dead_after_init(dead) and dead.step is not None and dead.step <= step:
+            frac, at_init = dead.evidence.get("dead_frac") or 0, dead.evidence.get("at_init") or 0
+            why.append(f"ReLUs died after step 1 ({dead.evidence.get('layer')}: {fmt(100 * frac, 3)}% dead, "
+                       f"{fmt(100 * at_init, 2)}% at init)")
+        return why
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _dead_after_init(dead: Finding) -> bool:
+    at_init, limit = dead.evidence.get("at_init"), dead.evidence.get("limit")
+    return isinstance(at_init, (int, float)) and isinstance(limit, (int, float)) and at_init < limit
+
+
+def _lr_note(lr: float) -> str:
+    return f" (lr {fmt(lr)})" if math.isfinite(lr) else ""
+
+
+def weight_layers(meta: dict) -> list[dict]:
+    """The model's layers that hold weights (Linear, Conv, recurrent, attention), in model order."""
+    return [x for x in meta_layers(meta) if any(t in str(x.get("type", "")) for t in _WEIGHT_TYPES)]
+
+
+class LowCapacity(Rule):
+    """A model without a hidden layer (one weight layer: a linear classifier) whose loss stays near chance while
+    the optimizer works normally: the classes are not linearly separable, the cause is capacity."""
+
+    id = "low_capacity"
+    title = "Model too small: no hidden layer"
+    fix = ("more_capacity", ("raise_lr", "only if the update/weight ratio is far below 1e-3"))
+    needs = ("meta.model", "num_classes", "steps>=flat_window")
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.done:
+            return []
+        layers = weight_layers(ctx.meta)
+        if len(layers) != 1:
+            self.done = bool(layers)  # a hidden layer exists: capacity is not this run's question
+            return []
+        symptom = next((ctx.findings[r] for r in ("chance_accuracy", "flat_loss", "underfitting")
+                        if ctx.has(r)), None)
+        if symptom is None or any(ctx.has(r) for r in ("lr_too_high", "loss_explosion", "nonfinite_loss",
+                                                         "stalled_weights", "frozen_parameters")):
+            return []
+        ratio = ctx.update_ratio_recent
+        if math.isfinite(ratio) and ratio < self.th["update_ratio_low"]:
+            return []  # the weights barely move: the lr, not the model, is the question
+        self.done = True
+        layer = layers[0]
+        c, _ = infer_num_classes(ctx)
+        msg = (f"the model has one weight layer ({layer.get('name')}: {layer.get('type')}) -- a linear classifier -- "
+               f"and {symptom.rule} at step {symptom.step}"
+               + (f" while the update/weight ratio is {fmt(ratio)} (the optimizer works)" if math.isfinite(ratio)
+                  else "")
+               + ": the classes are not linearly separable in these inputs")
+        evidence = {"step": symptom.step, "weight_layers": 1, "layer": layer.get("name"), "symptom": symptom.rule,
+                    "update_ratio": ratio, "num_classes": c}
+        return [self.finding(ctx, "warning", symptom.step, msg, evidence)]
+
+
+def explains(cause: Finding, symptom: Finding) -> bool:
+    """Whether a cause finding explains a symptom finding (both present at warning or above)."""
+    if cause.evidence.get("direction") == "high" and symptom.rule == "flat_loss" and cause.rule == "update_ratio":
+        return False  # a too-high update ratio with a flat loss: the bounce, not a stall; flat_loss says it
+    if cause.rule == "lr_too_high" and symptom.rule == "dead_units":
+        return _dead_after_init(symptom)  # dead from init: the init, not the lr
+    return True
+
+
+def run_facts(ctx: Context) -> set[str]:
+    """What the run shows that rules a fix out (rules/fixes.py FACTS)."""
+    facts = set()
+    if ctx.has("lr_too_high") or ctx.has("loss_explosion"):
+        facts.add("loss_rose")
+    ratio = ctx.update_ratio_recent
+    if (math.isfinite(ratio) and ratio >= ctx.thresholds["update_ratio_high"]) or ctx.has("lr_too_high"):
+        facts.add("ratio_high")
+    model = meta_dict(ctx.meta, "model")
+    frozen, trainable = model.get("frozen"), model.get("trainable")
+    if (_num(frozen) and _num(trainable) and frozen > trainable) or ctx.has("frozen_parameters"):
+        facts.add("frozen")
+    inputs = meta_dict(meta_dict(ctx.meta, "first_batch"), "inputs")
+    if inputs.get("integer") is True:
+        facts.add("integer_inputs")
+    dead = ctx.findings.get("dead_units")
+    if dead is not None and not _dead_after_init(dead):
+        facts.add("dead_at_init")
+    return facts
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
