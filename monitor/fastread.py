@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pandas as pd
 from babysit.monitor import runfile
-from babysit.monitor.reader import LineTailer, RunBatch, RunTailer
+from babysit.monitor.reader import CHUNK_BYTES, LineTailer, RunBatch, RunTailer
 
 __all__ = ["FastRunTailer", "parse_steps_lines"]
 
@@ -93,12 +93,12 @@ class _EventsTailer(LineTailer):
         super().__init__(path)
         self.steps: pd.DataFrame | None = None  # the fast-parsed steps of the last read, if any
 
-    def read(self) -> list[dict]:
+    def read(self, max_bytes: int | None = CHUNK_BYTES) -> list[dict]:
         self.steps = None
         entries: list[bytes | dict] = []  # in file order: fast-path lines as bytes, the rest decoded
         fast: list[bytes] = []
         slow_steps = False
-        for line in self.complete_lines():
+        for line in self.complete_lines(max_bytes):
             if line.startswith(_PREFIX) and not line.rstrip().endswith(b"}}"):
                 entries.append(line)
                 fast.append(line)
@@ -129,8 +129,8 @@ class FastRunTailer(RunTailer):
         super().__init__(path)
         self._events = _EventsTailer(self.path / runfile.EVENTS)
 
-    def poll(self) -> RunBatch:
-        batch = super().poll()
+    def poll(self, max_bytes: int | None = CHUNK_BYTES) -> RunBatch:
+        batch = super().poll(max_bytes)
         if self._events.steps is not None:
             batch.steps = self._events.steps
             self._events.steps = None
