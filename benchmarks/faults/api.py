@@ -1,0 +1,10 @@
+"""The three babysit calls the zoo uses, in one place: record a run, load it, diagnose it."""
+
+from __future__ import annotations
+
+from babysit.monitor.reader import load_run
+from babysit.rules import diagnose
+
+from babysit import Run
+
+__all__ = ["Run", "load_run", "diagnose"]
