@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from babysit.errors import UsageError  # re-exported: subcommands raise it
@@ -74,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"babysit {name}: interrupted", file=sys.stderr)
         return 130
+    except (Exception, RecursionError, MemoryError) as e:  # noqa: BLE001 - a bug or input we did not foresee
+        # Hostile input must never reach the user as a traceback (it leaks paths and says nothing useful):
+        # one line, exit 2, and the traceback only when asked for.
+        if os.environ.get("BABYSIT_DEBUG"):
+            raise
+        why = " ".join(str(e).split())[:300]
+        print(f"babysit {name}: error: {type(e).__name__}{': ' + why if why else ''} "
+              "(unexpected; BABYSIT_DEBUG=1 shows where)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

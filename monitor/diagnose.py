@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from babysit.monitor import runfile
 from babysit.monitor.reader import RunData, RunReadError
-from babysit.rules import Finding, diagnose
+from babysit.rules import Finding
 from babysit.rules.base import SEVERITIES, fmt, severity_rank
 from babysit.rules.thresholds import load_config, parse_assignment
 
@@ -73,11 +75,17 @@ def run(args: argparse.Namespace) -> int:
     thresholds = thresholds_from_args(args)
     if args.num_classes is not None and args.num_classes < 2:
         raise UsageError("--num-classes must be at least 2")
-    try:
-        data = load(args.run, mapping=parse_map(args.map), num_classes=args.num_classes)
-    except (ValueError, RunReadError) as e:
-        raise UsageError(str(e)) from None
-    findings = diagnose(data, thresholds)
+    from babysit.monitor.summarize import load_and_diagnose  # streams a babysit run: bounded memory
+
+    with warnings.catch_warnings(record=True) as caught:  # a rule that broke: one line, not a source excerpt
+        warnings.simplefilter("always")
+        try:
+            data, findings, _ = load_and_diagnose(args.run, thresholds, mapping=parse_map(args.map),
+                                                  num_classes=args.num_classes)
+        except (ValueError, RunReadError) as e:
+            raise UsageError(str(e)) from None
+    for w in caught:
+        print(f"babysit diagnose: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
     text = (json.dumps(runfile.encode(report_dict(data, findings)), allow_nan=False, indent=1) if args.json
             else render_text(data, findings))
     try:

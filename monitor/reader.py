@@ -387,8 +387,10 @@ def read_meta(path: str | os.PathLike) -> dict:
         if (path / runfile.EVENTS).exists():
             return {"schema": runfile.SCHEMA_VERSION, "run_id": path.name, "missing_meta": True}
         raise RunReadError(f"not a run directory (no {runfile.META}): {path}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise RunReadError(f"corrupt {runfile.META} in {path}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        why = ("not UTF-8" if isinstance(e, UnicodeDecodeError) else "not JSON" if isinstance(e, json.JSONDecodeError)
+               else str(e))
+        raise RunReadError(f"corrupt {runfile.META} in {path} ({why})") from None
     except OSError as e:
         raise RunReadError(f"cannot read {path / runfile.META}: {e.strerror or e}") from None
     if not isinstance(meta, dict):

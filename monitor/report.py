@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import tempfile
 import time
 import warnings
 from html import escape
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
-from babysit.monitor.runfile import decode_float
+from babysit.monitor.runfile import decode_float, read_npy
 
 from babysit.errors import UsageError
 
@@ -132,23 +134,72 @@ def write_report(
 
     path = Path(path)
     try:
-        run_data = load_any(path, mapping=mapping, num_classes=num_classes)
-    except RunReadError as e:
+        from babysit.monitor.summarize import load_and_diagnose  # streams a babysit run: bounded memory
+    except Exception:  # noqa: BLE001 - no rule engine: diagnose_all says so and the report shows the data
+        load_and_diagnose = None
+    try:
+        if load_and_diagnose is None:
+            run_data, posthoc, early = load_any(path, mapping=mapping, num_classes=num_classes), None, []
+        else:
+            run_data, posthoc, early = load_and_diagnose(path, thresholds, mapping=mapping, num_classes=num_classes)
+    except (RunReadError, ValueError) as e:
         raise UsageError(str(e)) from None
-    findings, problems = diagnose_all(run_data, thresholds)
+    findings, problems = diagnose_all(run_data, thresholds, posthoc=posthoc)
+    problems = early + problems
     out = Path(output) if output else default_output(path, run_data)
     html = build_report(run_data, findings, problems=problems)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(html, encoding="utf-8")
+        _write_replacing(out, html)
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     return out, {"findings": findings, "problems": problems}
 
 
-def diagnose_all(run_data: Any, thresholds: dict | None = None) -> tuple[list[dict], list[str]]:
+def _write_replacing(out: Path, text: str) -> None:
+    """Write a new file and rename it over `out`: a symlink planted at `out` (RUN/report.html -> ~/.bashrc) is
+    replaced, never written through, and a reader never sees half a report."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), 0o644 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _clean_finding(f: dict) -> dict:
+    """A finding from findings.jsonl (anyone may have written it) with the types the report relies on."""
+    sev = f.get("severity")
+    fix = f.get("fix")
+    fixes = [fix] if isinstance(fix, str) else fix if isinstance(fix, list) else []
+    out = {**f, "rule": str(f.get("rule", "?"))[:200], "severity": sev if sev in SEVERITY_ORDER else "info",
+           "message": str(f.get("message", ""))[:4000], "fix": [str(x)[:2000] for x in fixes[:10]],
+           "evidence": f.get("evidence") if isinstance(f.get("evidence"), dict) else {}}
+    for key in ("step", "epoch"):
+        if not isinstance(out.get(key), (int, float)) or isinstance(out.get(key), bool):
+            out[key] = None
+    if not isinstance(out.get("title"), str):
+        out["title"] = None
+    return out
+
+
+def diagnose_all(run_data: Any, thresholds: dict | None = None,
+                 posthoc: list | None = None) -> tuple[list[dict], list[str]]:
     """Post-hoc findings, plus those recorded during training that the post-hoc pass did not reproduce.
 
+    `posthoc`: findings already computed (streamed while reading, monitor/summarize.py); None: diagnose here.
     Returns (findings as dicts, problems: rules that broke, or an engine that would not load).
     """
     problems: list[str] = []
@@ -163,7 +214,8 @@ def diagnose_all(run_data: Any, thresholds: dict | None = None) -> tuple[list[di
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                findings = [f.to_dict() for f in rules.diagnose(run_data, thresholds)]
+                found = rules.diagnose(run_data, thresholds) if posthoc is None else posthoc
+                findings = [f.to_dict() for f in found]
             except Exception as e:  # noqa: BLE001
                 problems.append(f"diagnosis failed ({type(e).__name__}: {e})")
         problems += [str(w.message) for w in caught if issubclass(w.category, getattr(rules, "RuleWarning", ()))]
@@ -171,7 +223,10 @@ def diagnose_all(run_data: Any, thresholds: dict | None = None) -> tuple[list[di
     seen = {f.get("rule") for f in findings}
     recorded: dict[Any, dict] = {}  # rule -> its most severe (then latest) record: the log keeps escalations
     for f in run_data.findings or []:
-        if isinstance(f, dict) and f.get("rule") not in seen:
+        if not isinstance(f, dict):
+            continue
+        f = _clean_finding(f)
+        if f.get("rule") not in seen:
             old = recorded.get(f.get("rule"))
             if old is None or rank.get(f.get("severity"), 9) <= rank.get(old.get("severity"), 9):
                 recorded[f.get("rule")] = {**f, "recorded": True}
@@ -275,6 +330,8 @@ def _value(v: Any, depth: int = 0) -> str:
     if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity"):
         return _num(v)
     if isinstance(v, (list, tuple)):
+        if depth > 2:
+            return "[…]"
         items = [_value(x, depth + 1) for x in v[:12]]
         return ("[" if depth else "") + ", ".join(items) + (", …" if len(v) > 12 else "") + ("]" if depth else "")
     if isinstance(v, dict):
@@ -480,12 +537,13 @@ def _col(frame: pd.DataFrame, col: str) -> np.ndarray:
 
 
 def _num_classes(meta: dict) -> int | None:
-    c = meta.get("num_classes") or (meta.get("config") or {}).get("num_classes")
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    c = meta.get("num_classes") or config.get("num_classes")
     try:
-        c = int(c)
-    except (TypeError, ValueError):
+        c = int(c)  # a float 1e400 (inf) raises OverflowError, a NaN ValueError
+    except (TypeError, ValueError, OverflowError):
         return None
-    return c if c >= 2 else None
+    return c if 2 <= c <= 10**9 else None
 
 
 def _charts(run_data: Any) -> str:
@@ -585,7 +643,7 @@ def _load_snapshot(run_dir: Path, rel: str) -> np.ndarray | None:
         path = (root / rel).resolve()
         if not path.is_relative_to(root):
             return None
-        arr = np.load(path, allow_pickle=False)
+        arr = read_npy(path)  # regular files only, header checked: a FIFO or a 14 PiB claim is refused
     except (OSError, ValueError, TypeError):
         return None
     return arr if np.issubdtype(arr.dtype, np.number) and arr.ndim >= 1 and arr.size else None
@@ -626,6 +684,13 @@ def _snapshots(run_data: Any) -> str:
         "(edges, blobs, strokes); noise-like filters mean too little regularization or training.</p>"
         f'<div class="snaps">{"".join(tiles)}</div></section>'
     )
+
+
+def _params(params: Any) -> str:
+    """A layer's {param: shape} as text; anything else a writer put there, as short text."""
+    if not isinstance(params, dict):
+        return _value(params)
+    return ", ".join(f"{k} {_value(tuple(v) if isinstance(v, list) else v, 1)}" for k, v in list(params.items())[:20])
 
 
 def _table(rows: list[tuple[str, Any]], cls: str = "kv") -> str:
@@ -671,10 +736,10 @@ def _details(run_data: Any) -> str:
                      + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>")
     parts.append("</div>")
     model = meta.get("model")
-    if isinstance(model, dict) and model.get("layers"):
+    if isinstance(model, dict) and isinstance(model.get("layers"), list) and model["layers"]:
         rows = "".join(
             f"<tr><td>{esc(x.get('name'))}</td><td>{esc(x.get('type'))}</td>"
-            f"<td>{esc(', '.join(f'{k} {tuple(v)}' for k, v in (x.get('params') or {}).items()))}</td>"
+            f"<td>{esc(_params(x.get('params')))}</td>"
             f"<td class='r'>{esc(_num(x.get('count', 0)))}</td></tr>"
             for x in model["layers"][:200] if isinstance(x, dict)
         )

@@ -6,9 +6,11 @@ See docs/FORMAT.md for the full description.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,13 @@ __all__ = [
     "dumps_line",
     "write_json_atomic",
     "read_json",
+    "read_bytes",
+    "read_npy",
+    "open_regular",
+    "NotRegularFile",
+    "MAX_JSON_BYTES",
+    "MAX_DEPTH",
+    "MAX_SNAPSHOT_BYTES",
 ]
 
 SCHEMA_VERSION = 1
@@ -101,6 +110,116 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         raise
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+# --------------------------------------------------------------------------- reading what others wrote
+# Everything in a run directory may have been written by a crashed process, a shared filesystem or an
+# attacker. Readers open only regular files (a FIFO would block forever, a device never end), read a bounded
+# number of bytes, and refuse JSON nested deeper than any writer of ours produces (deep nesting costs a
+# RecursionError in json, and again in every recursive consumer: encoders, renderers, Streamlit).
+MAX_JSON_BYTES = 64 << 20  # meta.json / status.json / STOP: a real one is a few KB
+MAX_DEPTH = 64  # nesting levels of a JSON document we accept (a config dict of dicts is a handful)
+MAX_SNAPSHOT_BYTES = 256 << 20  # a first-layer weight snapshot is kilobytes to a few MB
+
+
+class NotRegularFile(OSError):
+    """A FIFO, device, socket or directory where a regular file was expected."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(errno.EINVAL, "not a regular file", os.fspath(path))
+
+
+def open_regular(path: str | os.PathLike, flags: int = 0) -> int:
+    """A file descriptor of `path` opened for reading, only if it is a regular file (never blocks).
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; fstat on the open file (not
+    a stat before the open, which a rename could race) then refuses anything that is not a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The whole content of a regular file of at most `max_bytes`; OSError or ValueError (too large) else."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes:,} bytes")
+    return data
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests deeper than `limit` (iterative: deep input cannot overflow it)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return False
+
+
+def loads_bounded(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """json.loads that raises ValueError (never RecursionError) on nesting deeper than `max_depth`."""
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+    if _depth_exceeds(obj, max_depth):
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return obj
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+    """A small JSON file (meta.json, status.json, STOP). FileNotFoundError, other OSError (a FIFO, a directory:
+    NotRegularFile) or ValueError (not UTF-8, not JSON, too large, nested too deep); nothing else."""
+    return loads_bounded(read_bytes(path, max_bytes).decode("utf-8"), max_depth)
+
+
+def read_npy(path: str | os.PathLike, max_bytes: int = MAX_SNAPSHOT_BYTES) -> Any:
+    """A numeric .npy array, checked before anything is allocated: ValueError or OSError when it is not one.
+
+    np.load trusts the header: a 100-byte file that claims 14 PiB makes it try to allocate them, and an .npz
+    (a zip) or a pickle is a different thing altogether. Here the header's shape times the item size must be
+    what the file holds and at most `max_bytes`; the dtype must be a plain number; no pickle, no zip.
+    """
+    import numpy as np
+
+    fmt = np.lib.format
+    with os.fdopen(open_regular(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes + 65536:
+            raise ValueError(f"larger than {max_bytes:,} bytes")
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=10000)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=10000)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (ValueError, SyntaxError, TypeError, OverflowError) as e:
+            raise ValueError(f"not a .npy array ({type(e).__name__})") from None
+        if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize == 0:
+            raise ValueError(f"not a numeric array (dtype {dtype})")
+        if len(shape) > 32 or any(not isinstance(n, int) or n < 0 for n in shape):
+            raise ValueError("not a .npy array (bad shape)")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes > max_bytes:
+            raise ValueError(f"claims {nbytes:,} bytes (more than {max_bytes:,})")
+        if nbytes > size - f.tell():
+            raise ValueError(f"claims {nbytes:,} bytes but holds {max(size - f.tell(), 0):,}")
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError("truncated .npy array")
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C").copy()

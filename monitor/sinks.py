@@ -8,11 +8,13 @@ other sinks. The webhook URL is a secret (it is the credential): it is never pri
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -34,6 +36,7 @@ __all__ = [
     "FindingsLog",
     "WebhookSink",
     "ExecSink",
+    "printable",
 ]
 
 SEVERITIES = ("info", "warning", "critical")
@@ -46,8 +49,31 @@ def severity_rank(severity: Any) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else 0
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def printable(text: Any) -> str:
+    """Text safe for a terminal: control characters (an ANSI escape in a run name could rewrite the screen)
+    and undecodable bytes of a non-UTF-8 file name are shown as backslash escapes, never sent raw."""
+    s = str(text)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogates: show the original bytes
+        s = s.encode("utf-8", "surrogateescape" if _escapable(s) else "backslashreplace").decode("utf-8",
+                                                                                                  "backslashreplace")
+    return s.translate(_CONTROL)
+
+
+def _escapable(s: str) -> bool:
+    try:
+        s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _one_line(text: Any, limit: int = 400) -> str:
-    s = " ".join(str(text).split())
+    s = printable(" ".join(str(text).split()))
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
@@ -79,7 +105,8 @@ class Alert:
 
     def text(self) -> str:
         """The plain one-line form: `CRITICAL exp1 nonfinite_loss: loss is NaN at step 212 | fix: ...`."""
-        line = f"{self.severity.upper()} {self.run} {self.rule}: {_one_line(self.finding.get('message', ''))}"
+        line = (f"{self.severity.upper()} {_one_line(self.run)} {_one_line(self.rule, 200)}: "
+                f"{_one_line(self.finding.get('message', ''))}")
         if self.previous:
             line += f" (was {self.previous})"
         if self.first_fix:
@@ -131,8 +158,8 @@ class TerminalSink:
             return
         c = _COLOURS[alert.severity]
         msg = _one_line(alert.finding.get("message", ""))
-        line = (f"{_DIM}{stamp}{_RESET} {c}{alert.severity.upper():<8}{_RESET} {alert.run} "
-                f"{c}{alert.rule}{_RESET}: {msg}")
+        line = (f"{_DIM}{stamp}{_RESET} {c}{alert.severity.upper():<8}{_RESET} {_one_line(alert.run)} "
+                f"{c}{_one_line(alert.rule, 200)}{_RESET}: {msg}")
         if alert.previous:
             line += f" (was {alert.previous})"
         if alert.first_fix:
@@ -141,6 +168,7 @@ class TerminalSink:
 
     def note(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
+        text = printable(text)
         self._write(f"{_DIM}{stamp} {text}{_RESET}" if self.color else f"{stamp} {text}")
 
     def close(self, deadline: float | None = None) -> None:
@@ -148,12 +176,26 @@ class TerminalSink:
 
 
 class FindingsLog:
-    """Appends the watcher's findings to the run's findings.jsonl (source "watch"), one write per line."""
+    """Appends the watcher's findings to the run's findings.jsonl (source "watch"), one write per line.
+
+    Only to a regular file that is really inside the run: a findings.jsonl that is a symlink (to ~/.bashrc, say)
+    or a FIFO is refused with an OSError, never written through or waited on.
+    """
 
     def write(self, alert: Alert) -> None:
         rec = alert.record()
         rec.pop("run_dir", None)
-        with open(alert.run_dir / runfile.FINDINGS, "ab") as f:
+        path = alert.run_dir / runfile.FINDINGS
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP or (e.errno == errno.ENXIO):  # a symlink; a FIFO nobody reads
+                raise OSError(e.errno, f"{runfile.FINDINGS} is not a regular file; not written") from None
+            raise
+        with os.fdopen(fd, "ab") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError(errno.EINVAL, f"{runfile.FINDINGS} is not a regular file; not written")
             f.write(runfile.dumps_line(rec).encode("utf-8"))
 
 
@@ -315,8 +357,10 @@ class ExecSink(_Worker):
         pass  # a command is per finding
 
     def handle(self, alert: Alert) -> None:
-        env = {**os.environ, "BABYSIT_RUN": alert.run, "BABYSIT_RUN_DIR": str(alert.run_dir),
-               "BABYSIT_RULE": alert.rule, "BABYSIT_SEVERITY": alert.severity}
+        # The webhook URL is a credential: the command (the user's, but it may log its environment) never gets it.
+        env = {k: v for k, v in os.environ.items() if k != "BABYSIT_WEBHOOK"}
+        env |= {"BABYSIT_RUN": printable(alert.run), "BABYSIT_RUN_DIR": os.fspath(alert.run_dir),
+                "BABYSIT_RULE": printable(alert.rule), "BABYSIT_SEVERITY": alert.severity}
         data = runfile.dumps_line(alert.record()).encode("utf-8")
         try:
             stdout = self.errors.fileno()

@@ -129,7 +129,25 @@ def _sinks(args: argparse.Namespace) -> list:
     return sinks
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """warnings.showwarning for the command line: a rule that broke is one line, not a source excerpt."""
+    from babysit.monitor.sinks import printable
+
+    try:
+        print(f"babysit watch: warning: {printable(' '.join(str(message).split()))}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from babysit.monitor.sinks import severity_rank
     from babysit.monitor.watcher import Watcher, WatchError
 

@@ -31,7 +31,7 @@ from babysit.monitor.reader import (
     read_status,
     records_to_batch,
 )
-from babysit.monitor.sinks import SEVERITIES, Alert, FindingsLog, severity_rank
+from babysit.monitor.sinks import SEVERITIES, Alert, FindingsLog, printable, severity_rank
 from watchdog.events import DirCreatedEvent, DirMovedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserverVFS
@@ -219,7 +219,7 @@ class Watcher:
     # ----------------------------------------------------------------- messages
     def warn(self, text: str) -> None:
         try:
-            print(f"babysit watch: {text}", file=self.errors, flush=True)
+            print(f"babysit watch: {printable(' '.join(str(text).split()))}", file=self.errors, flush=True)
         except (OSError, ValueError):
             pass
 
@@ -317,17 +317,33 @@ class Watcher:
             found.extend((p, root) for p in find_runs(root))
         for path, root in found:
             if str(path) not in self.runs and str(path) not in self.bad:
-                self._add_run(path, root)
+                try:
+                    self._add_run(path, root)
+                except WatchError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one bad run never takes the others down
+                    self._skip(path, self._display(path, root), f"{type(exc).__name__}: {exc}")
         self._initial = False  # runs found from now on are new, even if they already ended (a short run)
 
-    def _add_run(self, path: Path, root: Path | None) -> None:
+    @staticmethod
+    def _display(path: Path, root: Path | None) -> str:
+        """The run's name as people see it: relative to its root, undecodable bytes and controls escaped."""
         name = path.relative_to(root).as_posix() if root is not None and path != root else path.name
+        return printable(name)
+
+    def _skip(self, path: Path, name: str, why: str) -> None:
+        """Leave one run out, with one line saying why; the others go on."""
+        self.runs.pop(str(path), None)
+        self.bad[str(path)] = why
+        if str(path) not in map(str, self.explicit) or not self._quiet_explicit:
+            self.warn(f"skipped {name}: {why}")
+
+    def _add_run(self, path: Path, root: Path | None) -> None:
+        name = self._display(path, root)
         try:
             tailer = RunTailer(path)
         except RunReadError as e:
-            self.bad[str(path)] = str(e)
-            if root is not None or not self._quiet_explicit:
-                self.warn(str(e))
+            self._skip(path, name, str(e))
             return
         try:
             diagnoser = self._factory(tailer.meta, self.thresholds, path)
@@ -345,19 +361,25 @@ class Watcher:
         if sig == run.signature:
             return False
         run.signature = sig
-        try:
-            batch = run.tailer.poll()
-        except RunReadError as e:
-            self._warn_run(run, "read", str(e))
-            return False
-        run.status = run.tailer.status
-        logged = [e for e in batch.events if e.get("type") == "finding"]
-        if logged:
-            batch.events = [e for e in batch.events if e.get("type") != "finding"]
-            for f in logged:
-                self._consider(run, {k: v for k, v in f.items() if k != "type"}, from_log=True)
-        self._diagnose(run, batch)
-        return True
+        while True:  # a poll reads a bounded chunk: a big run's first read streams through the rules
+            try:
+                batch = run.tailer.poll()
+            except RunReadError as e:
+                self._warn_run(run, "read", str(e))
+                return False
+            run.status = run.tailer.status
+            error = run.status.get("error")
+            if isinstance(error, dict) and error.get("type") == "CorruptStatus":
+                self._warn_run(run, "status", f"{run.name}: {error.get('message')}; its state reads as unknown")
+            logged = [e for e in batch.events if e.get("type") == "finding"]
+            if logged:
+                batch.events = [e for e in batch.events if e.get("type") != "finding"]
+                for f in logged:
+                    self._consider(run, {k: v for k, v in f.items() if k != "type"}, from_log=True)
+            self._diagnose(run, batch)
+            run.tailer.findings.clear()  # the watcher keeps what it announced, not the whole findings log
+            if not getattr(run.tailer, "behind", False):
+                return True
 
     def _diagnose(self, run: _Run, batch: RunBatch) -> None:
         run.diagnosed_at = time.monotonic()
@@ -461,7 +483,9 @@ class Watcher:
         for run in list(self.runs.values()):
             if not run.pending or (not force and min(d for d, _ in run.pending) > now):
                 continue
-            self._process(run)  # catch up: the hooks may have logged the same finding meanwhile
+            self._guarded(run, self._process, run)  # catch up: the hooks may have logged the same finding meanwhile
+            if str(run.path) not in self.runs:
+                continue  # that run was just skipped
             due = [a for d, a in run.pending if force or d <= now]
             run.pending = [(d, a) for d, a in run.pending if not (force or d <= now)]
             for alert in due:
@@ -492,15 +516,28 @@ class Watcher:
         for key in dirty:
             run = self.runs.get(key)
             if run is not None:
-                self._process(run)
+                self._guarded(run, self._process, run)
         if backstop:
             for run in list(self.runs.values()):
-                if run.running and not self._process(run) and now - run.diagnosed_at >= self.backstop * 0.9:
-                    # silent since the last check: is the writer still alive, still sending heartbeats?
-                    run.status = read_status(run.path)
-                    self._diagnose(run, self._empty_batch())
+                self._guarded(run, self._check_live, run, now)
         self._flush_pending()
         self._flush_suppressed()
+
+    def _check_live(self, run: _Run, now: float) -> None:
+        if run.running and not self._process(run) and now - run.diagnosed_at >= self.backstop * 0.9:
+            # silent since the last check: is the writer still alive, still sending heartbeats?
+            run.status = read_status(run.path)
+            self._diagnose(run, self._empty_batch())
+
+    def _guarded(self, run: _Run, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) for one run; anything it raises drops that run (one line), never the watcher."""
+        try:
+            return fn(*args)
+        except WatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad run never takes the others down
+            self._skip(run.path, run.name, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            return None
 
     def _empty_batch(self) -> RunBatch:
         e = self._empty

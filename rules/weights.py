@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from babysit.monitor import runfile
 from babysit.rules.base import Context, Finding, Rule, fmt
 
 __all__ = ["NoisyWeights", "roughness", "as_images"]
@@ -73,7 +74,7 @@ class NoisyWeights(Rule):
             resolved = path.resolve()
             if not resolved.is_relative_to(Path(ctx.run_dir).resolve()):
                 return None  # a snapshot path must stay inside the run directory
-            arr = np.load(resolved, allow_pickle=False)
+            arr = runfile.read_npy(resolved)  # regular files only, header checked: never hangs or over-allocates
         except (OSError, ValueError):
             return None
         return arr if np.issubdtype(arr.dtype, np.number) else None

@@ -34,6 +34,7 @@ from babysit.monitor.dashboard.state import (
     severity_rank,
 )
 from babysit.monitor.dashboard.views import run_plans, spans_decades
+from babysit.monitor.reader import RunReadError
 from babysit.rules.base import fmt as format_number
 
 VIEWS = ["Run", "Runs", "Compare", "Search"]
@@ -44,6 +45,7 @@ STATE_STYLE = {  # state -> (badge colour, icon)
     "stopped": ("orange", ":material/stop_circle:"),
     "crashed": ("red", ":material/error:"),
     "unknown": ("gray", ":material/help:"),
+    "unreadable": ("gray", ":material/block:"),
 }
 SEVERITY_STYLE = {  # severity -> (badge colour, icon)
     "critical": ("red", ":material/error:"),
@@ -160,10 +162,17 @@ def focus_range(state: RunState, focus: dict | None) -> tuple[float, float] | No
     return (max(0.0, float(focus["step"]) - span), float(focus["step"]) + span)
 
 
+def badge_state(status: dict) -> str:
+    """The state word for a badge: one of ours. st.badge renders its label as Markdown, and status.json is
+    written by anyone: "**x** [link](...)" there must never become bold text or a link."""
+    state = status.get("state") if isinstance(status, dict) else None
+    return state if state in STATE_STYLE else "unknown"
+
+
 def run_header(state: RunState, name: str) -> None:
     status, meta = state.status, state.meta
-    run_state = str(status.get("state", "unknown"))
-    colour, icon = STATE_STYLE.get(run_state, STATE_STYLE["unknown"])
+    run_state = badge_state(status)
+    colour, icon = STATE_STYLE[run_state]
     title = name if name != "." else state.path.name
     head = st.container(horizontal=True, vertical_alignment="center", gap="small")
     head.markdown(f"## {safe_md(title)}")
@@ -417,10 +426,19 @@ def _rerun_if_runs_changed(root: str, known_runs: tuple[str, ...]) -> None:
 def run_view(root: str, name: str, known_runs: tuple[str, ...]) -> None:
     _jump_if_asked()
     _rerun_if_runs_changed(root, known_runs)
-    state = cached_run_state(root, name)
-    if state is None:
-        st.warning("This run is no longer under the runs folder.")
-        return
+    try:
+        state = cached_run_state(root, name)
+        if state is None:
+            st.warning("This run is no longer under the runs folder.")
+            return
+        _run_page(state, name)
+    except Exception as exc:  # noqa: BLE001 - one bad run is one grey line, never an error page with our source
+        why = " ".join(str(exc).split())[:300] if isinstance(exc, RunReadError) else (
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        st.caption(f":material/block: {safe_md(name)} cannot be shown: {safe_md(why)}")
+
+
+def _run_page(state: RunState, name: str) -> None:
     # One lock per run, shared by every browser session: a refresh reads a consistent state.
     with state.lock:
         state.update()
@@ -451,6 +469,7 @@ def run_view(root: str, name: str, known_runs: tuple[str, ...]) -> None:
 
 # ----------------------------------------------------------------- the Runs view
 def runs_table(frame: pd.DataFrame, now: float) -> pd.DataFrame:
+    errors = frame["error"] if "error" in frame else pd.Series([None] * len(frame))
     out = pd.DataFrame({
         "run": frame["run"],
         "state": frame["state"],
@@ -458,8 +477,9 @@ def runs_table(frame: pd.DataFrame, now: float) -> pd.DataFrame:
         "epoch": frame["epoch"],
         "best val acc": frame["best_val_acc"],
         "worst finding": [
+            str(e) if isinstance(e, str) and e else
             f"{s}: {t}" if s in SEVERITY_STYLE else (str(t) if isinstance(t, str) and t else "—")
-            for s, t in zip(frame["worst_severity"], frame["worst_finding"], strict=True)
+            for s, t, e in zip(frame["worst_severity"], frame["worst_finding"], errors, strict=True)
         ],
         "updated": [fmt_age(now - u) + " ago" if isinstance(u, (int, float)) and math.isfinite(u) else "—"
                     for u in frame["updated"]],
@@ -489,8 +509,11 @@ def runs_view(root: str, known_runs: tuple[str, ...] | None = None) -> None:
     row.metric("With critical findings", int((frame["worst_severity"] == "critical").sum()), border=True,
                height="stretch")
     names = frame["run"].tolist()
+    table = runs_table(frame, time.time())
+    grey = ["color: #8c959f; font-style: italic"] * len(table.columns)
+    styled = table.style.apply(lambda r: grey if r["state"] == "unreadable" else [""] * len(r), axis=1)
     st.dataframe(
-        runs_table(frame, time.time()),
+        styled,
         key="runs_table", on_select=lambda: _pick_from_table("runs_table", names), selection_mode="single-row",
         hide_index=True, height=min(38 + 35 * len(frame), 720),
         column_config={
@@ -521,12 +544,16 @@ def compare_view(root: str, names: list[str], current: str | None) -> None:
                                  required=True)
     losses, accs, rows = [], [], []
     for name in chosen:
-        state = cached_run_state(root, name)
-        if state is None:
+        try:
+            state = cached_run_state(root, name)
+            if state is None:
+                continue
+            with state.lock:
+                state.update()
+                v = state.loss.view()
+        except Exception as exc:  # noqa: BLE001 - a run that cannot be read is left out, with one grey line
+            st.caption(f":material/block: {safe_md(name)} left out: {safe_md(type(exc).__name__)}")
             continue
-        with state.lock:
-            state.update()
-            v = state.loss.view()
         losses.append(pd.DataFrame({"run": name, "step": v.mean_x, "loss": ema(v.mean_y, smoothing)}))
         ep = state.epochs
         for split in ("train", "val"):
@@ -614,8 +641,9 @@ def main() -> None:
             # No format_func: a bound widget matches the URL against the *displayed* option text.
             st.selectbox("Run", names, key="run", bind="query-params")
             chosen = by_name.get(st.session_state.get("run")) or summaries[0]
-            colour, icon = STATE_STYLE.get(chosen.status.get("state"), STATE_STYLE["unknown"])
-            st.badge(str(chosen.status.get("state", "unknown")), color=colour, icon=icon)
+            shown = "unreadable" if chosen.error else badge_state(chosen.status)
+            colour, icon = STATE_STYLE.get(shown, STATE_STYLE["unknown"])
+            st.badge(shown, color=colour, icon=icon)
         st.selectbox("Refresh every", list(REFRESH), index=2, key="refresh")
         st.slider("Loss smoothing", 0.0, 0.99, 0.8, key="smoothing")
         running = sum(1 for s in summaries if s.status.get("state") == "running")

@@ -22,6 +22,7 @@ from babysit.monitor import runfile
 from babysit.monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
 from babysit.monitor.fastread import FastRunTailer
 from babysit.monitor.reader import LineTailer, RunBatch, RunReadError, find_runs, read_meta, read_status
+from babysit.monitor.sinks import printable
 
 __all__ = [
     "RunState",
@@ -84,9 +85,13 @@ def config_value(config: Any, *names: str) -> float | None:
 
 
 def run_name(root: Path, path: Path) -> str:
-    """A run's name: its path relative to the root, with forward slashes ('.' when the root is the run)."""
+    """A run's name: its path relative to the root, with forward slashes ('.' when the root is the run).
+
+    Printable: a directory name that is not UTF-8 (or holds control characters) shows its bytes as backslash
+    escapes; the browser could not be sent it otherwise. `resolve_run` maps such a name back to its folder.
+    """
     rel = path.relative_to(root)
-    return rel.as_posix() if rel.parts else "."
+    return printable(rel.as_posix()) if rel.parts else "."
 
 
 def inside(root: str | os.PathLike, rel: str) -> Path | None:
@@ -97,8 +102,8 @@ def inside(root: str | os.PathLike, rel: str) -> Path | None:
     """
     if not isinstance(rel, str) or not rel or len(rel) > 1000:
         return None
-    if "\\" in rel or any(ord(c) < 32 for c in rel):
-        return None
+    if ("\\" in rel and (os.sep == "\\" or os.altsep)) or any(ord(c) < 32 for c in rel):
+        return None  # a backslash is a separator only on Windows; on POSIX it is an ordinary character
     p = PurePosixPath(rel)
     if p.is_absolute() or rel.startswith("~") or ".." in p.parts or (len(rel) > 1 and rel[1] == ":"):
         return None
@@ -115,7 +120,14 @@ def inside(root: str | os.PathLike, rel: str) -> Path | None:
 def resolve_run(root: str | os.PathLike, name: str) -> Path | None:
     """The run directory `name` names under `root`, or None: never a path outside the root."""
     path = inside(root, name)
-    return path if path is not None and path.is_dir() else None
+    if path is not None and path.is_dir():
+        return path
+    if isinstance(name, str) and "\\" in name and len(name) <= 1000 and Path(root).is_dir():
+        # a printable name standing for bytes that are not UTF-8: look it up among the runs under root
+        for p in find_runs(root):
+            if run_name(Path(root), p) == name:
+                return p
+    return None
 
 
 class RunState:
@@ -165,13 +177,17 @@ class RunState:
     def update(self) -> int:
         """Read what was appended since the last call; returns the number of new rows (steps, epochs, ...)."""
         with self.lock:
-            batch = self.tailer.poll()
-            self.polled_at = time.time()
-            self._add(batch)
-            n = len(batch)
+            n = 0
+            while True:  # a poll reads a bounded chunk: a big run's first view streams into the buffers
+                batch = self.tailer.poll()
+                self.polled_at = time.time()
+                self._add(batch)
+                n += len(batch)
+                self._diagnose(batch)
+                if not getattr(self.tailer, "behind", False):
+                    break
             if n:
                 self.version += 1
-            self._diagnose(batch)
             last = self.loss.last()
             if last is not None:
                 now = time.monotonic()
@@ -309,7 +325,7 @@ class RunState:
         if target is None:
             return None
         try:
-            arr = np.load(target, allow_pickle=False)
+            arr = runfile.read_npy(target)  # regular files only, header checked: a FIFO or a 14 PiB claim is refused
         except (OSError, ValueError):
             return None
         return arr if isinstance(arr, np.ndarray) and arr.dtype.kind in "fiub" else None
@@ -331,6 +347,7 @@ class RunSummary:
         self._findings = LineTailer(path / runfile.FINDINGS)
         self.findings: list[dict] = []
         self.mtime = 0.0
+        self.read_error: str | None = None
 
     def refresh(self) -> None:
         if not self.meta or self.meta.get("missing_meta"):
@@ -343,22 +360,34 @@ class RunSummary:
         self._scan_epochs()
         try:
             self.findings.extend(self._findings.read())
-        except RunReadError:
-            pass
+        except RunReadError as e:
+            self.read_error = str(e)
+
+    @property
+    def error(self) -> str | None:
+        """Why this run cannot be shown (whole or in part), in one line; None when it reads fine."""
+        status_error = self.status.get("error") if isinstance(self.status.get("error"), dict) else {}
+        if self.meta_error or self.read_error:
+            return self.meta_error or self.read_error
+        if status_error.get("type") == "CorruptStatus":
+            return str(status_error.get("message"))
+        return None
 
     _EPOCH_MARKS = (b'"type":"epoch"', b'"type": "epoch"')
 
     def _scan_epochs(self) -> None:
         """Find epoch lines in the bytes appended since the last scan without parsing the step lines."""
         try:
-            with open(self.path / runfile.EVENTS, "rb") as f:
+            with os.fdopen(runfile.open_regular(self.path / runfile.EVENTS), "rb") as f:  # a FIFO never blocks
                 st = os.fstat(f.fileno())
                 self.mtime = st.st_mtime
                 if st.st_size < self._offset:
                     self._offset, self.best_val_acc, self.last_val_acc, self.epoch = 0, None, None, None
                 f.seek(self._offset)
                 data = f.read()
-        except OSError:
+        except OSError as e:
+            if not isinstance(e, FileNotFoundError):
+                self.read_error = f"cannot read {runfile.EVENTS}: {e.strerror or e}"
             return
         end = data.rfind(b"\n")
         if end < 0:
@@ -376,9 +405,11 @@ class RunSummary:
     def _take_epoch(self, line: bytes) -> None:
         try:
             rec = json.loads(line)
-            epoch = int(rec["epoch"])
+            epoch = int(rec["epoch"])  # 1e400 reads as inf: OverflowError
             metrics = rec.get("metrics") or {}
-        except (ValueError, KeyError, TypeError):
+            if not isinstance(metrics, dict):
+                return
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, AttributeError):
             return
         self.epoch = max(self.epoch or 0, epoch)
         try:
@@ -399,9 +430,11 @@ class RunSummary:
     def row(self) -> dict:
         worst = worst_finding(self.findings)
         config = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
+        error = self.error
         return {
             "run": self.name,
-            "state": str(self.status.get("state", "unknown")),
+            "state": "unreadable" if error else str(self.status.get("state", "unknown")),
+            "error": error,
             "step": int(self.status["step"]) if isinstance(self.status.get("step"), int) else None,
             "epoch": self.epoch,
             "best_val_acc": self.best_val_acc,
@@ -435,7 +468,10 @@ class RunsIndex:
                 current[name] = self.summaries.get(name) or RunSummary(self.root, p)
             self.summaries = current
             for s in current.values():
-                s.refresh()
+                try:
+                    s.refresh()
+                except Exception as exc:  # noqa: BLE001 - one bad run is one greyed row, never the whole view
+                    s.meta_error = f"cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
             return self.ordered()
 
     def discover(self) -> list[str]:
@@ -451,8 +487,8 @@ class RunsIndex:
 
     def frame(self) -> pd.DataFrame:
         rows = [s.row() for s in self.ordered()]
-        cols = ["run", "state", "step", "epoch", "best_val_acc", "last_val_acc", "worst_severity", "worst_finding",
-                "findings", "started", "updated", "lr", "reg", "model"]
+        cols = ["run", "state", "error", "step", "epoch", "best_val_acc", "last_val_acc", "worst_severity",
+                "worst_finding", "findings", "started", "updated", "lr", "reg", "model"]
         return pd.DataFrame(rows, columns=cols)
 
 
