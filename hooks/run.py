@@ -86,7 +86,8 @@ class Run:
         path: the run directory (created; a new run must not reuse a directory that holds one).
         num_classes: C, so rules can compare the first loss with ln(C) and accuracy with 1/C.
         config: hyperparameters, stored in meta.json (JSON-able values; others are stored as strings).
-        on_critical: "warn" (default), "stop" (sets `should_stop`), "raise" (raises StopTraining), or
+        on_critical: "warn" (default), "stop" (sets `should_stop`), "raise" (raises StopTraining), "heal"
+            (roll back to the last good state and fix, see hooks/heal.py; stop after `heal_max` attempts), or
             None to skip online diagnosis.
         flush_interval: seconds between writes while steps arrive (data is visible to readers after this).
         flush_steps: write at least every this many steps.
@@ -106,9 +107,16 @@ class Run:
         all_ranks: bool = False,
         thresholds: dict | None = None,
         resume: bool = False,
+        heal_max: int = 3,
+        heal_every: int = 100,
+        heal_on_device: bool = False,
     ):
-        if on_critical not in ("warn", "stop", "raise", None):
-            raise ValueError(f"on_critical must be 'warn', 'stop', 'raise' or None, not {on_critical!r}")
+        if on_critical not in ("warn", "stop", "raise", "heal", None):
+            raise ValueError(f"on_critical must be 'warn', 'stop', 'raise', 'heal' or None, not {on_critical!r}")
+        if on_critical == "heal" and (int(heal_max) < 1 or int(heal_every) < 1):  # heal: hooks/heal.py
+            raise ValueError("heal_max and heal_every must be >= 1")
+        self._heal_opts = {"max_heals": int(heal_max), "every": int(heal_every), "on_device": bool(heal_on_device)}
+        self._healer = None  # heal: built in watch()
         self.path = Path(path)
         self.num_classes = num_classes
         self.config = dict(config or {})
@@ -259,18 +267,28 @@ class Run:
         every: int | None = None,
         input_shape: tuple[int, ...] | None = None,
         snapshot_every: int | None = None,
+        scheduler: Any = None,
+        scaler: Any = None,
     ) -> Run:
         """Record learning rates from `optimizer` and, every `every` steps, per-layer statistics of `model`.
 
         Probes are armed only for the sampled step; other steps pay nothing. The first layer's weights are
-        snapshotted (as .npy) at watch time and every `snapshot_every` steps.
+        snapshotted (as .npy) at watch time and every `snapshot_every` steps. With on_critical="heal", the
+        `scheduler` and AMP `scaler` are part of the good state the run rolls back to.
         """
         self._optimizer = optimizer
+        if self.on_critical == "heal" and self.enabled:  # heal: keep the last good state (hooks/heal.py)
+            self._guard("heal", self._start_healer, model, optimizer, scheduler, scaler)
         if not self.enabled or model is None:
             return self
         self._guard("model summary", self._record_model, model)
         self._guard("layer probes", self._start_probe, model, optimizer, every, input_shape, snapshot_every)
         return self
+
+    def _start_healer(self, model, optimizer, scheduler, scaler) -> None:
+        from babysit.hooks.heal import start_healer
+
+        self._healer = start_healer(self, model, optimizer, scheduler, scaler, **self._heal_opts)
 
     def _record_model(self, model: torch.nn.Module) -> None:
         from babysit.hooks.summary import model_summary
@@ -310,6 +328,8 @@ class Run:
             records = self._guard("layer probes", self._probe.after_step, self.global_step)
             if records:
                 self._pending.extend(records)
+        if self._healer is not None:  # heal: a candidate good state every heal_every steps
+            self._guard("heal", self._healer.after_step, self.global_step)
         if len(self._steps) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_interval:
             self._flush(force=False)
 
@@ -359,6 +379,8 @@ class Run:
         if self._diagnoser is not None:
             self._undiagnosed.extend(records)
             due = time.monotonic() - self._rules_start >= (self._rules_spent + self._rules_cost) / RULES_BUDGET
+            if self._healer is not None:  # heal: judge candidates; a blow-up runs the rules at once
+                due = bool(self._guard("heal", self._healer.observe, records)) or due
             if self._undiagnosed and (force or nonfinite or due):
                 self._guard("online rules", self._diagnose_pending)
         self._guard("stop check", self._check_stop_file)
@@ -440,6 +462,12 @@ class Run:
         elif self.on_critical == "raise":
             self.request_stop(f"{finding.get('rule')}: {finding.get('message')}")
             raise StopTraining(message)
+        elif self.on_critical == "heal":  # roll back and fix (hooks/heal.py); stop when it cannot
+            if self._healer is not None and self._guard("heal", self._healer.heal, finding):
+                return
+            print(message + " (stopping)", file=sys.stderr)
+            give_up = self._healer.give_up_reason(finding) if self._healer is not None else None
+            self.request_stop(give_up or f"{finding.get('rule')}: {finding.get('message')}")
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop: sets `should_stop`; the run is marked stopped with this reason on close."""

@@ -1,0 +1,141 @@
+"""Self-healing runs (hooks/heal.py) on real CPU training: sklearn digits, an MLP, a few hundred steps.
+
+Each broken run is compared with the same configuration at a good learning rate (its healthy twin).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from babysit.hooks.heal import Healer
+from babysit.monitor.reader import load_run
+from babysit.rules import diagnose
+from torch import nn
+
+import babysit
+from benchmarks.heal import Setup, scenario
+
+GOOD = Setup()  # SGD momentum 0.9, lr 0.05, 600 steps: ~0.98 val accuracy
+
+
+def _twin(setup: Setup) -> float:
+    return scenario(Setup(**{**setup.__dict__, "fault": "none"})).val_acc
+
+
+def _heal_events(run_dir) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()]
+    return [r for r in lines if r.get("type") == "event" and r.get("name") == "heal"]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        Setup(fault="lr_high", factor=30),  # lr 1.5 instead of 0.05
+        Setup(fault="bad_batch", factor=1e3, fault_step=300),  # one batch scaled 1000x with shifted labels
+        Setup(fault="bad_batch", factor=0, fault_step=300),  # one NaN in one batch
+        Setup(fault="lr_spike", factor=30, fault_step=300),  # the schedule jumps 30x for 60 steps
+    ],
+    ids=["lr_30x", "bad_batch", "nan_batch", "lr_spike"],
+)
+def test_a_broken_run_heals_to_its_healthy_twin(tmp_path, broken):
+    healthy = _twin(broken)
+    plain = scenario(broken, tmp_path / "plain", heal=False)  # on_critical="stop"
+    healed = scenario(broken, tmp_path / "healed", heal=True)
+    chance = 0.1 + 0.05
+    assert plain.stopped or plain.val_acc < chance, "without heal the run must be stopped or end at chance"
+    assert plain.val_acc < chance
+    assert not healed.stopped, healed.reason
+    assert healed.val_acc >= healthy - 0.02, (healed.val_acc, healthy, healed.heals)
+    events = _heal_events(tmp_path / "healed")
+    assert len(events) == len(healed.heals) >= 1
+    for ev in events:
+        d = ev["data"]
+        assert set(d) >= {"finding", "message", "rolled_back_to", "action", "lr_before", "lr_after", "clip",
+                          "attempt"}
+        assert d["rolled_back_to"] < ev["step"]
+        assert d["action"] in ("lr_x0.1", "clip_grad_norm", "warmup")
+        if d["action"] == "lr_x0.1":
+            assert math.isclose(d["lr_after"], 0.1 * d["lr_before"], rel_tol=1e-6)
+    status = json.loads((tmp_path / "healed" / "status.json").read_text())
+    assert status["healed"] == len(events) and status["state"] == "finished"
+    found = {f.rule: f for f in diagnose(load_run(tmp_path / "healed"))}
+    assert "healed" in found and found["healed"].evidence["heals"] == len(events)
+
+
+def test_a_healthy_run_is_bit_for_bit_the_same_with_heal(tmp_path):
+    setup = Setup(steps=300)
+    torch.manual_seed(1)
+    warn = scenario(setup, tmp_path / "warn", heal=False, heal_every=50)
+    torch.manual_seed(1)
+    heal = scenario(setup, tmp_path / "heal", heal=True, heal_every=50)
+    assert heal.heals == [] and not heal.stopped
+    assert warn.losses == heal.losses  # exact floats: keeping the good state changes nothing
+
+
+def test_after_heal_max_attempts_the_run_stops_with_every_attempt_in_the_reason(tmp_path):
+    broken = Setup(fault="lr_high", factor=30, steps=400)
+    res = scenario(broken, tmp_path / "r", heal=True, heal_max=1)
+    assert res.stopped
+    assert "not healed after 1 attempts" in res.reason and "lr_x0.1" in res.reason
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert status["state"] == "stopped" and "rolled back to step" in status["reason"]
+
+
+def test_restore_is_in_place_and_exact_for_adam_scheduler_and_rng(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1000)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+
+    def train(n):
+        for _ in range(n):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+
+    with babysit.Run(tmp_path / "r", on_critical="heal") as run:
+        train(3)
+        run.watch(model, opt, scheduler=sched)
+        healer: Healer = run._healer
+        params = [p for p in model.parameters()]
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        saved_opt = {i: {k: v.clone() for k, v in opt.state[p].items()} for i, p in enumerate(params)}
+        rng = torch.rand(3)
+        torch.manual_seed(123)  # move the RNG on; restore must bring it back
+        train(5)
+        assert not torch.equal(model[0].weight, saved["0.weight"])
+        healer._restore(healer._good)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, saved[k]), k
+        assert [p for p in model.parameters()] == params  # the same Parameter objects: user references stay valid
+        for i, p in enumerate(params):
+            for k, v in opt.state[p].items():
+                assert torch.equal(v, saved_opt[i][k]), (i, k)
+        assert sched.last_epoch == 8  # the schedule's position follows the loop: batches are not replayed
+        # the RNG is back where it was at watch(): the next draw repeats the one taken then
+        assert torch.equal(torch.rand(3), rng)
+
+
+def test_heal_without_a_model_says_so_and_stops_on_critical(tmp_path, capsys):
+    with babysit.Run(tmp_path / "r", num_classes=10, on_critical="heal", flush_steps=5) as run:
+        run.watch()
+        assert run._healer is None
+        for _ in range(20):
+            run.step(loss=float("nan"))
+            if run.should_stop:
+                break
+    assert run.should_stop
+    assert "cannot roll back" in capsys.readouterr().err
+
+
+def test_bad_heal_options_are_one_line_errors(tmp_path):
+    with pytest.raises(ValueError, match="heal_max"):
+        babysit.Run(tmp_path / "r", on_critical="heal", heal_max=0)
+    with pytest.raises(ValueError, match="on_critical"):
+        babysit.Run(tmp_path / "q", on_critical="mend")
