@@ -11,11 +11,14 @@ The clone is a transient copy of the trainable weights, once per sample.
 Every statistic stays a device tensor; `hooks.run._materialize` moves them to the host with the step losses,
 in one transfer at flush time. Snapshots are the one exception (a .npy needs host memory); they are rare.
 
-Step 1 is always sampled (the state at initialization). After that sampling is time-budgeted by default: a
-sample is taken when the probes' total cost (snapshots included) stays under `budget` (0.3%) of the wall time
-since `watch()`, and never more often than every `min_every` steps: slow steps get samples every few tens of
-steps, a model whose probe is costly relative to its step gets fewer. Pass `every=N` for a fixed schedule
-(step 1, then every multiple of N) whatever it costs.
+Sampling has a floor, because problems start early and short runs must not be blind: every one of the first
+FLOOR_DENSE steps is sampled, then steps spaced by a factor FLOOR_GROWTH (12, 14, 17, 20, ... 492, ...) up
+to step FLOOR_END: a 60-step run gets 21 samples, a 500-step run 36, at a fixed cost that a long run
+amortizes. Beyond the floor sampling is time-budgeted by default: a sample is taken when the probes' total
+cost (snapshots and the floor included) stays under `budget` (0.3%) of the wall time since `watch()`, and
+never more often than every `min_every` steps. Pass `every=N` for a fixed schedule (every multiple of N)
+instead of the budget; the floor applies to both (`floor=False` turns it off). At close, `final_records`
+adds the run's last state (weights and the last gradients still held), so sampling reaches the end.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ __all__ = [
 
 DEFAULT_BUDGET = 0.003  # adaptive sampling: probe time <= 0.3% of wall time
 MIN_EVERY = 10  # adaptive sampling: at most one sample per this many steps
+FLOOR_DENSE = 10  # the floor: every one of the first this many steps ...
+FLOOR_GROWTH = 1.15  # ... then each sample this factor after the previous one ...
+FLOOR_END = 1000  # ... up to this step
 SNAPSHOT_EVERY = 100  # steps between first-layer snapshots ...
 SNAPSHOTS_PER_DOUBLING = 50  # ... and the spacing doubles after each this many, so long runs keep few files
 MAX_SNAPSHOT_ELEMENTS = 1 << 22  # a first layer larger than this (16 MB of float32) is not snapshotted
@@ -181,6 +187,7 @@ class LayerProbe:
         snapshot_every: steps between first-layer snapshots (the spacing doubles after every 50 of them).
         budget: the fraction of wall time the probes may take when `every` is None.
         min_every: at most one sample per this many steps when `every` is None.
+        floor: sample the first steps densely whatever the schedule (see the module's docstring).
     """
 
     def __init__(
@@ -194,6 +201,7 @@ class LayerProbe:
         *,
         budget: float = DEFAULT_BUDGET,
         min_every: int = MIN_EVERY,
+        floor: bool = True,
     ):
         if every is not None and int(every) < 1:
             raise ValueError(f"every must be a positive number of steps, not {every!r}")
@@ -210,7 +218,9 @@ class LayerProbe:
         self.snapshot_every = int(snapshot_every)
         self.budget = float(budget)
         self.min_every = max(1, int(min_every))
+        self.floor = bool(floor)
         self.samples = 0  # sampled steps so far
+        self.last_sampled = 0  # the last sampled step
         self.seconds = 0.0  # wall time the probes took so far (hooks, statistics, snapshots)
         self.disabled = False
 
@@ -242,11 +252,13 @@ class LayerProbe:
         self._stepped = False  # the optimizer's post-hook ran for this sample
         self._cost = 0.0  # seconds spent in hooks for the sample in progress
         self._start = time.perf_counter()
-        self._next_step = 1  # the next step that may be sampled
+        self._next_step = 1  # the next step that may be sampled (by `every` or the budget)
+        self._floor_next = 1 if self.floor else math.inf  # the next step the floor samples
         self._next_time = self._start  # adaptive: the earliest time the next sample fits the budget
         self._snapshot_every = self.snapshot_every
         self._snapshots = 0
         self._snapshots_on = self._first is not None
+        self._dir_seen = self.run_dir.is_dir()  # once it exists, a vanished run directory is not recreated
         self._arm()  # step 1 is always sampled: gradients, dead units and saturation at initialization
 
     # ----------------------------------------------------------------- public
@@ -261,12 +273,13 @@ class LayerProbe:
             self._disarm()
             return []
         records: list[dict] = []
-        if self._armed and step >= self._next_step:
+        if self._armed:
             t0 = time.perf_counter()
             with torch.no_grad():
                 records.append(self._collect(step))
             self._disarm()
             self.samples += 1
+            self.last_sampled = step
             self._schedule(step, self._cost + time.perf_counter() - t0)
         if self._snapshots_on and step % self._snapshot_every == 0:
             t0 = time.perf_counter()
@@ -274,9 +287,32 @@ class LayerProbe:
             if rec:
                 records.append(rec)
             self.seconds += time.perf_counter() - t0
-        if not self._armed and step + 1 >= self._next_step:
-            if self.every is not None or time.perf_counter() >= self._next_time:
-                self._arm()
+        if not self._armed and self._due(step + 1):
+            self._arm()
+        return records
+
+    def final_records(self, step: int) -> list[dict]:
+        """At close: the last state, if the last step was not sampled. Weights and the gradients the last
+        backward left (no update ratio or activations: those need a step); the record has `"at_close": true`.
+        """
+        if self.disabled or step <= self.last_sampled:
+            return []
+        self._disarm()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for layer in self._weights:
+                layer.stats, layer.before, layer.before_norm = {}, None, None
+            for act in self._acts:
+                act.reset()
+            rec = self._collect(step)
+        rec["at_close"] = True
+        records = [rec]
+        if self._snapshots_on and step % self._snapshot_every != 0:
+            snap = self._snapshot(step)
+            if snap:
+                records.append(snap)
+        self.seconds += time.perf_counter() - t0
+        self.last_sampled = step
         return records
 
     def close(self) -> None:
@@ -289,8 +325,19 @@ class LayerProbe:
             act.reset()
 
     # ----------------------------------------------------------------- scheduling
+    def _due(self, step: int) -> bool:
+        """May `step` be sampled: the floor says so, or `every`, or the time budget."""
+        if step >= self._floor_next:
+            return True
+        if step < self._next_step:
+            return False
+        return self.every is not None or time.perf_counter() >= self._next_time
+
     def _schedule(self, step: int, cost: float) -> None:
         self.seconds += cost
+        if self.floor:
+            after = step + 1 if step < FLOOR_DENSE else max(step + 1, math.ceil(step * FLOOR_GROWTH))
+            self._floor_next = after if after <= FLOOR_END else math.inf
         if self.every is not None:
             self._next_step = (step // self.every + 1) * self.every
             return
@@ -409,6 +456,8 @@ class LayerProbe:
         """Save the first layer's weights as .npy (never pickle); one warning and off if that fails."""
         if not self._snapshots_on or self._first is None:
             return None
+        if self._dir_seen and not self.run_dir.is_dir():
+            return None  # the run directory was deleted: the run says so once; never recreate half of it
         name, module = self._first
         try:
             weight = module.weight.detach()
@@ -428,6 +477,7 @@ class LayerProbe:
             _warn(f"weight snapshots disabled after an error ({type(exc).__name__}: {exc})")
             return None
         self._snapshots += 1
+        self._dir_seen = True
         if step > 0 and self._snapshots % SNAPSHOTS_PER_DOUBLING == 0:
             self._snapshot_every *= 2
         return {"type": "snapshot", "step": step, "time": time.time(), "layer": name, "file": rel,

@@ -7,6 +7,7 @@ never breaks training: any internal failure prints one warning and switches that
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from babysit.hooks import values as _values
 from babysit.monitor import runfile
 from babysit.monitor.reader import records_to_batch
 
@@ -29,6 +31,13 @@ __all__ = ["Run", "StopTraining"]
 RULES_BUDGET = 0.002
 # status.json (an atomic rename: about a millisecond on ext4) is rewritten at most this often, and at close.
 STATUS_INTERVAL = 5.0
+# The floor under the rules' budget: while the run is this young (seconds since Run()) they run at every
+# flush, so on_critical acts within one flush of a critical condition however short the run. Later they
+# also run at each run.epoch() while their total stays within EPOCH_RULES_BUDGET of the run's time.
+RULES_YOUNG_SECONDS = 30.0
+EPOCH_RULES_BUDGET = 0.01
+# Extra flushes (and so rule evaluations) at these steps: the first losses are judged within the first steps.
+EARLY_FLUSH_STEPS = (10, 100)
 
 
 class StopTraining(RuntimeError):
@@ -63,20 +72,24 @@ def _materialize(records: list[dict]) -> None:
         dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # float32 would turn 1e308 into inf
         groups.setdefault((t.device, dtype), []).append(i)
     for (_, dtype), idx in groups.items():
-        with torch.no_grad():  # stack as-is what is already a scalar of that dtype: per-leaf ops cost microseconds
-            scalars = [leaves[i][2] for i in idx]
-            scalars = [t if t.dtype == dtype and t.dim() == 0 else t.reshape(()).to(dtype) for t in scalars]
-            values = torch.stack(scalars).tolist()
+        try:
+            with torch.no_grad():  # stack as-is what is already a scalar of that dtype: per-leaf ops cost us
+                scalars = [leaves[i][2] for i in idx]
+                scalars = [t if t.dtype == dtype and t.dim() == 0 else t.reshape(()).to(dtype) for t in scalars]
+                values = torch.stack(scalars).tolist()
+        except Exception:  # noqa: BLE001 - one odd tensor (not a scalar) costs only itself: NaN, not the flush
+            values = [_one_float(leaves[i][2], dtype) for i in idx]
         for i, v in zip(idx, values, strict=True):
             container, key, _ = leaves[i]
             container[key] = v
 
 
-def _as_scalar(value: Any) -> Any:
-    """A tensor stays on its device (detached, so the graph can be freed); numbers become floats."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    return float(value)
+def _one_float(t: torch.Tensor, dtype: torch.dtype) -> float:
+    try:
+        with torch.no_grad():
+            return float(t.detach().reshape(()).to(dtype))
+    except Exception:  # noqa: BLE001
+        return math.nan
 
 
 class Run:
@@ -119,7 +132,7 @@ class Run:
         self._healer = None  # heal: built in watch()
         self.path = Path(path)
         self.num_classes = num_classes
-        self.config = dict(config or {})
+        self.config, config_problems = _values.config_dict(config)
         self.on_critical = on_critical
         self.flush_interval = float(flush_interval)
         self.flush_steps = int(flush_steps)
@@ -155,6 +168,11 @@ class Run:
         self._file = None
         self._status: dict = {}
         self._warned: set[str] = set()
+        self._optimizer_steps = 0  # optimizer.step() calls of the watched optimizer (a post hook counts them)
+        self._optimizer_hook = None
+        self._structure = None  # first-batch and structure checks (hooks/structure.py), until done
+        for problem in config_problems:
+            self._say(f"Run(config=...): {problem}")
 
         if self.enabled and not resume and _holds_a_run(self.path):
             # A user mistake, not a monitoring failure: say so now rather than record nothing for hours.
@@ -165,15 +183,36 @@ class Run:
             self._guard("online rules", self._start_diagnoser)
 
     # ----------------------------------------------------------------- failure containment
-    def _warn_once(self, part: str, exc: BaseException) -> None:
+    def _warn_once(self, part: str, exc: BaseException, disabled: bool = True) -> None:
         if part not in self._warned:
             self._warned.add(part)
+            what = "disabled" if disabled else "skipped a value (recording goes on)"
             warnings.warn(
-                f"babysit: {part} disabled after an internal error ({type(exc).__name__}: {exc}); "
+                f"babysit: {part} {what} after an internal error ({type(exc).__name__}: {exc}); "
                 "training continues",
                 RuntimeWarning,
                 stacklevel=3,
             )
+
+    def _say(self, message: str, key: Any = None) -> None:
+        """One warning per `key` (default: the message): what was converted or dropped, and nothing else."""
+        key = message if key is None else key
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"babysit: {message}; training continues", RuntimeWarning, stacklevel=4)
+
+    def _value(self, where: str, name: str, value: Any) -> Any:
+        """A recordable scalar or None (not passed, or dropped with one warning naming it)."""
+        recorded, problem = _values.scalar(value)
+        if problem:
+            self._say(f"{where}: {name} is {problem}", key=(where, name, type(value).__name__))
+        return recorded
+
+    def _name(self, where: str, name: Any) -> str:
+        clean, problem = _values.clean_name(name)
+        if problem:
+            self._say(f"{where}: {problem}", key=(where, "name", clean))
+        return clean
 
     def _guard(self, part: str, fn, *args, **kwargs):
         try:
@@ -190,6 +229,9 @@ class Run:
             elif part == "layer probes" and self._probe is not None:
                 self._guard("layer probe cleanup", self._probe.close)
                 self._probe = None
+            elif part == "first-batch checks" and self._structure is not None:
+                structure, self._structure = self._structure, None
+                self._guard("first-batch cleanup", structure.close)
             return None
 
     # ----------------------------------------------------------------- writing
@@ -206,7 +248,7 @@ class Run:
             "run_id": uuid.uuid4().hex[:12],
             "name": self.path.name,
             "start_time": now,
-            "config": _jsonable(self.config),
+            "config": self.config,
             "num_classes": self.num_classes,
             "torch_version": torch.__version__,
             "device": None,
@@ -244,10 +286,63 @@ class Run:
     def _write_lines(self, records: list[dict], fsync: bool = False) -> None:
         if not records or self._file is None:
             return
-        data = "".join(runfile.dumps_line(r) for r in records).encode("utf-8")
-        self._file.write(data)  # one write of complete lines: a reader never sees half a record as data
+        lines = []
+        for rec in records:
+            try:
+                lines.append(runfile.dumps_line(rec))
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # one record, not the flush
+                kind = rec.get("type") if isinstance(rec, dict) else type(rec).__name__
+                self._say(f"a {kind} record could not be encoded ({type(exc).__name__}: {exc}): dropped",
+                          key=("encode", kind))
+        data = "".join(lines).encode("utf-8", "backslashreplace")
+        if not data:
+            return
+        # One write of complete lines: a reader never sees half a record as data. A short write (a full
+        # disk) is continued; if the disk refuses the rest, the file is cut back to its last whole line.
+        try:
+            start = self._file.tell()
+        except (OSError, AttributeError, ValueError):
+            start = None
+        done = 0
+        try:
+            while done < len(data):
+                n = self._file.write(data[done:])
+                if not n:
+                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
+                done += n
+        except OSError:
+            keep = data.rfind(b"\n", 0, done) + 1
+            if keep < done and start is not None:
+                try:
+                    os.ftruncate(self._file.fileno(), start + keep)
+                except (OSError, AttributeError, ValueError):
+                    pass
+            raise
         if fsync:
             os.fsync(self._file.fileno())
+
+    def _fsync(self) -> None:
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # the same failing disk the writes reported: one warning for both
+            self._say(f"could not fsync {runfile.EVENTS} ({type(exc).__name__}: {exc})",
+                      key=("events", getattr(exc, "errno", None)))
+
+    def _gone(self) -> bool:
+        """events.jsonl (or the whole run directory) was deleted under the running process."""
+        try:
+            return os.fstat(self._file.fileno()).st_nlink == 0
+        except (OSError, AttributeError, ValueError):
+            return False
+
+    def _stop_recording(self, why: str) -> None:
+        self._say(f"{why}: recording disabled (nothing more is written and the directory is not recreated)",
+                  key="recording stopped")
+        self._close_file()
+        self.enabled = False
+        if self._probe is not None:
+            self._guard("layer probe cleanup", self._probe.close)
+            self._probe = None
 
     def _update_meta(self, **fields: Any) -> None:
         self.meta.update(fields)
@@ -256,7 +351,13 @@ class Run:
     def _write_status(self, **fields: Any) -> None:
         self._last_status = time.monotonic()
         self._status.update(fields, step=self.global_step, epoch=self.epoch_count, heartbeat=time.time())
-        runfile.write_json_atomic(self.path / runfile.STATUS, self._status)
+        if self._optimizer_hook is not None:
+            self._status["optimizer_steps"] = self._optimizer_steps
+        try:
+            runfile.write_json_atomic(self.path / runfile.STATUS, self._status)
+        except OSError as exc:  # a full disk: the next write may succeed; the events go on regardless
+            self._say(f"could not update status.json ({type(exc).__name__}: {exc}); retried at the next write",
+                      key=("status", getattr(exc, "errno", None)))
 
     # ----------------------------------------------------------------- public API
     def watch(
@@ -277,24 +378,44 @@ class Run:
         `scheduler` and AMP `scaler` are part of the good state the run rolls back to.
         """
         self._optimizer = optimizer
+        if self.enabled and optimizer is not None and self._optimizer_hook is None:
+            self._guard("optimizer step count", self._count_optimizer_steps, optimizer)
         if self.on_critical == "heal" and self.enabled:  # heal: keep the last good state (hooks/heal.py)
             self._guard("heal", self._start_healer, model, optimizer, scheduler, scaler)
         if not self.enabled or model is None:
             return self
-        self._guard("model summary", self._record_model, model)
+        self._guard("model summary", self._record_model, model, optimizer)
         self._guard("layer probes", self._start_probe, model, optimizer, every, input_shape, snapshot_every)
+        self._guard("first-batch checks", self._start_structure, model)
         return self
+
+    def _count_optimizer_steps(self, optimizer: torch.optim.Optimizer) -> None:
+        if not hasattr(optimizer, "register_step_post_hook"):
+            return
+
+        def count(*_: Any) -> None:  # a Python increment per optimizer step: no tensor, no sync
+            self._optimizer_steps += 1
+
+        self._optimizer_hook = optimizer.register_step_post_hook(count)
+
+    def _start_structure(self, model: torch.nn.Module) -> None:
+        from babysit.hooks.structure import FirstBatch
+
+        self._structure = FirstBatch(model, num_classes=self.num_classes)
 
     def _start_healer(self, model, optimizer, scheduler, scaler) -> None:
         from babysit.hooks.heal import start_healer
 
         self._healer = start_healer(self, model, optimizer, scheduler, scaler, **self._heal_opts)
 
-    def _record_model(self, model: torch.nn.Module) -> None:
-        from babysit.hooks.summary import model_summary
+    def _record_model(self, model: torch.nn.Module, optimizer: Any = None) -> None:
+        from babysit.hooks.summary import model_summary, optimizer_summary
 
         device = next((str(p.device) for p in model.parameters()), "cpu")
-        self._update_meta(model=model_summary(model), device=device)
+        fields: dict[str, Any] = {"model": model_summary(model), "device": device}
+        if optimizer is not None:
+            fields["optimizer"] = optimizer_summary(model, optimizer)
+        self._update_meta(**fields)
 
     def _start_probe(self, model, optimizer, every, input_shape, snapshot_every) -> None:
         from babysit.hooks.probes import LayerProbe
@@ -304,84 +425,137 @@ class Run:
         self._pending.extend(self._probe.initial_records())
 
     def step(self, loss: Any = None, **scalars: Any) -> None:
-        """Count one optimizer step and record its loss (tensor or float) and learning rate(s)."""
+        """Count one optimizer step and record its loss (tensor or float) and learning rate(s).
+
+        A value that is not a number is dropped with one warning naming it (a vector: its mean is recorded);
+        None means "not passed". A step whose loss is None (or dropped) records no row.
+        """
         self.global_step += 1
         if not self.enabled:
             return
         if loss is not None:
             try:
-                self._steps.append(self.global_step)
-                self._times.append(time.time())
-                self._losses.append(_as_scalar(loss))
-                self._lrs.append(self._lr())
-                for name, value in scalars.items():
-                    column = self._scalars.get(name)
-                    if column is None:
-                        column = self._scalars[name] = [math.nan] * (len(self._steps) - 1)
-                    column.append(_as_scalar(value))
-                for column in self._scalars.values():
-                    if len(column) < len(self._steps):
-                        column.append(math.nan)
+                self._record_step(loss, scalars)
             except Exception as exc:  # noqa: BLE001
-                self._warn_once("step recording", exc)
+                self._warn_once("step recording", exc, disabled=False)
+        if self._structure is not None:
+            self._guard("first-batch checks", self._structure_step)
         if self._probe is not None:
             records = self._guard("layer probes", self._probe.after_step, self.global_step)
             if records:
                 self._pending.extend(records)
         if self._healer is not None:  # heal: a candidate good state every heal_every steps
             self._guard("heal", self._healer.after_step, self.global_step)
-        if len(self._steps) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_interval:
+        if (len(self._steps) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_interval
+                or self.global_step in EARLY_FLUSH_STEPS):
             self._flush(force=False)
+
+    def _record_step(self, loss: Any, scalars: dict[str, Any]) -> None:
+        value = self._value("run.step", "loss", loss)
+        if value is None:
+            return
+        row = {}
+        for name, v in scalars.items():
+            name = self._name("run.step", name)
+            x = self._value("run.step", name, v)
+            if x is not None:
+                row[name] = x
+        lr = self._lr()
+        # Every value converted first, then the whole row appended: a bad value never shifts another column.
+        n = len(self._steps)
+        self._steps.append(self.global_step)
+        self._times.append(time.time())
+        self._losses.append(value)
+        self._lrs.append(lr)
+        for name, x in row.items():
+            column = self._scalars.get(name)
+            if column is None:
+                column = self._scalars[name] = [math.nan] * n
+            column.append(x)
+        for column in self._scalars.values():
+            if len(column) <= n:
+                column.append(math.nan)
+
+    def _structure_step(self) -> None:
+        self._structure.after_step()
 
     def _lr(self) -> Any:
         if self._optimizer is None:
             return math.nan
-        lr = self._optimizer.param_groups[0].get("lr", math.nan)
-        return lr.detach() if isinstance(lr, torch.Tensor) else float(lr)
+        try:
+            lr, _ = _values.scalar(self._optimizer.param_groups[0].get("lr", math.nan))
+        except (IndexError, AttributeError, TypeError):
+            return math.nan
+        return math.nan if lr is None else lr
 
     def epoch(self, **metrics: Any) -> None:
         """Record end-of-epoch metrics; `train_loss`, `train_acc`, `val_loss`, `val_acc` are known to rules."""
         self.epoch_count += 1
         if not self.enabled:
             return
+        values = {}
+        for name, value in metrics.items():  # None is "not measured": no key, no warning
+            name = self._name("run.epoch", name)
+            x = self._value("run.epoch", name, value)
+            if x is not None:
+                values[name] = x
         record = {
             "type": "epoch",
             "epoch": self.epoch_count,
             "step": self.global_step,
             "time": time.time(),
-            "metrics": {k: _as_scalar(v) for k, v in metrics.items()},
+            "metrics": values,
         }
         self._pending.append(record)
-        self._flush(force=False)
+        self._flush(force=False, epoch_end=True)
 
     def log_event(self, name: str, **data: Any) -> None:
         """A free-form event (e.g. a test-set evaluation) in the log; shown by the dashboard."""
         if not self.enabled:
             return
+        try:
+            name = self._name("run.log_event", name)
+            problems: list[str] = []
+            clean = _values.jsonable(data, problems)
+            for problem in problems[:3]:
+                self._say(f"run.log_event({name!r}): {problem}", key=("event", name, problem.split(" (")[0]))
+        except Exception as exc:  # noqa: BLE001
+            self._warn_once("event recording", exc, disabled=False)
+            return
         self._pending.append(
-            {"type": "event", "name": str(name), "step": self.global_step, "time": time.time(), "data": data}
+            {"type": "event", "name": name, "step": self.global_step, "time": time.time(), "data": clean}
         )
 
     def flush(self) -> None:
         """Move buffered values to the host in one transfer, append them, update status, run online rules."""
         self._flush(force=True)
 
-    def _flush(self, force: bool) -> None:
+    def _flush(self, force: bool, epoch_end: bool = False) -> None:
         """The records always; status.json and the online rules when `force`, a first non-finite loss or
-        their schedule (STATUS_INTERVAL, RULES_BUDGET) say so: both cost milliseconds, a step microseconds."""
+        their schedule (STATUS_INTERVAL, RULES_BUDGET) say so: both cost milliseconds, a step microseconds.
+        The rules' floor: every flush while the run is young (RULES_YOUNG_SECONDS), and each epoch end while
+        they fit in EPOCH_RULES_BUDGET."""
         self._last_flush = time.monotonic()
         if not self.enabled:
+            return
+        if self._file is not None and self._gone():
+            self._stop_recording(f"the run directory {self.path} (or its events.jsonl) was deleted during the run")
             return
         records = self._take_records()
         if records is None:
             return
         nonfinite = self._guard("writer", self._write_flush, records, force)
+        if not self.enabled:
+            return
         if self._diagnoser is not None:
             self._undiagnosed.extend(records)
             due = time.monotonic() - self._rules_start >= (self._rules_spent + self._rules_cost) / RULES_BUDGET
             if self._healer is not None:  # heal: judge candidates; a blow-up runs the rules at once
                 due = bool(self._guard("heal", self._healer.observe, records)) or due
-            if self._undiagnosed and (force or nonfinite or due):
+            elapsed = time.monotonic() - self._rules_start
+            young = elapsed < RULES_YOUNG_SECONDS
+            epoch_due = epoch_end and self._rules_spent + self._rules_cost <= EPOCH_RULES_BUDGET * elapsed
+            if self._undiagnosed and (force or nonfinite or due or young or epoch_due):
                 self._guard("online rules", self._diagnose_pending)
         self._guard("stop check", self._check_stop_file)
         if nonfinite:
@@ -400,22 +574,44 @@ class Run:
                 }
                 if self._scalars:
                     rec["scalars"] = self._scalars
+                if self._optimizer_hook is not None:
+                    rec["optimizer_steps"] = self._optimizer_steps
                 records.append(rec)
             records.extend(self._pending)
             self._steps, self._times, self._losses, self._lrs = [], [], [], []
             self._scalars = {k: [] for k in self._scalars}
             self._pending = []
             _materialize(records)  # the one host sync per flush
-            return records
         except Exception as exc:  # noqa: BLE001
-            self._warn_once("step recording", exc)
+            self._warn_once("step recording", exc, disabled=False)
             return None
+        if self._structure is not None and self._structure.ready:  # a few times in the first 200 steps
+            self._guard("first-batch checks", self._write_structure)
+        return records
+
+    def _write_structure(self) -> None:
+        """The first batch, the head and the targets seen, into meta.json (moved to the host here, once)."""
+        structure = self._structure
+        fields = structure.collect(_materialize)
+        head = fields.pop("head", None)
+        if head is not None and isinstance(self.meta.get("model"), dict):
+            self.meta["model"]["head"] = head
+        if fields or head is not None:
+            self._update_meta(**fields)
+        if structure.done:
+            structure.close()
+            self._structure = None
 
     def _write_flush(self, records: list[dict], force: bool = True) -> bool:
         nonfinite = not self._fsynced_nonfinite and any(
             r["type"] == "steps" and any(not math.isfinite(v) for v in r["loss"]) for r in records
         )
-        self._write_lines(records, fsync=nonfinite)
+        try:
+            self._write_lines(records, fsync=nonfinite)
+        except OSError as exc:  # a full or failing disk: these records are lost, the file stays whole lines
+            self._say(f"could not write {len(records)} records to {runfile.EVENTS} ({type(exc).__name__}: {exc}); "
+                      "they are lost, the file keeps whole lines, writing is retried at the next flush",
+                      key=("events", getattr(exc, "errno", None)))
         if force or nonfinite or time.monotonic() - self._last_status >= STATUS_INTERVAL:
             self._write_status()
         return nonfinite
@@ -489,7 +685,19 @@ class Run:
             return
         self.closed = True
         if self._probe is not None:
+            if self.enabled:  # the run's last state: weights (and the last gradients still held) at close
+                records = self._guard("layer probes", self._probe.final_records, self.global_step)
+                self._pending.extend(records or [])
             self._guard("layer probes", self._probe.close)
+        if self._structure is not None:
+            if self.enabled:
+                self._structure.done = True  # write what was gathered, then remove its hooks
+                self._guard("first-batch checks", self._write_structure)
+            if self._structure is not None:
+                self._guard("first-batch cleanup", self._structure.close)
+                self._structure = None
+        if self._optimizer_hook is not None:
+            self._guard("optimizer step count", self._optimizer_hook.remove)
         if not self.enabled:
             return
         self.flush()
@@ -501,7 +709,7 @@ class Run:
         if error is not None:
             fields["error"] = {"type": type(error).__name__, "message": str(error)[:2000]}
         if self._file is not None:
-            self._guard("writer", os.fsync, self._file.fileno())
+            self._guard("writer", self._fsync)
         self._guard("writer", self._write_status, **fields)
         self._close_file()
 
@@ -535,12 +743,3 @@ def _holds_a_run(path: Path) -> bool:
     except OSError:
         return False
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)

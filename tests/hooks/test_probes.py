@@ -224,7 +224,7 @@ def test_gradient_accumulation_counts_a_unit_alive_if_any_micro_batch_fires_it(t
 def test_hooks_exist_only_for_sampled_steps(tmp_path):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    probe = LayerProbe(model, opt, tmp_path, every=5, snapshot_every=10**9)
+    probe = LayerProbe(model, opt, tmp_path, every=5, snapshot_every=10**9, floor=False)
     x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
     sampled, armed_during = [], {}
     for step in range(1, 21):
@@ -244,7 +244,7 @@ def test_time_budget_decides_how_often_to_sample(tmp_path):
 
     def sampled(budget: float) -> list[int]:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        probe = LayerProbe(model, opt, tmp_path, budget=budget, min_every=10, snapshot_every=10**9)
+        probe = LayerProbe(model, opt, tmp_path, budget=budget, min_every=10, snapshot_every=10**9, floor=False)
         steps = []
         for step in range(1, 61):
             _step(model, opt, x, y)
@@ -301,7 +301,7 @@ def test_failing_snapshot_writes_warn_once_and_statistics_go_on(tmp_path, monkey
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        probe = LayerProbe(model, opt, tmp_path, every=2, snapshot_every=2)
+        probe = LayerProbe(model, opt, tmp_path, every=2, snapshot_every=2, floor=False)
         assert probe.initial_records() == []
         kinds = []
         for step in range(1, 7):

@@ -64,18 +64,23 @@ def test_step_does_not_move_values_to_the_host_every_step(run_dir, monkeypatch):
 
     monkeypatch.setattr(run_module, "_materialize", counted_materialize)
     model, x, y = _model_and_data()
-    steps = 300
+    steps = 500
     with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=3600, flush_steps=100) as run:
-        run.watch(model, every=10)  # a sampled step every 10 steps, plus snapshots every 100
+        run.watch(model, every=10)  # the early floor, then every 10 steps, plus snapshots every 100
         before = dict(counts)
         _train(run, model, x, y, steps)
         during = {k: counts[k] - before[k] for k in counts}
-    assert during["materialize"] == steps // 100  # one host transfer per flush, none per step
-    # the only transfers: one per flush, and the first-layer snapshots (steps 100, 200, 300: .cpu(), .numpy())
-    assert during["calls"] <= during["materialize"] + 3 * 2 < steps / 10, during
+    # one host transfer per flush (every 100 steps, and once early at step 10), none per step; plus the
+    # first-batch statistics, written to meta.json at most 4 times (steps 1, 10, 50, 200)
+    assert steps // 100 + 1 <= during["materialize"] <= steps // 100 + 1 + 4
+    # the only other transfers: the first-layer snapshots (.cpu(), .numpy() at 100, 200, ...) and the
+    # first-batch statistics written to meta.json a few times in the first 200 steps (histograms: .tolist())
+    assert during["calls"] <= during["materialize"] + 2 * (steps // 100) + 3 * 5 < steps / 10, during
     data = load_run(run_dir)
     assert data.steps["step"].tolist() == list(range(1, steps + 1))
-    assert len(data.layers["step"].unique()) == 1 + steps // 10  # step 1, then every 10th
+    sampled = sorted(data.layers["step"].unique())
+    assert sampled[:10] == list(range(1, 11))  # the floor: every one of the first 10 steps ...
+    assert {s for s in sampled if s > 200} == set(range(210, steps + 1, 10))  # ... then every 10th
 
 
 # ---------------------------------------------------------------------------------------------- what gets recorded
@@ -92,7 +97,8 @@ def test_a_watched_training_records_steps_layers_snapshots_and_meta(run_dir):
     assert data.steps["lr"].eq(0.1).all() and data.steps["grad_scale"].eq(1.0).all()
     assert data.epochs["epoch"].tolist() == [1, 2] and data.epochs["step"].tolist() == [50, 100]
     layers = data.layers
-    assert sorted(layers["step"].unique()) == [1, 25, 50, 75, 100]
+    sampled = set(layers["step"].unique())
+    assert set(range(1, 11)) | {25, 50, 75, 100} <= sampled  # the early floor, and every 25th step
     weights = layers[layers["kind"] == "weight"]
     assert set(weights["layer"]) == {"0", "2"}
     for col in ("w_norm", "w_mean", "w_std", "g_norm", "update_ratio", "zero_grad_frac"):
