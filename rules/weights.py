@@ -13,29 +13,37 @@ from pathlib import Path
 
 import numpy as np
 from babysit.monitor import runfile
-from babysit.rules.base import Context, Finding, Rule, fmt
+from babysit.rules.base import Context, Finding, Rule, fmt, meta_layers
 
-__all__ = ["NoisyWeights", "roughness", "as_images"]
+__all__ = ["NoisyWeights", "roughness", "as_images", "layer_type"]
 
 MIN_SIDE = 5  # 3x3 filters are too small to call noisy
 MIN_FILTERS = 8
 
 
-def as_images(w: np.ndarray) -> np.ndarray | None:
-    """Filters as (n, channels, h, w): conv weights as they are, linear rows as square (or 3-channel) images."""
+def as_images(w: np.ndarray, layer_type: str | None = None) -> np.ndarray | None:
+    """Filters as (n, channels, h, w) when the weights are images, else None.
+
+    Images are conv2d filters (out, in, kh, kw) and a first Linear layer's rows reshaped by a declared
+    `watch(input_shape=...)` into (out, *input_shape). A plain 2-D matrix is never an image: an LSTM's head
+    with 64 inputs, 256 tabular features or an embedding table drawn as 8x8/16x16 pictures is noise by
+    construction. With the layer type unknown (no model summary) only 4-D weights count.
+    """
     w = np.asarray(w, dtype=float)
-    if w.ndim == 4:
+    kind = str(layer_type or "")
+    if kind == "Linear" and w.ndim in (3, 4):
+        return w[:, None] if w.ndim == 3 else w
+    if w.ndim == 4 and kind in ("", "Linear", "Conv2d", "LazyConv2d", "ConvTranspose2d"):
         return w
-    if w.ndim == 3:
-        return w[:, None]
-    if w.ndim == 2:
-        n, d = w.shape
-        side = int(round(math.sqrt(d)))
-        if side * side == d:
-            return w.reshape(n, 1, side, side)
-        side = int(round(math.sqrt(d / 3)))
-        if 3 * side * side == d:
-            return w.reshape(n, 3, side, side)
+    return None
+
+
+def layer_type(meta, name: str) -> str | None:
+    """The module type of a layer in the model summary (meta.json model.layers), if listed."""
+    for layer in meta_layers(meta):
+        if str(layer.get("name")) == name:
+            t = layer.get("type")
+            return str(t) if t is not None else None
     return None
 
 
@@ -54,11 +62,8 @@ def roughness(filters: np.ndarray) -> float:
 class NoisyWeights(Rule):
     id = "noisy_weights"
     title = "First-layer weights look like noise"
-    fix = (
-        "stronger regularization (weight decay / L2): the lecture's 'noisy weights: regularization not strong enough'",
-        "train longer (the filters have not formed yet)",
-        "lower the learning rate if the filters got noisier than at init",
-    )
+    fix = ("noisy_weights_regularize", "noisy_weights_wait", ("lower_lr", "if the filters got noisier than at init"))
+    needs = ("snapshots",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -96,9 +101,10 @@ class NoisyWeights(Rule):
         row = {"file": str(snaps.raw("file")[last]), "layer": str(snaps.raw("layer")[last])}
         if step - self.init[0] < self.th["noisy_weights_min_steps"]:
             return []
-        w0 = as_images(self.init[1])
+        kind = layer_type(ctx.meta, row["layer"])
+        w0 = as_images(self.init[1], kind)
         arr = self._load(ctx, str(row["file"]))
-        w = as_images(arr) if arr is not None else None
+        w = as_images(arr, kind) if arr is not None else None
         if w is None or w0 is None or w.shape != w0.shape or min(w.shape[2:]) < MIN_SIDE:
             return []
         if not np.isfinite(w).all():

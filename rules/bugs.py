@@ -1,0 +1,290 @@
+"""Checks for the bugs users actually make in their own loops: probabilities fed to a logits loss, a model
+that does not train because its parameters are frozen or missing from the optimizer, and optimizer.step()
+skipped on most steps.
+
+They read what the hooks record once (meta.json `model`, `optimizer`, `first_batch`; status.json and step
+records `optimizer_steps`, FORMAT.md). Any of those may be missing (an old run, an import, a loop the hooks
+could not see into): a rule then says nothing. A structural fact alone is not enough where a legitimate
+setup looks the same (a linear probe freezes most of the net on purpose): those rules also ask the loss.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
+from babysit.rules.window import Tail
+
+__all__ = ["DoubleSoftmax", "FrozenParameters", "SkippedOptimizerSteps", "Progress", "number", "train_accuracy"]
+
+
+def number(x) -> float | None:
+    """A finite float from a meta value of any JSON type, else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, str)):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def train_accuracy(ctx: Context) -> float | None:
+    """The latest train accuracy in this update's epoch records (0-1; percentages are scaled), else None."""
+    for col in ("train_acc", "train_accuracy", "acc", "accuracy"):
+        if col in ctx.epochs:
+            vals = ctx.epochs.num(col)
+            vals = vals[np.isfinite(vals)]
+            if len(vals):
+                a = float(vals[-1])
+                return a / 100 if 1 < a <= 100 else a
+    return None
+
+
+class Progress:
+    """Whether the loss is where it should be: its recent median against its start, across updates.
+
+    `learning` is None until `bug_min_steps` steps have been seen (too early to say), else True when the
+    recent loss fell below `bug_loss_progress` of the initial loss, or a pretrained net (the first loss far
+    below ln C) stays near its start, or the train accuracy is well above chance.
+    """
+
+    def __init__(self, thresholds: dict):
+        self.th = thresholds
+        self.tail = Tail(20)  # the last 20 finite losses
+        self.accuracy: float | None = None
+
+    def feed(self, ctx: Context) -> None:
+        ok = np.isfinite(ctx.new_loss)
+        self.tail.extend(ctx.new_loss[ok])
+        acc = train_accuracy(ctx)
+        if acc is not None:
+            self.accuracy = acc
+
+    @property
+    def recent(self) -> float:
+        vals = self.tail.parts[0]
+        return float(np.median(vals)) if len(vals) else math.nan
+
+    def learning(self, ctx: Context) -> bool | None:
+        start, recent = ctx.initial_loss, self.recent
+        seen = ctx.last_step - (ctx.first_step or 0)
+        if start is None or not math.isfinite(recent) or seen < self.th["bug_min_steps"]:
+            return None
+        if ctx.nonfinite_step is not None:
+            return False
+        c = ctx.num_classes
+        if self.accuracy is not None and c is not None:
+            scaled = (self.accuracy - 1 / c) / (1 - 1 / c)
+            if scaled >= self.th["underfit_acc"]:
+                return True
+        if ctx.starts_trained and recent <= 1.1 * start:
+            return True
+        if start > 0:
+            return recent <= self.th["bug_loss_progress"] * start
+        return recent < start - abs(start) * (1 - self.th["bug_loss_progress"])  # a loss that can go negative
+
+    def note(self, ctx: Context) -> str:
+        s = f"loss {fmt(self.recent)} now vs {fmt(ctx.initial_loss)} at the start"
+        return s + (f", train accuracy {fmt(self.accuracy)}" if self.accuracy is not None else "")
+
+
+def softmax_floor(c: int) -> float:
+    """The lowest cross_entropy of probabilities: a one-hot p scores -log(e / (e + C - 1))."""
+    return math.log1p((c - 1) / math.e)
+
+
+class DoubleSoftmax(Rule):
+    id = "double_softmax"
+    title = "Probabilities fed to a loss that expects logits"
+    fix = ("logits_to_loss",)
+    needs = ("meta.first_batch",)
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.done = False
+        self.progress = Progress(thresholds)
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        self.progress.feed(ctx)
+        if self.done:
+            return []
+        fb = meta_dict(ctx.meta, "first_batch")
+        loss_fn = str(fb.get("loss_fn") or "")
+        head = str(meta_dict(meta_dict(ctx.meta, "model"), "head").get("type") or "")
+        probs = fb.get("loss_input") if isinstance(fb.get("loss_input"), dict) else None
+        if probs is None:  # the hooks did not see the loss call: the model's output stands in for it
+            probs = fb.get("outputs") if isinstance(fb.get("outputs"), dict) else {}
+        is_probs = probs.get("nonneg") is True and probs.get("rows_sum_to_one") is True
+        seen = probs.get("nonneg") is not None  # the tensor's statistics were recorded: trust them over the head
+        what = None
+        if "cross_entropy" in loss_fn and not loss_fn.startswith("binary") and (is_probs or (head == "Softmax"
+                                                                                           and not seen)):
+            what = "cross_entropy applies log_softmax itself: softmax before it squashes the logits"
+        elif loss_fn == "nll_loss" and (is_probs or (head == "Softmax" and not seen)):
+            what = "nll_loss expects log-probabilities (LogSoftmax), it got probabilities"
+        elif loss_fn == "binary_cross_entropy_with_logits" and head == "Sigmoid" and (
+                not seen or (probs.get("nonneg") is True and (number(probs.get("max")) or 2) <= 1)):
+            what = "binary_cross_entropy_with_logits applies the sigmoid itself: sigmoid before it squashes them"
+        if what is None:
+            return []
+        self.done = True
+        c = ctx.num_classes
+        evidence = {"loss_fn": loss_fn, "head": head or None, "loss_input_nonneg": probs.get("nonneg"),
+                    "loss_input_rows_sum_to_one": probs.get("rows_sum_to_one"), "loss_now": self.progress.recent,
+                    "train_accuracy": self.progress.accuracy}
+        msg = f"{what} (head {head or '?'}, loss {loss_fn}"
+        if is_probs:
+            msg += f", its input in [{fmt(number(probs.get('min')))}, {fmt(number(probs.get('max')))}] with rows " \
+                   "summing to 1"
+        msg += ")"
+        if c is not None and "cross_entropy" in loss_fn and not loss_fn.startswith("binary"):
+            floor = softmax_floor(c)
+            evidence["loss_floor"] = floor
+            msg += f"; the loss cannot go below {fmt(floor)} for {c} classes even when every answer is right"
+        fix = ["logits_to_loss"] if "cross_entropy" in loss_fn else [("logits_to_loss", "or nn.LogSoftmax "
+                                                                      "with nll_loss")]
+        return [self.finding(ctx, "warning", ctx.last_step or None, msg, evidence, fix)]
+
+
+class FrozenParameters(Rule):
+    id = "frozen_parameters"
+    title = "Most of the model does not train"
+    fix = ("check_requires_grad", "check_optimizer_params")
+    needs = ("meta.model",)
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.severity: str | None = None
+        self.progress = Progress(thresholds)
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        self.progress.feed(ctx)
+        if self.severity == "warning":
+            return []
+        model, opt = meta_dict(ctx.meta, "model"), meta_dict(ctx.meta, "optimizer")
+        total, frozen = number(model.get("parameters")), number(model.get("frozen"))
+        if frozen is None and number(model.get("trainable")) is not None and total is not None:
+            frozen = total - number(model.get("trainable"))
+        missing = number(opt.get("trainable_not_in_optimizer")) or 0.0
+        if not total or frozen is None:
+            return []
+        idle = frozen + missing
+        if idle / total < self.th["frozen_frac"]:
+            return []
+        learning = self.progress.learning(ctx)
+        if learning is None:
+            return []
+        # intended freezing (a linear probe, fine-tuning the head) learns; say nothing unless trainable
+        # parameters sit outside the optimizer, which is a bug as often as a choice: an info note then
+        severity = "warning" if not learning else ("info" if missing / total >= self.th["frozen_frac"] else None)
+        if severity is None or severity == self.severity:
+            return []
+        self.severity = severity
+        layers = [str(x.get("name")) for x in meta_layers(ctx.meta) if number(x.get("trainable")) == 0
+                  and (number(x.get("frozen")) or 0) > 0]
+        outside = [str(x) for x in opt.get("layers_not_in_optimizer") or []][:8]
+        msg = (f"{fmt(100 * idle / total)}% of the model's {int(total):,} parameters do not train "
+               f"({int(frozen):,} with requires_grad off, {int(missing):,} trainable but in no optimizer group)")
+        msg += f"; {self.progress.note(ctx)}" + (": the loss is not where it should be" if not learning else
+                                                 ": it learns, so this may be intended (a linear probe); then set "
+                                                 "requires_grad=False on them to skip their backward")
+        if layers:
+            msg += f"; frozen layers: {', '.join(layers[:6])}" + (" ..." if len(layers) > 6 else "")
+        if outside:
+            msg += f"; not in the optimizer: {', '.join(outside)}"
+        evidence = {"parameters": total, "frozen": frozen, "not_in_optimizer": missing, "idle_frac": idle / total,
+                    "frozen_layers": layers, "layers_not_in_optimizer": outside, "initial_loss": ctx.initial_loss,
+                    "loss_now": self.progress.recent, "train_accuracy": self.progress.accuracy}
+        fix = list(self.fix) if frozen >= missing else [self.fix[1], self.fix[0]]
+        return [self.finding(ctx, severity, ctx.last_step, msg, evidence, fix)]
+
+
+_ACCUM_KEY = re.compile(r"accum", re.IGNORECASE)
+
+
+def declared_accumulation(ctx: Context) -> int | None:
+    """Gradient accumulation declared in the config (grad_accum, accumulate_grad_batches, ...), if any."""
+    for key, value in meta_dict(ctx.meta, "config").items():
+        v = number(value)
+        if _ACCUM_KEY.search(str(key)) and v is not None and v >= 2:
+            return int(v)
+    return None
+
+
+class SkippedOptimizerSteps(Rule):
+    id = "skipped_optimizer_steps"
+    title = "optimizer.step() ran on far fewer steps than the loop"
+    fix = ("step_every_iteration", "declare_accumulation")
+    needs = ("optimizer_steps",)
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.severity: str | None = None
+        self.progress = Progress(thresholds)
+        self.counts: tuple[int, int] | None = None  # (loop steps, optimizer steps) at the latest record
+
+    def _observe(self, batch, ctx: Context) -> None:
+        """The latest (loop steps, optimizer steps): from step records if the reader keeps the column, else status."""
+        frame = getattr(batch, "steps", None)
+        if frame is not None and "optimizer_steps" in getattr(frame, "columns", ()) and len(frame):
+            ops = np.asarray(frame["optimizer_steps"].to_numpy(), dtype=float)
+            ok = np.isfinite(ops)
+            if ok.any():
+                i = int(np.flatnonzero(ok)[-1])
+                self.counts = (int(frame["step"].to_numpy()[i]), int(ops[i]))
+        st = ctx.status if isinstance(ctx.status, dict) else {}
+        step, ops = number(st.get("step")), number(st.get("optimizer_steps"))
+        if step is not None and ops is not None and (self.counts is None or step >= self.counts[0]):
+            self.counts = (int(step), int(ops))
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        self.progress.feed(ctx)
+        self._observe(batch, ctx)
+        if self.severity == "warning" or self.counts is None:
+            return []
+        steps, ops = self.counts
+        if steps < self.th["skipped_min_steps"]:
+            return []
+        ratio = ops / steps
+        k = declared_accumulation(ctx)
+        expected = 1.0 / k if k else 1.0
+        if ratio >= self.th["skipped_ratio"] * expected:
+            return []
+        every = steps / ops if ops else math.inf
+        regular = ops > 0 and abs(every - round(every)) <= 0.05 * every and k is None
+        scaled = regular and self._loss_scaled(ctx, round(every))
+        learning = self.progress.learning(ctx)
+        # A regular every-k-th step is what gradient accumulation looks like when run.step() is called per
+        # micro-batch: legitimate if the run learns (info), a bug if it does not. Never stepping, an irregular
+        # ratio, or fewer steps than the declared accumulation explains are bugs whatever the loss does.
+        if scaled:
+            return []
+        if ops == 0 or not regular:
+            severity = "warning"
+        elif learning is None:
+            return []
+        else:
+            severity = "info" if learning else "warning"
+        if severity == self.severity:
+            return []
+        self.severity = severity
+        msg = (f"optimizer.step() ran {ops:,} times in {steps:,} loop steps ({fmt(100 * ratio)}%)"
+               + (f", expected ~1 in {k} with the declared gradient accumulation" if k else "")
+               + (f"; a regular 1 in {round(every)}, like gradient accumulation" if regular else "")
+               + f"; {self.progress.note(ctx)}")
+        evidence = {"loop_steps": steps, "optimizer_steps": ops, "ratio": ratio, "declared_accumulation": k,
+                    "regular_every": round(every) if regular else None, "initial_loss": ctx.initial_loss,
+                    "loss_now": self.progress.recent}
+        fix = list(self.fix) if severity == "warning" else [self.fix[1], self.fix[0]]
+        return [self.finding(ctx, severity, steps, msg, evidence, fix)]
+
+    @staticmethod
+    def _loss_scaled(ctx: Context, k: int) -> bool:
+        """The first loss is ln(C)/k: the loss was divided by the accumulation steps, so accumulation is real."""
+        c = ctx.num_classes
+        if c is None or ctx.initial_loss is None or k < 2:
+            return False
+        return abs(ctx.initial_loss * k / math.log(c) - 1) <= 0.25
