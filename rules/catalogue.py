@@ -72,7 +72,8 @@ CAUSES: dict[str, list[str]] = {
     "dead_units": ["lr_too_high"],
     "saturated_activations": ["unnormalized_input"],
     "vanishing_gradients": ["dead_units", "saturated_activations"],
-    "update_ratio": ["stalled_weights", "dead_units", "vanishing_gradients", "saturated_activations"],
+    # a linear model at chance heads for zero weights: its ratio is high because the weights vanish
+    "update_ratio": ["stalled_weights", "dead_units", "vanishing_gradients", "saturated_activations", "low_capacity"],
     "noisy_loss": ["nonfinite_loss", "loss_explosion", "lr_too_high"],
 }
 

@@ -123,7 +123,8 @@ class LrTooHigh(Rule):
             why.append(f"it jumped to {fmt(peak)} ({fmt(peak / init, 2)}x its start) in the first steps")
         if level >= th["explosion_warn_factor"] * init:
             why.append(f"it sits {fmt(level / init, 2)}x above its start")
-        if math.isfinite(ratio) and ratio >= th["lr_high_ratio"]:
+        # a linear model at chance heads for zero weights, and the ratio's denominator with them: not evidence there
+        if math.isfinite(ratio) and ratio >= th["lr_high_ratio"] and len(weight_layers(ctx.meta)) != 1:
             why.append(f"the update/weight ratio reached {fmt(ratio)} (healthy ~1e-3)")
         dead = ctx.findings.get("dead_units")
         if dead is not None and _dead_after_init(dead) and dead.step is not None and dead.step <= step:
@@ -157,7 +158,7 @@ class LowCapacity(Rule):
 
     id = "low_capacity"
     title = "Model too small: no hidden layer"
-    fix = ("more_capacity", ("raise_lr", "only if the update/weight ratio is far below 1e-3"))
+    fix = ("more_capacity",)
     needs = ("meta.model", "num_classes", "steps>=flat_window")
 
     def __init__(self, thresholds: dict):

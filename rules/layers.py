@@ -110,8 +110,9 @@ class _LayerRule(Rule):
     def check(self, view: LayerView, ctx: Context) -> list[Finding]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def sustained(self, streak: Streak, cond: np.ndarray, view: LayerView, need_key: str) -> tuple[int | None, int]:
-        return streak.feed(cond, view.steps, int(self.th[need_key]), self.th["sustain_steps"])
+    def sustained(self, streak: Streak, cond: np.ndarray, view: LayerView, need_key: str,
+                  min_steps: float = 0) -> tuple[int | None, int]:
+        return streak.feed(cond, view.steps, int(self.th[need_key]), self.th["sustain_steps"], min_steps)
 
 
 class UpdateRatio(_LayerRule):
@@ -162,7 +163,9 @@ class UpdateRatio(_LayerRule):
         high = (med > self.th["update_ratio_high"]) & (steps >= (ctx.first_step or 1) + 5)
         sub = _Sub(view, steps)
         for streak, cond, direction in ((self.high, high, "high"), (self.low, low, "low")):
-            i, n = self.sustained(streak, cond, sub, "update_ratio_records")
+            # early records come every step: a too-high ratio must also last (small-init weights grow fast)
+            span = self.th["update_ratio_min_steps"] if direction == "high" else 0
+            i, n = self.sustained(streak, cond, sub, "update_ratio_records", span)
             if i is None:
                 continue
             self.done = True
@@ -468,7 +471,16 @@ class StalledWeights(_LayerRule):
                 self.prev[n] = tuple(w[:, present[-1], j])
         lr = ctx.lr_at(view.steps)
         schedule_zero = (lr == 0) & math.isfinite(ctx.max_lr) & (ctx.max_lr > 0)  # a schedule that reached 0
-        cond = (g > 0) & ((ur == 0) | (np.isnan(ur) & same)) & ~schedule_zero[:, None]
+        # No update ratio means the optimizer did not step at that sample. When meta.json lists what the
+        # optimizer holds, that is a stall only for a layer outside it; for one inside it, the step was skipped
+        # (gradient accumulation; skipped_optimizer_steps judges those), not a layer the optimizer ignores.
+        opt = meta_dict(ctx.meta, "optimizer")
+        outside = opt.get("layers_not_in_optimizer") if isinstance(opt.get("layers_not_in_optimizer"), list) else None
+        unstepped = np.isnan(ur) & same
+        if outside is not None:
+            unstepped &= np.array([n in outside or n.rpartition(".")[0] in outside for n in names], dtype=bool)
+        # a gradient below vanishing_abs moves no float32 weight: that is vanishing_gradients' stall, not this one
+        cond = (g > self.th["vanishing_abs"]) & ((ur == 0) | unstepped) & ~schedule_zero[:, None]
         if not cond.any() and not any(self.streaks.get(n) and self.streaks[n].count for n in names):
             return []
         hits: dict[str, tuple[int, int]] = {}

@@ -136,7 +136,11 @@ class LossExplosion(Rule):
         for severity, factor in levels:
             # The median of a window is above the limit exactly when more than half its values are (odd w):
             # a rolling count, O(n) and cheap. NaN never counts (nonfinite_loss reports it); +inf does.
-            above = rolling_count(x > factor * init, self.w)
+            limit = factor * init
+            c = ctx.num_classes
+            if c is not None:  # a relative rise from a tiny (fine-tuned) loss is no explosion
+                limit = max(limit, init + self.th["explosion_min_rise"] * math.log(c))
+            above = rolling_count(x > limit, self.w)
             hit = first_true(above[start:] >= self.w // 2 + 1)
             if hit is None:
                 continue

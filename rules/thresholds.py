@@ -36,6 +36,11 @@ TABLE: dict[str, Threshold] = {
         "loss_explosion (warning): smoothed loss above this multiple of the initial loss",
         "ours: healthy runs stay under ~1.1x (measured on the scenario suite)",
     ),
+    "explosion_min_rise": Threshold(
+        0.2,
+        "loss_explosion: and the loss must have risen by at least this fraction of ln(C) (C known)",
+        "ours: a fine-tuned net at loss 0.1 that wobbles to 0.17 (1.7x) did not explode",
+    ),
     "explosion_window": Threshold(
         5,
         "loss_explosion: steps in the rolling median that must exceed the factor",
@@ -210,6 +215,11 @@ TABLE: dict[str, Threshold] = {
         3,
         "update_ratio: consecutive layer records the ratio must stay off",
         "ours: a sustained condition, not one sample",
+    ),
+    "update_ratio_min_steps": Threshold(
+        30,
+        "update_ratio (high): the streak of records must also span this many steps",
+        "ours: dense early sampling (every step at first) and small-init weights that grow fast in the first steps",
     ),
     "lr_decayed_factor": Threshold(
         0.01,

@@ -81,8 +81,12 @@ class Streak:
         self.count = 0
         self.start: int | None = None
 
-    def feed(self, cond: np.ndarray, steps: np.ndarray, need: int, min_span: float) -> tuple[int | None, int]:
-        """(index of the first record where the streak is sustained or None, its length there)."""
+    def feed(self, cond: np.ndarray, steps: np.ndarray, need: int, min_span: float,
+             min_steps: float = 0) -> tuple[int | None, int]:
+        """(index of the first record where the streak is sustained or None, its length there).
+
+        `min_steps`: the streak must also span this many steps (dense early sampling puts 3 records in 3 steps).
+        """
         cond = np.asarray(cond, dtype=bool)
         if not len(cond):
             return None, self.count
@@ -94,7 +98,7 @@ class Streak:
         prior_start = self.start if self.start is not None else int(steps[0])
         start_step = np.where(start_idx >= 0, steps[np.clip(start_idx, 0, len(steps) - 1)], prior_start)
         span = steps - start_step
-        ok = cond & ((runs >= max(need, 1)) | ((runs >= 2) & (span >= min_span)))
+        ok = cond & ((runs >= max(need, 1)) | ((runs >= 2) & (span >= min_span))) & (span >= min_steps)
         self.count = int(runs[-1])
         self.start = int(start_step[-1]) if self.count else None
         i = first_true(ok)

@@ -25,8 +25,8 @@ LATENCY: dict[str, tuple[int, int, int]] = {}  # scenario -> (fault onset step, 
 @dataclass
 class Scenario:
     name: str
-    data: str = "digits"  # digits | spiral | moons | tabular | binary
-    model: str = "mlp"  # mlp | conv | deep | tanh | sigmoid_deep | bn
+    data: str = "digits"  # digits | spiral | moons | tabular | binary | circles | imbalanced
+    model: str = "mlp"  # mlp | mlp2 | linear | conv | deep | tanh | sigmoid_deep | bn
     hidden: int = 64
     depth: int = 6  # for deep models
     opt: str = "sgd"  # sgd | adam | nesterov
@@ -45,7 +45,11 @@ class Scenario:
     bias_init: float | None = None  # hidden layers' biases at init
     freeze_first: bool = False  # requires_grad False on the first layer (fine-tuning: healthy)
     optimize_last_only: bool = False  # optimizer built over the last layer only (fault)
-    lr_spike: tuple[int, float] | None = None  # (step, factor): multiply the lr at that step (fault)
+    lr_spike: tuple[int, float] | None = None  # (step, factor): multiply the lr from that step on (fault)
+    spike_len: int | None = None  # ... for this many steps only (a transient spike: healthy when it recovers)
+    label_smoothing: float = 0.0  # cross_entropy(label_smoothing=...): the loss floor sits above 0 (healthy)
+    prior_bias: bool = False  # last layer's bias = log class priors (imbalanced data, healthy: starts below ln C)
+    pretrain_epochs: int = 0  # train this long without recording first (fine-tuning from a good checkpoint)
     nan_input_at: int | None = None  # feed a NaN input batch at this step (fault)
     input_scale: float = 1.0  # multiply the inputs (unnormalized data: fault)
     weight_noise: float = 0.0  # add N(0, this) to the first layer's weights after every step (fault)
@@ -90,6 +94,17 @@ def make_data(kind: str, seed: int = 0, conv: bool = False):
         x, y = make_classification(1200, n_features=20, n_informative=8, n_classes=4, n_clusters_per_class=1,
                                    class_sep=1.5, random_state=seed)
         x, y, c = x.astype(np.float32), y.astype(np.int64), 4
+    elif kind == "circles":  # not linearly separable: a linear model stays at chance
+        from sklearn.datasets import make_circles
+
+        x, y = make_circles(800, noise=0.05, factor=0.5, random_state=seed)
+        x, y, c = x.astype(np.float32), y.astype(np.int64), 2
+    elif kind == "imbalanced":  # 90% / 10%, easy
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(1500, n_features=10, n_informative=5, weights=[0.9, 0.1], class_sep=2.0,
+                                   random_state=seed)
+        x, y, c = x.astype(np.float32), y.astype(np.int64), 2
     elif kind == "binary":
         from sklearn.datasets import load_breast_cancer
 
@@ -117,6 +132,8 @@ def _model(s: Scenario, d_in: int, c: int) -> nn.Module:
     drop = [nn.Dropout(s.dropout)] if s.dropout else []
     if s.model == "mlp":
         return nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), *drop, nn.Linear(h, c))
+    if s.model == "linear":
+        return nn.Sequential(nn.Linear(d_in, c))
     if s.model == "mlp2":
         return nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), *drop, nn.Linear(h, h), nn.ReLU(), *drop,
                              nn.Linear(h, c))
@@ -157,7 +174,7 @@ def _lr_factor(s: Scenario, step: int, total: int, steps_per_epoch: int) -> floa
         f = min(1.0, (step + 1) / 100)
     else:
         raise ValueError(s.schedule)
-    if s.lr_spike and step >= s.lr_spike[0]:
+    if s.lr_spike and step >= s.lr_spike[0] and (s.spike_len is None or step < s.lr_spike[0] + s.spike_len):
         f *= s.lr_spike[1]
     return f
 
@@ -191,6 +208,10 @@ def train(s: Scenario, run_dir: Path, on_critical: str | None = "warn", threshol
         if s.bias_init is not None:
             for m in linears[:-1]:
                 m.bias.fill_(s.bias_init)
+        if s.prior_bias:
+            prior = torch.bincount(yt, minlength=c).float() / len(yt)
+            linears[-1].bias.copy_(prior.clamp_min(1e-3).log())
+            linears[-1].weight.mul_(0.01)
     if s.freeze_first:
         for p in linears[0].parameters():
             p.requires_grad_(False)
@@ -200,6 +221,8 @@ def train(s: Scenario, run_dir: Path, on_critical: str | None = "warn", threshol
     else:
         opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
                               nesterov=s.opt == "nesterov")
+    if s.pretrain_epochs:
+        _pretrain(s, model, opt, xt, yt)
     steps_per_epoch = math.ceil(len(xt) / s.batch_size)
     total = s.epochs * steps_per_epoch if s.max_steps is None else min(s.max_steps, s.epochs * steps_per_epoch)
     config = {k: v for k, v in asdict(s).items() if v is not None and k != "extra"}
@@ -218,6 +241,19 @@ def train(s: Scenario, run_dir: Path, on_critical: str | None = "warn", threshol
             "train_loss": tl, "findings": run.findings, "num_classes": c, "run": run}
 
 
+def _pretrain(s: Scenario, model: nn.Module, opt, xt, yt) -> None:
+    """Train without recording: the checkpoint a fine-tuning run starts from."""
+    gen = torch.Generator().manual_seed(s.seed + 1)
+    for _ in range(s.pretrain_epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), s.batch_size):
+            idx = perm[i : i + s.batch_size]
+            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
 def _loop(s: Scenario, run, model, opt, linears, xt, yt, xv, yv, total: int, steps_per_epoch: int):
     gen = torch.Generator().manual_seed(s.seed)
     step = 0
@@ -233,7 +269,8 @@ def _loop(s: Scenario, run, model, opt, linears, xt, yt, xv, yv, total: int, ste
             for g in opt.param_groups:
                 g["lr"] = s.lr * _lr_factor(s, step, total, steps_per_epoch)
             out = model(xb)
-            loss = nn.functional.cross_entropy(out.softmax(1) if s.double_softmax else out, yb)
+            loss = nn.functional.cross_entropy(out.softmax(1) if s.double_softmax else out, yb,
+                                               label_smoothing=s.label_smoothing)
             if not s.no_zero_grad:
                 opt.zero_grad()
             loss.backward()
