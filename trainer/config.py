@@ -81,6 +81,7 @@ class TrainConfig:
     # recording
     run_dir: str = "runs/train"
     on_critical: str = "stop"
+    heal: bool = False  # on a blow-up roll back to the last good state and fix (hooks/heal.py)
     progress: bool = True
 
     def fractions(self) -> tuple[float, float]:

@@ -69,7 +69,9 @@ OPTIONS: dict[str, tuple[str, str, dict]] = {
     "linear_probe": ("transfer", "fit a logistic regression on penultimate features instead of SGD", {}),
     "run_dir": ("run", "where to record the run (default runs/<time>)", {}),
     "on_critical": ("run", "what a critical finding does to the run (default: stop it)",
-                    {"choices": ("warn", "stop", "raise")}),
+                    {"choices": ("warn", "stop", "raise", "heal")}),
+    "heal": ("run", "self-healing: on a blow-up roll back to the last good state, lower the lr 10x (then clip "
+             "gradients, then warm up) and go on; stop after 3 attempts (same as --on-critical heal)", {}),
 }
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}

@@ -34,7 +34,7 @@ class Check:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_train_options(parser, skip={"epochs", "run_dir", "on_critical", "init_from", "freeze", "linear_probe",
+    add_train_options(parser, skip={"epochs", "run_dir", "on_critical", "heal", "init_from", "freeze", "linear_probe",
                                     "compile", "max_loss_ratio", "crop_pad", "flip"})
     s = parser.add_argument_group("sanity")
     s.add_argument("--overfit-n", type=int, default=20, help="examples to overfit (default 20)")

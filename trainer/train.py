@@ -139,8 +139,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
     reason = None
     result: dict = {"notes": notes}
     best_val = -math.inf
-    with hooks.Run(cfg.run_dir, num_classes=splits.num_classes, config=asdict(cfg), on_critical=cfg.on_critical) as run:
-        run.watch(model, optimizer, input_shape=splits.input_shape)
+    heal = cfg.heal or cfg.on_critical == "heal"  # the hooks roll back and fix; the loss-ratio quit would stop it
+    with hooks.Run(cfg.run_dir, num_classes=splits.num_classes, config=asdict(cfg),
+                   on_critical="heal" if heal else cfg.on_critical) as run:
+        run.watch(model, optimizer, input_shape=splits.input_shape, scheduler=scheduler)
         for epoch in range(1, cfg.epochs + 1):
             train_mode(model, frozen)
             perm = distributed.shard(torch.randperm(n, generator=order), d).to(device, non_blocking=True)
@@ -172,7 +174,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
                     first = value
                 peak = value if peak is None else torch.maximum(peak, value)  # NaN propagates
                 if run.global_step % CHECK_EVERY == 0:
-                    if cfg.max_loss_ratio and not reason:
+                    if cfg.max_loss_ratio and not reason and not heal:
                         reason = _divergence(first, peak, cfg.max_loss_ratio, chance)
                     stopping = distributed.any_rank(bool(reason) or run.should_stop, d, device)
                 elif d.world == 1:
@@ -193,7 +195,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
                 best_val = max(best_val, metrics["val_acc"])
                 progress.update(epoch, f"loss {metrics['epoch_loss']:.4f}  val acc {metrics['val_acc']:.3f}")
                 result.update(metrics)
-            if cfg.max_loss_ratio and first is not None and not reason:
+            if cfg.max_loss_ratio and first is not None and not reason and not heal:
                 reason = _divergence(first, peak, cfg.max_loss_ratio, chance)
             if distributed.any_rank(bool(reason) or run.should_stop, d, device):
                 break
