@@ -199,7 +199,7 @@ class Run:
         key = message if key is None else key
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(f"babysit: {message}; training continues", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"babysit: {message}; training continues", RuntimeWarning, stacklevel=_user_frame())
 
     def _value(self, where: str, name: str, value: Any) -> Any:
         """A recordable scalar or None (not passed, or dropped with one warning naming it)."""
@@ -735,6 +735,15 @@ class Run:
                 self._file.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _user_frame() -> int:
+    """The stacklevel of the first caller outside babysit's hooks: the warning points at the user's line."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _holds_a_run(path: Path) -> bool:

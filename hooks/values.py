@@ -70,7 +70,7 @@ def scalar(value: Any) -> tuple[torch.Tensor | float | None, str | None]:
     if isinstance(value, float):
         return value, None
     if isinstance(value, (str, bytes, bytearray, os.PathLike, _dt.date, _dt.time, _dt.timedelta)):
-        return None, f"a {type(value).__name__} ({_short(value)}), not a number: dropped"
+        return None, f"{_a(type(value).__name__)} ({_short(value)}), not a number: dropped"
     if isinstance(value, (np.ndarray, list, tuple)):
         try:
             array = np.asarray(value, dtype=np.float64)
@@ -88,7 +88,11 @@ def scalar(value: Any) -> tuple[torch.Tensor | float | None, str | None]:
             return _huge_int(int(value))
         except (TypeError, ValueError):
             pass
-    return None, f"a {type(value).__name__} ({_short(value)}), not a number: dropped"
+    return None, f"{_a(type(value).__name__)} ({_short(value)}), not a number: dropped"
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
 
 
 def clean_name(name: Any) -> tuple[str, str | None]:
@@ -167,7 +171,7 @@ def jsonable(obj: Any, problems: list[str] | None = None, _depth: int = 0) -> An
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return jsonable({f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}, problems, _depth + 1)
     text = _short(obj, 200)
-    problems.append(f"a {type(obj).__name__}: recorded as its text")
+    problems.append(f"{_a(type(obj).__name__)}: recorded as its text")
     return jsonable(text, problems, _depth + 1)
 
 
