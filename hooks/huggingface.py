@@ -3,12 +3,17 @@
     from babysit.hooks.huggingface import BabysitCallback
     trainer = Trainer(..., callbacks=[BabysitCallback("runs/exp1")])
 
-The Trainer hands callbacks no per-step loss: the loss reaches us through `on_log`, as the mean over the
-last `logging_steps` steps (set `logging_steps=10` or so for a useful curve; NaN still shows, since a mean
-with a NaN is NaN). Every optimizer step is still counted, so per-layer statistics and snapshots keep their
-schedule. Evaluation metrics (`eval_loss`, `eval_accuracy`, ...) become `val_loss`, `val_acc` in the epoch
-record; `train_loss` per epoch is the mean of the losses logged during the epoch. A STOP file, or a
-critical finding with `on_critical="stop"`, sets `control.should_training_stop`.
+The Trainer hands callbacks no per-step loss, so the callback reads it where your own loop would: a forward
+hook on the model takes the `loss` the model returns in training mode (a tensor, kept on the device), and
+each optimizer step records the mean over its micro-batches, whatever `gradient_accumulation_steps` (when the
+Trainer passes `num_items_in_batch`, the model already divides by the whole step's item count, and the
+micro-batch losses are summed instead). NaN and inf are recorded as they happen (the Trainer's own log
+replaces them by a running mean under `logging_nan_inf_filter`). A model that returns no loss (a custom
+`compute_loss` or `compute_loss_func`) falls back to the Trainer's `on_log` loss: the mean over the last
+`logging_steps` steps (set `logging_steps=1` or so for a useful curve). Evaluation metrics (`eval_loss`,
+`eval_accuracy`, ...) become `val_loss`, `val_acc` in the epoch record; `train_loss` per epoch is the mean of
+the step losses recorded during the epoch. A STOP file, or a critical finding with `on_critical="stop"`, sets
+`control.should_training_stop`.
 
 The Trainer has no exception hook: a run that crashes is left "running" and shows as crashed once its
 process is gone (the reader checks the pid).
@@ -52,6 +57,21 @@ def unwrap_optimizer(optimizer: Any) -> Any:
         if inner is None:
             break
     return optimizer
+
+
+def _model_loss(output: Any) -> torch.Tensor | None:
+    """The `loss` of a model output (a ModelOutput or a dict), as a scalar tensor; None if it has none."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if not isinstance(loss, torch.Tensor) or loss.numel() == 0:
+        return None
+    return loss.detach().float().mean()  # DataParallel returns one loss per device
+
+
+def _mean(values: list[Any]) -> Any:
+    """Mean of floats or of device tensors (the tensors stay on the device: no sync here)."""
+    if all(isinstance(v, torch.Tensor) for v in values):
+        return torch.stack([v.reshape(()) for v in values]).mean()
+    return sum(float(v) for v in values) / len(values)
 
 
 def _eval_metrics(metrics: Mapping) -> dict[str, float]:
@@ -104,14 +124,31 @@ class HFHooks:
         self.run: Run | None = None
         self._step_pending = False  # an optimizer step ended; its loss may still come in on_log
         self._epoch_pending = False  # an epoch ended; its eval metrics may still come in on_evaluate
-        self._epoch_losses: list[float] = []
+        self._epoch_losses: list[Any] = []
         self._val: dict[str, float] = {}
+        self._micro: list[torch.Tensor] = []  # model losses of the optimizer step in progress
+        self._summed = False  # the model divided by the whole step's num_items_in_batch: sum, don't average
+        self._step_loss: torch.Tensor | None = None  # the loss of the step that just ended
+        self._hook: Any = None
 
     # --------------------------------------------------------------- bookkeeping
     def _flush_step(self, loss: Any = None, **scalars: Any) -> None:
         if self._step_pending and self.run is not None:
             self._step_pending = False
+            if self._step_loss is not None:  # the model's own loss beats the Trainer's logged mean
+                loss, self._step_loss = self._step_loss, None
+            if loss is not None:
+                self._epoch_losses.append(loss)
             self.run.step(loss=loss, **scalars)
+
+    def _capture(self, module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> None:
+        """Forward hook: keep each training micro-batch's loss (evaluation runs in eval mode: skipped)."""
+        if not module.training or not torch.is_grad_enabled():
+            return
+        loss = _model_loss(output)
+        if loss is not None:
+            self._micro.append(loss)
+            self._summed = kwargs.get("num_items_in_batch") is not None
 
     def _flush_epoch(self) -> None:
         if not self._epoch_pending or self.run is None:
@@ -119,7 +156,7 @@ class HFHooks:
         self._epoch_pending = False
         metrics = dict(self._val)
         if self._epoch_losses:
-            metrics["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
+            metrics["train_loss"] = _mean(self._epoch_losses)
         self._epoch_losses, self._val = [], {}
         self.run.epoch(**metrics)
 
@@ -146,6 +183,8 @@ class HFHooks:
         watched = model if self.watch_model and isinstance(model, torch.nn.Module) else None
         watch_kwargs = {k: v for k, v in self.watch_kwargs.items() if v is not None}
         self.run.watch(watched, unwrap_optimizer(optimizer), **watch_kwargs)
+        if isinstance(model, torch.nn.Module):
+            self._hook = model.register_forward_hook(self._capture, with_kwargs=True)
         return control
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -154,7 +193,12 @@ class HFHooks:
         return self._stop(control)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        self._step_pending = True  # counted now or in on_log, which follows with this step's loss
+        self._flush_step()  # a step left pending (no on_log came): record it before this one
+        micro, self._micro = self._micro, []
+        if micro:
+            stacked = torch.stack(micro)
+            self._step_loss = stacked.sum() if self._summed else stacked.mean()
+        self._step_pending = True  # recorded in on_log (which brings grad_norm) or at the next event
         return self._stop(control)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping | None = None, **kwargs: Any) -> Any:
@@ -163,7 +207,6 @@ class HFHooks:
         if loss is not None:
             grad_norm = _number(logs.get("grad_norm"))
             self._flush_step(loss, **({"grad_norm": grad_norm} if grad_norm is not None else {}))
-            self._epoch_losses.append(loss)
         if any(str(k).startswith("eval_") for k in logs):
             self._val.update(_eval_metrics(logs))
         return self._stop(control)
@@ -187,6 +230,9 @@ class HFHooks:
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         self._flush_step()
         self._flush_epoch()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         if self.run is not None and not self.run.closed:
             self.run.close()
         return control

@@ -3,8 +3,9 @@
     from babysit.hooks.lightning import BabysitCallback
     trainer = L.Trainer(callbacks=[BabysitCallback("runs/exp1", num_classes=10)])
 
-Every optimizer step's training loss (the value `training_step` returns; averaged over gradient
-accumulation), the learning rate, per-layer statistics and first-layer snapshots go through `hooks.Run`; at
+Every optimizer step's training loss (the value `training_step` returns, as your own loop would see it:
+the mean over the step's micro-batches, whatever `accumulate_grad_batches`), the learning rate, per-layer
+statistics and first-layer snapshots go through `hooks.Run`; at
 the end of each training epoch (after validation) the trainer's `callback_metrics` become the epoch record,
 with `train_loss`, `train_acc`, `val_loss`, `val_acc` found under the names people log them as. A STOP file,
 or a critical finding with `on_critical="stop"`, sets `trainer.should_stop`.
@@ -39,6 +40,16 @@ def _loss_of(outputs: Any) -> torch.Tensor | float | None:
         if isinstance(loss, (int, float)):
             return float(loss)
     return None
+
+
+def _accumulation_scale(trainer: Any, pl_module: Any) -> int:
+    """Automatic optimization hands on_train_batch_end the loss already divided by accumulate_grad_batches
+    (the value it calls backward on); undo that so the record is the loss training_step returned. Manual
+    optimization hands it through untouched."""
+    if not getattr(pl_module, "automatic_optimization", True):
+        return 1
+    n = getattr(trainer, "accumulate_grad_batches", 1)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def _numbers(metrics: Mapping) -> dict[str, Any]:
@@ -128,7 +139,8 @@ class LightningHooks:
             return
         loss = _loss_of(outputs)
         if loss is not None:
-            self._losses.append(loss)
+            scale = _accumulation_scale(trainer, pl_module)
+            self._losses.append(loss * scale if scale != 1 else loss)
         step = int(getattr(trainer, "global_step", 0) or 0)
         if step <= self._last_global_step:
             return  # accumulating gradients: no optimizer step yet

@@ -6,6 +6,7 @@ Each is tested twice: against duck-typed fakes that call the hooks in the order 
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -24,9 +25,26 @@ def _data(n: int = 128, seed: int = 0):
     return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
 
 
-def _model():
+def _model(classes: int = 3):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, classes))
+
+
+def _data10(n: int = 256, seed: int = 0):
+    """10 classes; with `_fresh10` the first loss is ln 10 up to a few hundredths."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _fresh10():
+    net = _model(10)
+    with torch.no_grad():
+        net[2].weight.mul_(0.01)  # small last layer: near-uniform scores, loss ~ ln 10
+        net[2].bias.zero_()
+    return net
+
+
+LN10 = math.log(10)
 
 
 # --------------------------------------------------------------------------- Lightning, duck-typed
@@ -50,13 +68,20 @@ class FakeTrainer:
         self.should_stop = False
         self.sanity_checking = False
         self.max_epochs = 3
+        self.accumulate_grad_batches = 1
 
 
-def _fit_like_lightning(cb, epochs=3, lr=0.1, accumulate=1, nan_at=None, stop_file_at=None, batch=16):
+def _fit_like_lightning(cb, epochs=3, lr=0.1, accumulate=1, nan_at=None, stop_file_at=None, batch=16, data=None,
+                        net=None):
+    """Lightning's automatic optimization: on_train_batch_end gets the loss divided by accumulate_grad_batches."""
     module = FakeModule()
+    if net is not None:
+        module.net = net
     opt = torch.optim.SGD(module.parameters(), lr=lr)
     trainer = FakeTrainer(opt)
-    x, y = _data()
+    trainer.accumulate_grad_batches = accumulate
+    x, y = data if data is not None else _data()
+    trainer.losses = []  # what training_step returned, per micro-batch
     cb.setup(trainer, module, "fit")
     cb.on_train_start(trainer, module)
     micro = 0
@@ -65,7 +90,9 @@ def _fit_like_lightning(cb, epochs=3, lr=0.1, accumulate=1, nan_at=None, stop_fi
             loss = F.cross_entropy(module(x[i : i + batch]), y[i : i + batch])
             if nan_at is not None and trainer.global_step >= nan_at:
                 loss = loss * float("nan")
-            (loss / accumulate).backward()
+            trainer.losses.append(float(loss))
+            scaled = loss / accumulate  # what Lightning calls backward on, and hands to the callback
+            scaled.backward()
             micro += 1
             if micro % accumulate == 0:
                 opt.step()
@@ -73,7 +100,7 @@ def _fit_like_lightning(cb, epochs=3, lr=0.1, accumulate=1, nan_at=None, stop_fi
                 trainer.global_step += 1
             if stop_file_at is not None and trainer.global_step == stop_file_at:
                 (cb.run.path / runfile.STOP).write_text('{"reason": "enough"}')
-            cb.on_train_batch_end(trainer, module, {"loss": loss.detach()}, None, i)
+            cb.on_train_batch_end(trainer, module, {"loss": scaled.detach()}, None, i)
             if trainer.should_stop:
                 break
         with torch.no_grad():
@@ -100,9 +127,34 @@ def test_lightning_hooks_record_steps_epochs_and_layers(run_dir):
 
 
 def test_lightning_hooks_average_accumulated_micro_batches(run_dir):
-    _fit_like_lightning(LightningHooks(run_dir, watch=False), epochs=1, accumulate=2)
+    trainer = _fit_like_lightning(LightningHooks(run_dir, watch=False), epochs=1, accumulate=2)
     run = load_run(run_dir)
     assert list(run.steps["step"]) == [1, 2, 3, 4]  # 8 micro-batches, 4 optimizer steps
+    means = [sum(trainer.losses[i:i + 2]) / 2 for i in range(0, 8, 2)]  # the loss training_step returned
+    assert list(run.steps["loss"]) == pytest.approx(means, rel=1e-5)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+def test_lightning_first_loss_is_ln_c_whatever_the_accumulation(tmp_path, accumulate):
+    """Issue 11: the callback divided by accumulate_grad_batches a second time (0.58 instead of 2.30 at 4)."""
+    _fit_like_lightning(LightningHooks(tmp_path / "run", watch=False), epochs=1, accumulate=accumulate,
+                        data=_data10(), net=_fresh10(), lr=0.01)
+    first = load_run(tmp_path / "run").steps["loss"].iloc[0]
+    assert first == pytest.approx(LN10, abs=0.05)
+
+
+def test_lightning_manual_optimization_loss_is_not_rescaled(run_dir):
+    cb = LightningHooks(run_dir, watch=False)
+    module = FakeModule()
+    module.automatic_optimization = False
+    trainer = FakeTrainer(torch.optim.SGD(module.parameters(), lr=0.1))
+    trainer.accumulate_grad_batches = 4  # ignored by Lightning under manual optimization
+    cb.setup(trainer, module, "fit")
+    cb.on_train_start(trainer, module)
+    trainer.global_step = 1
+    cb.on_train_batch_end(trainer, module, {"loss": torch.tensor(2.5)}, None, 0)
+    cb.on_train_end(trainer, module)
+    assert list(load_run(run_dir).steps["loss"]) == [2.5]
 
 
 def test_lightning_hooks_stop_the_trainer_on_a_critical_finding(run_dir):
@@ -256,6 +308,82 @@ def test_hf_hooks_stop_training_on_nan_and_on_a_stop_file(tmp_path):
     assert control.should_training_stop and load_run(tmp_path / "stop").status["reason"] == "enough"
 
 
+class HFNet(torch.nn.Module):
+    """A model the way transformers writes them: labels in, {"loss", "logits"} out. With `items=True` it takes
+    `num_items_in_batch` and divides the summed loss by it (a causal LM under the Trainer does this)."""
+
+    def __init__(self, net, items=False):
+        super().__init__()
+        self.net = net
+        self.items = items
+
+    def forward(self, x, labels=None, num_items_in_batch=None):
+        logits = self.net(x)
+        if labels is None:
+            return {"logits": logits}
+        if self.items and num_items_in_batch is not None:
+            loss = F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
+        else:
+            loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "logits": logits}
+
+
+def _fit_like_hf_accumulating(cb, accumulate, items=False, steps=6, batch=16, nan_at=None):
+    """transformers.Trainer's inner loop with gradient accumulation: each micro-batch's loss is divided by the
+    accumulation (or the model divides by the step's item count), summed into tr_loss, logged every 2 steps
+    with NaN replaced by the running mean (logging_nan_inf_filter). Returns the step losses a plain loop sees."""
+    model = HFNet(_fresh10(), items=items)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    args, state, control = Args(), State(), Control()
+    x, y = _data10(steps * accumulate * batch)
+    cb.on_train_begin(args, state, control, model=model, optimizer=Wrapped(opt))
+    cb.on_epoch_begin(args, state, control)
+    truth, tr_loss, logged = [], 0.0, []
+    for step in range(steps):
+        cb.on_step_begin(args, state, control)
+        parts, nan = [], nan_at == step
+        for m in range(accumulate):
+            i = (step * accumulate + m) * batch
+            xb, yb = x[i:i + batch] * (float("nan") if nan else 1.0), y[i:i + batch]
+            out = model(xb, labels=yb, num_items_in_batch=len(yb) * accumulate if items else None)
+            loss = out["loss"] if items else out["loss"] / accumulate
+            loss.backward()
+            parts.append(float(F.cross_entropy(model.net(xb), yb)))
+            if not math.isnan(float(loss)):
+                tr_loss += float(loss)
+            else:
+                tr_loss += tr_loss / max(len(logged) + 1, 1)  # the Trainer's NaN filter
+        opt.step()
+        opt.zero_grad()
+        truth.append(sum(parts) / len(parts))
+        state.global_step += 1
+        control = cb.on_step_end(args, state, control)
+        logged.append(tr_loss)
+        if state.global_step % args.logging_steps == 0:
+            control = cb.on_log(args, state, control, logs={"loss": sum(logged) / len(logged), "grad_norm": 1.0})
+            logged = []
+        tr_loss = 0.0
+    cb.on_epoch_end(args, state, control)
+    cb.on_train_end(args, state, control)
+    return truth
+
+
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+@pytest.mark.parametrize("items", [False, True])
+def test_hf_records_each_steps_true_loss_whatever_the_accumulation(tmp_path, accumulate, items):
+    truth = _fit_like_hf_accumulating(HFHooks(tmp_path / "run", watch=False), accumulate, items=items)
+    run = load_run(tmp_path / "run")
+    assert list(run.steps["step"]) == [1, 2, 3, 4, 5, 6]  # every optimizer step, not only the logged ones
+    assert list(run.steps["loss"]) == pytest.approx(truth, rel=1e-4)
+    assert run.steps["loss"].iloc[0] == pytest.approx(LN10, abs=0.05)
+
+
+def test_hf_records_a_nan_the_trainers_log_filters_out(run_dir):
+    _fit_like_hf_accumulating(HFHooks(run_dir, watch=False), 2, nan_at=3)
+    losses = load_run(run_dir).steps["loss"]
+    assert losses.iloc[:3].notna().all() and math.isnan(losses.iloc[3])  # the Trainer logged a finite mean there
+
+
 def test_unwrap_optimizer():
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
     assert unwrap_optimizer(Wrapped(Wrapped(opt))) is opt and unwrap_optimizer(opt) is opt
@@ -336,3 +464,52 @@ def test_real_hf_trainer(tmp_path):
     assert run.status["state"] == "finished" and list(run.steps["step"]) == list(range(1, 17))
     assert list(run.epochs["epoch"]) == [1, 2] and run.epochs["val_loss"].notna().all()
     assert len(run.layers) and run.meta["num_classes"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*LeafSpec", "ignore:.*does not have many workers", "ignore:.*GPU available")
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+def test_real_lightning_first_loss_is_ln_c_whatever_the_accumulation(tmp_path, accumulate):
+    L = pytest.importorskip("lightning.pytorch")
+    from babysit.hooks.lightning import BabysitCallback
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = _fresh10()
+
+        def training_step(self, b, i):
+            return F.cross_entropy(self.net(b[0]), b[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_data10(128)), batch_size=16)
+    trainer = L.Trainer(max_steps=2, accumulate_grad_batches=accumulate, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
+                        callbacks=[BabysitCallback(tmp_path / "run", watch=False)])
+    trainer.fit(Module(), loader)
+    run = load_run(tmp_path / "run")
+    assert list(run.steps["step"]) == [1, 2]
+    assert run.steps["loss"].iloc[0] == pytest.approx(LN10, abs=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+def test_real_hf_first_loss_is_ln_c_whatever_the_accumulation(tmp_path, accumulate):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from babysit.hooks.huggingface import BabysitCallback
+
+    x, y = _data10(128)
+    ds = [{"x": x[i], "labels": y[i]} for i in range(len(x))]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=2, per_device_train_batch_size=16, learning_rate=0.01,
+        gradient_accumulation_steps=accumulate, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+        disable_tqdm=True, optim="sgd", lr_scheduler_type="constant")
+    trainer = transformers.Trainer(model=HFNet(_fresh10()), args=args, train_dataset=ds,
+                                   callbacks=[BabysitCallback(tmp_path / "run", num_classes=10, watch=False)])
+    trainer.train()
+    run = load_run(tmp_path / "run")
+    assert list(run.steps["step"]) == [1, 2]
+    assert run.steps["loss"].iloc[0] == pytest.approx(LN10, abs=0.05)
