@@ -843,6 +843,26 @@ footer{color:var(--muted);font-size:12px;margin-top:32px;text-align:center}
 """
 
 
+def _heals(run_data: Any) -> str:
+    """Every rollback of a self-healing run (heal events, docs/FORMAT.md), in order; nothing for other runs."""
+    heals = [e for e in (getattr(run_data, "events", None) or [])
+             if isinstance(e, dict) and e.get("name") == "heal" and isinstance(e.get("data"), dict)]
+    if not heals:
+        return ""
+    head = "<tr><th>step</th><th>finding</th><th>rolled back to</th><th>change</th><th>lr</th><th>attempt</th></tr>"
+    rows = []
+    for e in heals:
+        d = e["data"]
+        clip = f" at {_num(d.get('clip'))}" if d.get("clip") is not None else ""
+        rows.append(f"<tr><td>{esc(e.get('step'))}</td><td>{esc(d.get('finding'))}</td>"
+                    f"<td>{esc(d.get('rolled_back_to'))}</td><td>{esc(d.get('action'))}{esc(clip)}</td>"
+                    f"<td>{esc(_num(d.get('lr_before')))} → {esc(_num(d.get('lr_after')))}</td>"
+                    f"<td>{esc(d.get('attempt'))}</td></tr>")
+    return (f'<section id="heals"><h2>Self-healing: {len(heals)} rollback{"s" if len(heals) > 1 else ""}</h2>'
+            '<p class="muted">the run was rolled back to its last good state and changed; batches were not '
+            f'replayed</p><div class="box"><table>{head}{"".join(rows)}</table></div></section>')
+
+
 def build_report(run_data: Any, findings: list[dict] | None = None, *, problems: list[str] | None = None) -> str:
     """The whole report as one HTML string. `findings` None: diagnose the run here."""
     if findings is None:
@@ -861,6 +881,7 @@ def build_report(run_data: Any, findings: list[dict] | None = None, *, problems:
         _header(run_data, findings),
         _cards(run_data),
         _findings(findings, skipped, list(problems or []), n_rules),
+        _heals(run_data),  # on_critical="heal" rollbacks (hooks/heal.py)
         _charts(run_data),
         _snapshots(run_data),
         _details(run_data),

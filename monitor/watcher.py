@@ -393,6 +393,12 @@ class Watcher:
                 new = []
             for f in new or ():
                 self._consider(run, _as_dict(f))
+        for e in batch.events:  # on_critical="heal" rollbacks (hooks/heal.py): each one is news
+            d = e.get("data") if e.get("name") == "heal" else None
+            if isinstance(d, dict) and not run.quiet:
+                v = {k: str(d.get(k))[:80] for k in ("finding", "rolled_back_to", "action", "attempt")}  # a file's
+                self._note(f"{run.name} healed at step {str(e.get('step'))[:20]}: {v['finding']}, rolled back to "
+                           f"step {v['rolled_back_to']}, {v['action']} (attempt {v['attempt']})")
         state = run.status.get("state", "unknown")
         prev, run.state = run.state, state
         if state in ("finished", "stopped") and prev == "running" and not run.quiet:

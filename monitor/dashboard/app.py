@@ -177,6 +177,9 @@ def run_header(state: RunState, name: str) -> None:
     head = st.container(horizontal=True, vertical_alignment="center", gap="small")
     head.markdown(f"## {safe_md(title)}")
     head.badge(run_state, color=colour, icon=icon)
+    healed = status.get("healed")
+    if isinstance(healed, int) and not isinstance(healed, bool) and healed > 0:  # on_critical="heal" rollbacks
+        head.badge(f"healed ×{healed}", color="green", icon=":material/healing:")
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     bits = []
     for key in ("model", "dataset", "optimizer", "lr", "reg", "batch_size", "epochs"):
@@ -433,6 +436,8 @@ def run_view(root: str, name: str, known_runs: tuple[str, ...]) -> None:
             return
         _run_page(state, name)
     except Exception as exc:  # noqa: BLE001 - one bad run is one grey line, never an error page with our source
+        if os.environ.get("BABYSIT_DEBUG"):
+            raise
         why = " ".join(str(exc).split())[:300] if isinstance(exc, RunReadError) else (
             f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         st.caption(f":material/block: {safe_md(name)} cannot be shown: {safe_md(why)}")

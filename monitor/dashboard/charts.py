@@ -58,6 +58,7 @@ COLORS = {
     "chance": "#9ca3af",
     "lr": "#14b8a6",
     "band": "#22c55e",
+    "healed": "#16a34a",
 }
 SEVERITY_COLORS = {"critical": "#ef4444", "warning": "#f59e0b", "info": "#60a5fa"}
 MAX_INTERVALS = 200
@@ -158,13 +159,15 @@ def plan_loss(
     domain: tuple[float, float] | None = None,
     marker: dict | None = None,
     height: int = 320,
+    heals: pd.DataFrame | None = None,
 ) -> ChartPlan:
     """Per-step loss (the min/max envelope, light), smoothed (bold), reference levels and NaN/inf marks.
 
     points, smoothed: columns step, loss. nonfinite: start, end, kind, count (one row per run of NaN/inf
     steps). References drawn when given: the initial loss, ln(C) (what the initial loss should be with C
     classes, regularization off), and 3x the initial loss (the lecture's "quit early" level). marker: a
-    finding to point at: {"step", "severity", "label"}.
+    finding to point at: {"step", "severity", "label"}. heals: columns step, label (one row per rollback of a
+    self-healing run), drawn as green rules.
     """
     parts = [points[["step", "loss"]].assign(series="raw")] if len(points) else []
     if smoothed is not None and len(smoothed):
@@ -196,14 +199,17 @@ def plan_loss(
         frames["nonfinite_label"] = nf.head(1).assign(label=lambda d: "loss " + d["kind"].astype(str) + " from here")
     if marker and marker.get("step") is not None:
         frames["marker"] = pd.DataFrame({"step": [float(marker["step"])], "label": [str(marker.get("label", ""))]})
+    if heals is not None and len(heals):
+        frames["heals"] = heals[["step", "label"]].astype({"step": float, "label": str})
     return ChartPlan(_loss_structure, _params(
         refs=tuple(r[0] for r in refs), log_scale=bool(log_scale), domain=_domain(domain),
         nonfinite="nonfinite" in frames, danger_note=danger_note,
-        marker=str(marker.get("severity", "info")) if "marker" in frames else None, height=int(height)), frames)
+        marker=str(marker.get("severity", "info")) if "marker" in frames else None, height=int(height),
+        heals="heals" in frames), frames)
 
 
 def _loss_structure(*, refs: tuple, log_scale: bool, domain, nonfinite: bool, danger_note: bool,
-                    marker: str | None, height: int) -> alt.LayerChart:
+                    marker: str | None, height: int, heals: bool = False) -> alt.LayerChart:
     names = ["raw", "smoothed", *refs, *(["3× initial"] if danger_note else [])]
     color = alt.Color("series:N", scale=alt.Scale(domain=names, range=[COLORS[n] for n in names]),
                       legend=alt.Legend(orient="top", title=None, symbolType="stroke"))
@@ -239,7 +245,20 @@ def _loss_structure(*, refs: tuple, log_scale: bool, domain, nonfinite: bool, da
         layers += _nonfinite_layers()
     if marker:
         layers += _marker_layers(marker)
+    if heals:
+        layers += _heal_layers()
     return alt.layer(*layers).properties(height=height)
+
+
+def _heal_layers() -> list[alt.Chart]:
+    """A green rule at every rollback of a self-healing run, labelled with what changed."""
+    base = alt.Chart(_data("heals"))
+    tooltip = [alt.Tooltip("label:N", title="healed"), alt.Tooltip("step:Q", format=",")]
+    return [
+        base.mark_rule(color=COLORS["healed"], strokeWidth=2, clip=True).encode(x="step:Q", tooltip=tooltip),
+        base.mark_text(color=COLORS["healed"], align="left", dx=4, baseline="bottom", angle=0, clip=True).encode(
+            x="step:Q", y=alt.value(34), text="label:N"),
+    ]
 
 
 def _nonfinite_layers() -> list[alt.Chart]:

@@ -26,6 +26,14 @@ def spans_decades(values: np.ndarray, decades: float) -> bool:
     return bool(len(v)) and float(v.max()) / float(v.min()) > 10.0**decades
 
 
+def heal_marks(events: list[dict]) -> pd.DataFrame:
+    """One row (step, label) per rollback of a self-healing run: the heal events (docs/FORMAT.md)."""
+    rows = [(e.get("step"), f"healed: {str(e['data'].get('action'))[:40]}") for e in events
+            if e.get("name") == "heal" and isinstance(e.get("data"), dict) and isinstance(e.get("step"), (int, float))
+            and not isinstance(e.get("step"), bool)]
+    return pd.DataFrame(rows, columns=["step", "label"])
+
+
 def run_plans(
     state: RunState,
     *,
@@ -47,7 +55,7 @@ def run_plans(
     plans["loss"] = charts.plan_loss(
         view.frame(y="loss"), smooth, state.loss.view().nonfinite if domain else view.nonfinite,
         initial_loss=state.initial_loss(), ln_c=math.log(c) if c else None, log_scale=log, domain=domain,
-        marker=marker if domain else None, height=340,
+        marker=marker if domain else None, height=340, heals=heal_marks(state.events),
     )
     epochs = state.epochs
     if len(epochs) and {"train_acc", "val_acc"} & set(epochs.columns):

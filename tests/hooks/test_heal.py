@@ -139,3 +139,37 @@ def test_bad_heal_options_are_one_line_errors(tmp_path):
         babysit.Run(tmp_path / "r", on_critical="heal", heal_max=0)
     with pytest.raises(ValueError, match="on_critical"):
         babysit.Run(tmp_path / "q", on_critical="mend")
+
+
+def test_watch_report_and_dashboard_show_the_heals(tmp_path):
+    from babysit.monitor.dashboard.state import RunState
+    from babysit.monitor.dashboard.views import run_plans
+    from babysit.monitor.report import build_report
+    from babysit.monitor.watcher import Watcher
+
+    class Notes:
+        min_severity = "info"
+
+        def __init__(self):
+            self.notes = []
+
+        def emit(self, alert):
+            pass
+
+        def note(self, text):
+            self.notes.append(text)
+
+        def close(self, deadline=None):
+            pass
+
+    res = scenario(Setup(fault="lr_high", factor=30, steps=300), tmp_path / "r", heal=True)
+    assert res.heals
+    sink = Notes()
+    Watcher([tmp_path / "r"], sinks=[sink], log=False, announce_ended=True).scan()
+    assert any("healed at step" in n and "lr_x0.1" in n for n in sink.notes), sink.notes
+    html = build_report(load_run(tmp_path / "r"))
+    assert 'id="heals"' in html and "lr_x0.1" in html
+    state = RunState(tmp_path / "r")
+    state.update()
+    plan = run_plans(state)["loss"]
+    assert list(plan.frames["heals"]["step"]) == [float(h["step"]) for h in res.heals]
