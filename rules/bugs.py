@@ -91,6 +91,18 @@ class Progress:
         return s + (f", train accuracy {fmt(self.accuracy)}" if self.accuracy is not None else "")
 
 
+def resolve_later(rule: Rule, ctx: Context, fired: Finding | None, progress: Progress) -> list[Finding]:
+    """A warning given because the loss was not falling, once it falls after all: an info note (resolved).
+
+    Online a rule judges a young run; a slow start (a big frozen backbone, a low lr) must not stay a warning.
+    """
+    if fired is None or fired.evidence.get("resolved") or progress.learning(ctx) is not True:
+        return []
+    ev = {**fired.evidence, "resolved": True, "resolved_step": ctx.last_step, "resolved_loss": progress.recent}
+    msg = f"{fired.message}; later the loss fell ({progress.note(ctx)}): resolved"
+    return [rule.finding(ctx, "info", fired.step, msg, ev, ["none_needed"])]
+
+
 def softmax_floor(c: int) -> float:
     """The lowest cross_entropy of probabilities: a one-hot p scores -log(e / (e + C - 1))."""
     return math.log1p((c - 1) / math.e)
@@ -153,16 +165,21 @@ class FrozenParameters(Rule):
     id = "frozen_parameters"
     title = "Most of the model does not train"
     fix = ("check_requires_grad", "check_optimizer_params")
-    needs = ("meta.model",)
+    needs = ("meta.model", "steps>=bug_min_steps")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.severity: str | None = None
+        self.fired: Finding | None = None
         self.progress = Progress(thresholds)
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         self.progress.feed(ctx)
         if self.severity == "warning":
+            found = resolve_later(self, ctx, self.fired, self.progress)
+            self.severity = "resolved" if found else self.severity
+            return found
+        if self.severity == "resolved":
             return []
         model, opt = meta_dict(ctx.meta, "model"), meta_dict(ctx.meta, "optimizer")
         total, frozen = number(model.get("parameters")), number(model.get("frozen"))
@@ -199,7 +216,8 @@ class FrozenParameters(Rule):
                     "frozen_layers": layers, "layers_not_in_optimizer": outside, "initial_loss": ctx.initial_loss,
                     "loss_now": self.progress.recent, "train_accuracy": self.progress.accuracy}
         fix = list(self.fix) if frozen >= missing else [self.fix[1], self.fix[0]]
-        return [self.finding(ctx, severity, ctx.last_step, msg, evidence, fix)]
+        self.fired = self.finding(ctx, severity, ctx.last_step, msg, evidence, fix)
+        return [self.fired]
 
 
 _ACCUM_KEY = re.compile(r"accum", re.IGNORECASE)
@@ -218,13 +236,14 @@ class SkippedOptimizerSteps(Rule):
     id = "skipped_optimizer_steps"
     title = "optimizer.step() ran on far fewer steps than the loop"
     fix = ("step_every_iteration", "declare_accumulation")
-    needs = ("optimizer_steps",)
+    needs = ("optimizer_steps", "steps>=skipped_min_steps")
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.severity: str | None = None
         self.progress = Progress(thresholds)
         self.counts: tuple[int, int] | None = None  # (loop steps, optimizer steps) at the latest record
+        self.fired: Finding | None = None
 
     def _observe(self, batch, ctx: Context) -> None:
         """The latest (loop steps, optimizer steps): from step records if the reader keeps the column, else status."""
@@ -243,7 +262,11 @@ class SkippedOptimizerSteps(Rule):
     def update(self, batch, ctx: Context) -> list[Finding]:
         self.progress.feed(ctx)
         self._observe(batch, ctx)
-        if self.severity == "warning" or self.counts is None:
+        if self.severity == "warning" and self.fired is not None and self.fired.evidence.get("regular_every"):
+            found = resolve_later(self, ctx, self.fired, self.progress)  # accumulation after all: it learns
+            self.severity = "resolved" if found else self.severity
+            return found
+        if self.severity in ("warning", "resolved") or self.counts is None:
             return []
         steps, ops = self.counts
         if steps < self.th["skipped_min_steps"]:
@@ -279,7 +302,8 @@ class SkippedOptimizerSteps(Rule):
                     "regular_every": round(every) if regular else None, "initial_loss": ctx.initial_loss,
                     "loss_now": self.progress.recent}
         fix = list(self.fix) if severity == "warning" else [self.fix[1], self.fix[0]]
-        return [self.finding(ctx, severity, steps, msg, evidence, fix)]
+        self.fired = self.finding(ctx, severity, steps, msg, evidence, fix)
+        return [self.fired]
 
     @staticmethod
     def _loss_scaled(ctx: Context, k: int) -> bool:

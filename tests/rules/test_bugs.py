@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from userloops import FILLED, Loop, digits, findings, mlp, train
+from userloops import FILLED, Loop, digits, findings, mlp, online, train
 
 BUGS = ("double_softmax", "frozen_parameters", "skipped_optimizer_steps")
 
@@ -22,6 +22,9 @@ def data():
     return digits()
 
 
+ONLINE: dict[str, dict] = {}  # run name -> {rule: highest severity reported inside training}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data):
     """runs(name, loop) -> {rule: Finding}; each loop trains once per module."""
@@ -29,7 +32,9 @@ def runs(tmp_path_factory, data):
 
     def get(name: str, make_loop):
         if name not in cache:
-            cache[name] = findings(train(tmp_path_factory.mktemp(name) / "run", make_loop()))
+            run_dir = train(tmp_path_factory.mktemp(name) / "run", make_loop())
+            cache[name] = findings(run_dir)
+            ONLINE[name] = online(run_dir)
         return cache[name]
 
     return get
@@ -252,3 +257,20 @@ def test_rules_stay_quiet_when_the_fields_are_missing(tmp_path, data):
     (run_dir / "status.json").write_text(json.dumps(status))
     found = findings(run_dir)
     _quiet(found, *BUGS, "unnormalized_input", "bad_labels")
+
+
+HEALTHY = ("logits", "log_softmax_nll", "softmax_reporting", "linear_probe", "accum_declared", "accum_scaled",
+           "tabular256", "lstm", "images")
+
+
+def test_inside_training_the_same_checks_agree(runs):
+    """The rules also run inside training (on_critical="warn"): faults are caught there, look-alikes stay quiet."""
+    assert ONLINE, "run this module whole: the loops above record what the hooks reported"
+    for name in HEALTHY:
+        loud = {r: s for r, s in ONLINE.get(name, {}).items() if r in BUGS and s != "info"}
+        assert not loud, f"{name}: {loud}"
+    for name, rule in (("softmax_head", "double_softmax"), ("all_frozen", "frozen_parameters"),
+                       ("never_steps", "skipped_optimizer_steps")):
+        if name in ONLINE:
+            assert ONLINE[name].get(rule) == "warning", f"{name}: {ONLINE[name]}"
+    print({name: ONLINE[name] for name in ONLINE})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from userloops import Loop, digits, findings, mlp, train
+from userloops import Loop, digits, findings, mlp, online, train
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +19,18 @@ def raw():
     return x * 16, y  # 0..255, like raw pixels
 
 
+ONLINE: dict[str, dict] = {}  # run name -> {rule: highest severity reported inside training}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     cache: dict[str, dict] = {}
 
     def get(name: str, make_loop):
         if name not in cache:
-            cache[name] = findings(train(tmp_path_factory.mktemp(name) / "run", make_loop()))
+            run_dir = train(tmp_path_factory.mktemp(name) / "run", make_loop())
+            cache[name] = findings(run_dir)
+            ONLINE[name] = online(run_dir)
         return cache[name]
 
     return get

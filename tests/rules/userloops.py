@@ -204,6 +204,18 @@ def findings(run_dir: Path) -> dict:
     return {f.rule: f for f in diagnose(load_run(run_dir))}
 
 
+def online(run_dir: Path) -> dict:
+    """rule id -> the highest severity the rules running inside training (the hooks) reported."""
+    rank = {"info": 0, "warning": 1, "critical": 2}
+    out: dict[str, str] = {}
+    path = run_dir / "findings.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        f = json.loads(line)
+        if rank.get(f.get("severity"), -1) > rank.get(out.get(f.get("rule")), -1):
+            out[f["rule"]] = f["severity"]
+    return out
+
+
 def severity(run_dir: Path, rule: str) -> str | None:
     f = findings(run_dir).get(rule)
     return None if f is None else f.severity
