@@ -182,7 +182,8 @@ class HFHooks:
         self.run.global_step = int(getattr(state, "global_step", 0) or 0)  # resumed: keep the step count
         watched = model if self.watch_model and isinstance(model, torch.nn.Module) else None
         watch_kwargs = {k: v for k, v in self.watch_kwargs.items() if v is not None}
-        self.run.watch(watched, unwrap_optimizer(optimizer), **watch_kwargs)
+        # on_critical="heal" (hooks/heal.py) rolls the scheduler back too; without the model it says so and stops
+        self.run.watch(watched, unwrap_optimizer(optimizer), scheduler=kwargs.get("lr_scheduler"), **watch_kwargs)
         if isinstance(model, torch.nn.Module):
             self._hook = model.register_forward_hook(self._capture, with_kwargs=True)
         return control

@@ -128,8 +128,13 @@ class LightningHooks:
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         optimizer = optimizers[0] if optimizers else None
         optimizer = unwrap_optimizer(optimizer)  # a wrapper's step hooks never fire: probe the real one
+        # on_critical="heal" (hooks/heal.py) rolls these back too; without the module it says so and stops
+        configs = getattr(trainer, "lr_scheduler_configs", None) or []
+        heal = {"scheduler": getattr(configs[0], "scheduler", None) if configs else None,
+                "scaler": getattr(getattr(trainer, "precision_plugin", None), "scaler", None)}
         if self.watch_model and isinstance(pl_module, torch.nn.Module):
-            self.run.watch(pl_module, optimizer, **{k: v for k, v in self.watch_kwargs.items() if v is not None})
+            self.run.watch(pl_module, optimizer, **heal,
+                           **{k: v for k, v in self.watch_kwargs.items() if v is not None})
         else:
             self.run.watch(None, optimizer)
 

@@ -173,3 +173,74 @@ def test_watch_report_and_dashboard_show_the_heals(tmp_path):
     state.update()
     plan = run_plans(state)["loss"]
     assert list(plan.frames["heals"]["step"]) == [float(h["step"]) for h in res.heals]
+
+
+# ----------------------------------------------------------------------------- Lightning and HF callbacks
+class _LitTrainer:
+    """The attributes of lightning.Trainer the callback reads (duck-typed: lightning is not installed here)."""
+
+    def __init__(self, optimizer, scheduler):
+        self.global_step, self.optimizers, self.should_stop = 0, [optimizer], False
+        self.callback_metrics: dict = {}
+        self.lr_scheduler_configs = [type("Config", (), {"scheduler": scheduler})()]
+
+
+def test_lightning_callback_heals_a_nan_batch(tmp_path):
+    from babysit.hooks.lightning import LightningHooks
+
+    from benchmarks.heal import data, make_model
+
+    xt, yt, xv, yv = data("digits")
+    module = make_model(GOOD, 64, 10)
+    opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    trainer = _LitTrainer(opt, sched)
+    cb = LightningHooks(tmp_path / "lit", num_classes=10, on_critical="heal", flush_steps=25, every=10)
+    cb.setup(trainer, module, "fit")
+    cb.on_train_start(trainer, module)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(perm) - 31, 32):
+            xb = xt[perm[i:i + 32]].clone()
+            if trainer.global_step == 250:
+                xb[0, 0] = float("nan")
+            loss = nn.functional.cross_entropy(module(xb), yt[perm[i:i + 32]])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            trainer.global_step += 1
+            cb.on_train_batch_end(trainer, module, {"loss": loss.detach()}, None, i)
+        cb.on_train_epoch_end(trainer, module)
+    cb.on_train_end(trainer, module)
+    cb.teardown(trainer, module, "fit")
+    assert not trainer.should_stop
+    assert [e["data"]["finding"] for e in _heal_events(tmp_path / "lit")] == ["nonfinite_loss"]
+    assert math.isclose(sched.base_lrs[0], 0.005)  # the scheduler it was handed got the lr cut too
+    with torch.no_grad():
+        acc = float((module(xv).argmax(1) == yv).float().mean())
+    assert acc > 0.9
+
+
+def test_hf_callback_without_the_model_says_it_cannot_heal_and_stops(tmp_path, capsys):
+    from babysit.hooks.huggingface import HFHooks
+
+    class Args:
+        logging_steps, num_train_epochs = 1, 1
+
+    state = type("State", (), {"global_step": 0, "epoch": 0.0})()
+    control = type("Control", (), {"should_training_stop": False})()
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cb = HFHooks(tmp_path / "hf", num_classes=3, on_critical="heal", watch=False, flush_steps=2)
+    cb.on_train_begin(Args(), state, control, model=model, optimizer=opt)
+    assert "cannot roll back" in capsys.readouterr().err
+    for _ in range(10):
+        cb.on_step_begin(Args(), state, control)
+        state.global_step += 1
+        control = cb.on_step_end(Args(), state, control)
+        control = cb.on_log(Args(), state, control, logs={"loss": float("nan")})
+        if control.should_training_stop:
+            break
+    assert control.should_training_stop
