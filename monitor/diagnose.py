@@ -21,6 +21,7 @@ from typing import Any
 
 from babysit.monitor import runfile
 from babysit.monitor.reader import RunData, RunReadError
+from babysit.monitor.sinks import printable
 from babysit.rules import Finding
 from babysit.rules.base import SEVERITIES, fmt, severity_rank
 from babysit.rules.thresholds import load_config, parse_assignment
@@ -29,7 +30,7 @@ from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "load", "thresholds_from_args", "report_dict", "render_text", "JSON_KEYS"]
 
-JSON_KEYS = ("rule", "severity", "step", "epoch", "message", "evidence", "fix")
+JSON_KEYS = ("rule", "severity", "step", "epoch", "message", "evidence", "fix", "fix_ids", "caused_by", "root_cause")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     text = (json.dumps(runfile.encode(report_dict(data, findings)), allow_nan=False, indent=1) if args.json
             else render_text(data, findings))
     try:
-        print(text)
+        print("\n".join(map(printable, text.split("\n"))))  # no raw controls or undecodable bytes
     except BrokenPipeError:  # `babysit diagnose RUN | head`: the reader left, the exit status still counts
         pass
     worst = max((severity_rank(f.severity) for f in findings), default=-1)
@@ -97,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report_dict(data: RunData, findings: list[Finding]) -> dict:
-    """The --json document: {"run": path, "findings": [{rule, severity, step, epoch, message, evidence, fix}]}."""
-    return {"run": str(data.path), "findings": [{k: f.to_dict()[k] for k in JSON_KEYS} for f in findings]}
+    """The --json document: {"run": path, "findings": [{rule, severity, ..., fix, fix_ids, caused_by, root_cause}],
+    "not_evaluated": [{rule, why}]} (docs/FORMAT.md)."""
+    return {"run": str(data.path), "findings": [{k: f.to_dict().get(k) for k in JSON_KEYS} for f in findings],
+            "not_evaluated": list(getattr(findings, "not_evaluated", None) or [])}
 
 
 def _value(v: Any) -> str:
@@ -131,9 +134,11 @@ def render_text(data: RunData, findings: list[Finding]) -> str:
         head += f" ({data.corrupt_lines} corrupt log lines skipped)"
     counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
     lines = [head]
+    skipped = list(getattr(findings, "not_evaluated", None) or [])
     if not findings:
-        lines.append("no problems found")
-        return "\n".join(lines)
+        lines.append("no problems found" + (f" by the rules that could judge it ({len(skipped)} could not)"
+                                            if skipped else ""))
+        return "\n".join(lines + _not_evaluated_lines(skipped))
     lines.append(", ".join(f"{counts[s]} {s}" for s in reversed(SEVERITIES) if counts[s]))
     for severity in reversed(SEVERITIES):
         group = [f for f in findings if f.severity == severity]
@@ -153,7 +158,14 @@ def render_text(data: RunData, findings: list[Finding]) -> str:
                 lines.append("    evidence: " + "; ".join(f"{k}={_value(v)}" for k, v in shown.items()))
             for i, fix in enumerate(f.fix, 1):
                 lines.append(f"    {'fix:' if i == 1 else '    '} {i}. {fix}")
-    return "\n".join(lines)
+    return "\n".join(lines + _not_evaluated_lines(skipped))
+
+
+def _not_evaluated_lines(skipped: list[dict]) -> list[str]:
+    """Which rules could not judge the run and why, so "no problems found" says how much was looked at."""
+    if not skipped:
+        return []
+    return ["", "NOT EVALUATED"] + [f"  [{x.get('rule')}] {x.get('why')}" for x in skipped]
 
 
 def _empty(v: Any) -> bool:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
-from babysit.monitor.runfile import decode_float, read_npy
+from babysit.monitor.runfile import clean_finding, decode_float, read_npy
+from babysit.monitor.sinks import printable
 
 from babysit.errors import UsageError
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                              thresholds=thresholds_from_args(args))
     counts = {s: sum(1 for f in data["findings"] if f.get("severity") == s) for s in SEVERITY_ORDER}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
-    print(f"report written to {out} ({summary})")
+    print(f"report written to {printable(out)} ({summary})")
     return 0
 
 
@@ -179,22 +180,6 @@ def _umask() -> int:
     return mask
 
 
-def _clean_finding(f: dict) -> dict:
-    """A finding from findings.jsonl (anyone may have written it) with the types the report relies on."""
-    sev = f.get("severity")
-    fix = f.get("fix")
-    fixes = [fix] if isinstance(fix, str) else fix if isinstance(fix, list) else []
-    out = {**f, "rule": str(f.get("rule", "?"))[:200], "severity": sev if sev in SEVERITY_ORDER else "info",
-           "message": str(f.get("message", ""))[:4000], "fix": [str(x)[:2000] for x in fixes[:10]],
-           "evidence": f.get("evidence") if isinstance(f.get("evidence"), dict) else {}}
-    for key in ("step", "epoch"):
-        if not isinstance(out.get(key), (int, float)) or isinstance(out.get(key), bool):
-            out[key] = None
-    if not isinstance(out.get("title"), str):
-        out["title"] = None
-    return out
-
-
 def diagnose_all(run_data: Any, thresholds: dict | None = None,
                  posthoc: list | None = None) -> tuple[list[dict], list[str]]:
     """Post-hoc findings, plus those recorded during training that the post-hoc pass did not reproduce.
@@ -225,7 +210,7 @@ def diagnose_all(run_data: Any, thresholds: dict | None = None,
     for f in run_data.findings or []:
         if not isinstance(f, dict):
             continue
-        f = _clean_finding(f)
+        f = clean_finding(f)
         if f.get("rule") not in seen:
             old = recorded.get(f.get("rule"))
             if old is None or rank.get(f.get("severity"), 9) <= rank.get(old.get("severity"), 9):
@@ -302,7 +287,8 @@ def not_evaluated(run_data: Any) -> list[dict]:
 
 # --------------------------------------------------------------------------- formatting
 def esc(value: Any) -> str:
-    return escape(str(value), quote=True)
+    """HTML-escaped text; bytes of a non-UTF-8 file name (surrogates) show as backslash escapes."""
+    return escape(printable(str(value)), quote=True)
 
 
 def _num(v: Any) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_DEPTH",
     "MAX_SNAPSHOT_BYTES",
+    "clean_finding",
 ]
 
 SCHEMA_VERSION = 1
@@ -223,3 +224,32 @@ def read_npy(path: str | os.PathLike, max_bytes: int = MAX_SNAPSHOT_BYTES) -> An
         raise ValueError("truncated .npy array")
     arr = np.frombuffer(data, dtype=dtype, count=count)
     return arr.reshape(shape, order="F" if fortran else "C").copy()
+
+
+FINDING_SEVERITIES = ("info", "warning", "critical")
+
+
+def _finite_number(v: Any) -> int | float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return v if math.isfinite(v) else None
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+def clean_finding(f: dict) -> dict:
+    """A finding read from findings.jsonl (anyone may have written it) with the types every consumer relies on:
+    text rule/severity/title/message, a list of text fixes, a dict of evidence, finite step/epoch or None.
+    Other keys are kept as they are."""
+    sev = f.get("severity")
+    fix = f.get("fix")
+    fixes = [fix] if isinstance(fix, str) else fix if isinstance(fix, list) else []
+    title = f.get("title")
+    out = {**f, "rule": str(f.get("rule", "?"))[:200], "severity": sev if sev in FINDING_SEVERITIES else "info",
+           "title": title[:500] if isinstance(title, str) else None, "message": str(f.get("message", ""))[:4000],
+           "fix": [str(x)[:2000] for x in fixes[:10]],
+           "evidence": f.get("evidence") if isinstance(f.get("evidence"), dict) else {}}
+    for key in ("step", "epoch"):
+        out[key] = _finite_number(f.get(key))
+    return out

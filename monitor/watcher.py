@@ -117,6 +117,7 @@ class _Run:
         self.stop_requested = False
         self.diagnosed_at = 0.0  # time.monotonic() of the last rules update
         self.warned: set[str] = set()
+        self.read_once = False  # a poll has succeeded at least once
 
     @property
     def running(self) -> bool:
@@ -365,8 +366,12 @@ class Watcher:
             try:
                 batch = run.tailer.poll()
             except RunReadError as e:
-                self._warn_run(run, "read", str(e))
+                if not run.read_once:  # never readable (a FIFO for a log): one "skipped" line, like a bad meta
+                    self._skip(run.path, run.name, str(e))
+                else:  # it was: a transient state on a shared filesystem, maybe; keep trying, say it once
+                    self._warn_run(run, "read", str(e))
                 return False
+            run.read_once = True
             run.status = run.tailer.status
             error = run.status.get("error")
             if isinstance(error, dict) and error.get("type") == "CorruptStatus":
@@ -374,8 +379,9 @@ class Watcher:
             logged = [e for e in batch.events if e.get("type") == "finding"]
             if logged:
                 batch.events = [e for e in batch.events if e.get("type") != "finding"]
-                for f in logged:
-                    self._consider(run, {k: v for k, v in f.items() if k != "type"}, from_log=True)
+                for f in logged:  # written by anyone: typed before use
+                    self._consider(run, runfile.clean_finding({k: v for k, v in f.items() if k != "type"}),
+                                   from_log=True)
             self._diagnose(run, batch)
             run.tailer.findings.clear()  # the watcher keeps what it announced, not the whole findings log
             if not getattr(run.tailer, "behind", False):

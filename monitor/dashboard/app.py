@@ -516,7 +516,10 @@ def runs_view(root: str, known_runs: tuple[str, ...] | None = None) -> None:
     names = frame["run"].tolist()
     table = runs_table(frame, time.time())
     grey = ["color: #8c959f; font-style: italic"] * len(table.columns)
-    styled = table.style.apply(lambda r: grey if r["state"] == "unreadable" else [""] * len(r), axis=1)
+    # A Styler greys the runs that cannot be read; it then formats the cells itself (column_config's formats
+    # no longer apply): whole numbers as such, and "—" where there is nothing.
+    styled = (table.style.apply(lambda r: grey if r["state"] == "unreadable" else [""] * len(r), axis=1)
+              .format(lambda v: "—" if v is None or v != v else f"{int(v):,}", subset=["step", "epoch"]))
     st.dataframe(
         styled,
         key="runs_table", on_select=lambda: _pick_from_table("runs_table", names), selection_mode="single-row",

@@ -276,7 +276,7 @@ class RunState:
         The dashboard's findings fill gaps only: a rule at a severity the run already recorded is not repeated.
         """
         with self.lock:
-            recorded = list(self.tailer.findings)
+            recorded = [runfile.clean_finding(f) for f in self.tailer.findings if isinstance(f, dict)]
             seen = {(f.get("rule"), f.get("severity")) for f in recorded}
             merged = recorded + [f for f in self.online_findings if (f.get("rule"), f.get("severity")) not in seen]
         order = {id(f): i for i, f in enumerate(merged)}
@@ -359,7 +359,7 @@ class RunSummary:
         self.status = read_status(self.path)
         self._scan_epochs()
         try:
-            self.findings.extend(self._findings.read())
+            self.findings.extend(runfile.clean_finding(f) for f in self._findings.read())
         except RunReadError as e:
             self.read_error = str(e)
 
@@ -495,14 +495,15 @@ class RunsIndex:
 # ----------------------------------------------------------------- Streamlit caches
 # st.cache_resource, not st.cache_data: the tailers' file offsets must persist, and cache_data would hand
 # every rerun a fresh copy that starts reading from byte 0 again.
+# Keyed by the path's bytes: Streamlit hashes a str key as UTF-8, which a non-UTF-8 folder name is not.
 @st.cache_resource(max_entries=32, show_spinner=False)
-def _state_at(path: str) -> RunState:
-    return RunState(path)
+def _state_at(path: bytes) -> RunState:
+    return RunState(os.fsdecode(path))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _index_at(root: str) -> RunsIndex:
-    return RunsIndex(root)
+def _index_at(root: bytes) -> RunsIndex:
+    return RunsIndex(os.fsdecode(root))
 
 
 def cached_run_state(root: str, name: str) -> RunState | None:
@@ -510,8 +511,8 @@ def cached_run_state(root: str, name: str) -> RunState | None:
     path = resolve_run(root, name)
     if path is None:
         return None
-    return _state_at(str(path.resolve()))
+    return _state_at(os.fsencode(path.resolve()))
 
 
 def cached_runs_index(root: str) -> RunsIndex:
-    return _index_at(str(Path(root).resolve()))
+    return _index_at(os.fsencode(Path(root).resolve()))

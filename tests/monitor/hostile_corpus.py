@@ -60,6 +60,12 @@ def _finding(path: Path, rec: dict | str) -> None:
         f.write((rec if isinstance(rec, str) else runfile.dumps_line(rec)).rstrip("\n") + "\n")
 
 
+def _nan_step(path: Path) -> None:
+    with open(path / runfile.EVENTS, "a", encoding="utf-8") as f:
+        f.write(runfile.dumps_line({"type": "steps", "step": [N_STEPS + 1], "time": [1.7e9 + N_STEPS + 1],
+                                    "loss": [float("nan")], "lr": [0.1]}))
+
+
 def _npy_header(shape: tuple[int, ...], dtype: str = "<f8") -> bytes:
     """A valid .npy v1 header that claims `shape`, followed by almost no data."""
     header = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode("latin1")
@@ -123,8 +129,8 @@ CASES: dict[str, tuple[Builder, str]] = {
         '"pid":1e400,"host":"elsewhere"}'), "1e400 in status.json's numbers"),
     "report-symlink": (lambda p, o: (p / "report.html").symlink_to(o / "victim.txt"),
                        "report.html is a symlink to a file outside"),
-    "findings-symlink": (lambda p, o: (p / runfile.FINDINGS).symlink_to(o / "victim.txt"),
-                         "findings.jsonl is a symlink to a file outside"),
+    "findings-symlink": (lambda p, o: ((p / runfile.FINDINGS).symlink_to(o / "victim.txt"), _nan_step(p)),
+                         "findings.jsonl is a symlink to a file outside (and a NaN loss to report)"),
     "deep-evidence": (lambda p, o: _finding(p, '{"rule":"nonfinite_loss","severity":"critical","message":"m",'
                                                '"evidence":' + '{"a":' * 900 + "1" + "}" * 900 + "}"),
                       "a finding whose evidence is nested 900 deep"),
