@@ -1,3 +1,3 @@
 """The cases, one module per family of fault; importing this package registers them all."""
 
-from benchmarks.faults.cases import init, optimizer  # noqa: F401
+from benchmarks.faults.cases import code, data, healthy, init, model, optimizer  # noqa: F401
