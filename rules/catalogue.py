@@ -4,7 +4,8 @@ The ids are a public contract (findings.jsonl, --json output, thresholds, dashbo
 in list order on each update; a cause rule that weighs other findings (lr_too_high reads dead_units) comes
 after them. To add a rule: import it, append it to RULES, and name it in CAUSES where it explains a symptom.
 
-    python -m babysit.rules.catalogue --markdown   # the rules table of docs/rules.md
+    python -m babysit.rules.catalogue --markdown           # the rules table of docs/rules.md
+    python -m babysit.rules.catalogue --write docs/rules.md  # refresh the generated tables there
 """
 
 from __future__ import annotations
@@ -111,7 +112,13 @@ def _uses(cls: type, name: str) -> bool:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
         return False
-    return f'"{name}"' in src or f"'{name}'" in src
+    import re
+
+    needs = " ".join(getattr(cls, "needs", ())).replace(">=", " ").replace("+", " ").replace("*", " ").split()
+    q = re.escape(name)
+    # th["name"], th['prefix_' + x], a threshold key handed to sustained(...), or one named in `needs`
+    return bool(re.search(rf"""th\[["']{q}["']\]|sustained\([^)]*["']{q}["']""", src)) or name in needs or any(
+        name.startswith(p) for p in re.findall(r"""th\[["'](\w+_)["'] \+""", src))
 
 
 def _max_severity(cls: type) -> str:
@@ -124,10 +131,28 @@ def _max_severity(cls: type) -> str:
     return "critical" if '"critical"' in src else ("warning" if '"warning"' in src else "info")
 
 
+def write_docs(path: str) -> None:
+    """Replace the generated tables in docs/rules.md (between their begin/end markers) with fresh ones."""
+    import re
+    from pathlib import Path
+
+    from babysit.rules.fixes import markdown as fixes_markdown
+
+    doc = Path(path).read_text()
+    for name, table in (("rules table", markdown()), ("fixes table", fixes_markdown())):
+        begin, end = f"<!-- begin generated: {name} -->", f"<!-- end generated: {name} -->"
+        doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m, b=begin, e=end, t=table: f"{b}\n{t}\n{e}",
+                     doc, flags=re.S)
+    Path(path).write_text(doc)
+
+
 if __name__ == "__main__":  # pragma: no cover
     import sys
 
-    if "--markdown" in sys.argv[1:]:
+    args = sys.argv[1:]
+    if "--write" in args:  # python -m babysit.rules.catalogue --write docs/rules.md
+        write_docs(args[args.index("--write") + 1])
+    elif "--markdown" in args:
         print(markdown())
     else:
         print("\n".join(RULE_IDS))

@@ -27,9 +27,11 @@ class Seen:
     layer_steps: int = 0  # distinct sampled steps with layer records
     last_layer_step: int = -1
     metrics: set = field(default_factory=set)  # epoch metrics with at least one finite value
+    snapshots: int = 0  # first-layer weight snapshots
 
     def observe(self, ctx: Context) -> None:
         self.losses += int(np.isfinite(ctx.new_loss).sum())
+        self.snapshots += len(ctx.snapshots)
         ep = ctx.epochs
         self.epochs += len(ep)
         for name in (*_ACC, "train_loss", *_VAL):
@@ -80,6 +82,15 @@ def _why(need: str, seen: Seen, ctx: Context) -> str | None:
         return None if seen.metrics & set(_VAL) else "no validation metrics (val_loss/val_acc)"
     if name == "meta.model":
         return None if meta_layers(ctx.meta) else "no model summary (run.watch(model) was not called)"
+    if name == "meta.first_batch":  # the bug and data checks (rules/bugs.py, rules/data.py)
+        fb = ctx.meta.get("first_batch") if isinstance(ctx.meta, dict) else None
+        return None if isinstance(fb, dict) and fb else "no first-batch statistics (recorded by run.watch())"
+    if name == "optimizer_steps":
+        st = ctx.status if isinstance(ctx.status, dict) else {}
+        return None if st.get("optimizer_steps") is not None else "no optimizer.step() count (run.watch(model, " \
+            "optimizer) records it)"
+    if name == "snapshots":
+        return None if seen.snapshots else "no first-layer weight snapshots"
     return None  # an unknown need never hides a rule
 
 

@@ -153,8 +153,9 @@ class OnlineDiagnoser:
         return not_evaluated(self.rules, self.seen, self.ctx)
 
     @property
-    def findings(self) -> list[Finding]:
-        return sort_findings(list(self.ctx.findings.values()))
+    def findings(self) -> Findings:
+        """Every current finding, causes first, with `.not_evaluated` (the rules that could not judge yet)."""
+        return Findings(sort_findings(list(self.ctx.findings.values())), self.not_evaluated())
 
     def rolled_back(self, step: int, rules: tuple[str, ...] = ("nonfinite_loss", "loss_explosion",
                                                                "exploding_gradients", "noisy_loss",
@@ -263,4 +264,4 @@ def diagnose(run: Any, thresholds: dict | None = None, now: float | None = None)
     diagnoser = OnlineDiagnoser(getattr(run, "meta", None) or {}, thresholds,
                                 run_dir=getattr(run, "path", None))
     diagnoser.update(run, status=getattr(run, "status", None) or {}, now=now)
-    return Findings(diagnoser.findings, diagnoser.not_evaluated())
+    return diagnoser.findings

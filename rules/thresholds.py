@@ -337,6 +337,12 @@ TABLE: dict[str, Threshold] = {
         "skipped_optimizer_steps: optimizer.step() calls per loop step (per declared accumulation) below this",
         "ours: a skipped step now and then (AMP inf/NaN skips) stays well above it",
     ),
+    "skipped_accum_ratio": Threshold(
+        1.3,
+        "skipped_optimizer_steps: gradient norm when stepping over that of skipped steps at or above this = the "
+        "gradients add up (accumulation); below the midpoint to 1 = thrown away by zero_grad (a bug)",
+        "ours: a sum of k batch gradients has ~sqrt(k)..k times one batch's norm (k=2: 1.41..2); discarded: ~1",
+    ),
     "skipped_min_steps": Threshold(
         20,
         "skipped_optimizer_steps: loop steps before judging",

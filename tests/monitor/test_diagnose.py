@@ -64,8 +64,10 @@ def test_json_format(exploded, capsys):
     rules = [f["rule"] for f in doc["findings"]]
     assert rules[:2] == ["nonfinite_loss", "loss_explosion"]
     for f in doc["findings"]:
-        assert list(f) == ["rule", "severity", "step", "epoch", "message", "evidence", "fix"]
-        assert isinstance(f["fix"], list) and f["fix"]
+        assert list(f) == ["rule", "severity", "step", "epoch", "message", "evidence", "fix", "fix_ids",
+                           "caused_by", "root_cause"]
+        assert isinstance(f["fix"], list) and f["fix"] and len(f["fix_ids"]) == len(f["fix"])
+    assert isinstance(doc["not_evaluated"], list)
     nan = doc["findings"][0]["evidence"]["value"]
     assert nan == "NaN"  # the run format's codec: valid JSON that keeps the NaN
 
