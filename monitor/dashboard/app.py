@@ -332,6 +332,7 @@ def findings_section(state: RunState, name: str) -> None:
         if state.diagnoser is None and state.diagnoser_error is None:
             st.caption("The rule engine is not installed here; showing the findings the run recorded.")
         st.success("Nothing wrong found so far.", icon=":material/check:")
+        _not_evaluated_caption(state)
         return
     with st.container(height=420, border=False):
         seen: dict[str, int] = {}
@@ -341,6 +342,17 @@ def findings_section(state: RunState, name: str) -> None:
             finding_card(f, name, f"{base}_{seen[base]}")
     if state.diagnoser_error:
         st.caption(f"The dashboard's own diagnosis stopped: {safe_md(state.diagnoser_error)}")
+
+
+def _not_evaluated_caption(state: RunState) -> None:
+    """Which rules could not judge the run yet, so "nothing wrong" says how much was looked at."""
+    try:
+        skipped = state.diagnoser.not_evaluated() if state.diagnoser is not None else []
+    except Exception:  # noqa: BLE001 - a coverage note must never break the page
+        skipped = []
+    if skipped:
+        st.caption("Not evaluated yet: " + "; ".join(safe_md(f"{x.get('rule')} ({x.get('why')})")
+                                                     for x in skipped[:8]))
 
 
 def accuracy_section(plan: charts.ChartPlan | None) -> None:
