@@ -232,6 +232,47 @@ def declared_accumulation(ctx: Context) -> int | None:
     return None
 
 
+class GradientSums:
+    """Whether gradients accumulate across the loop steps without optimizer.step(), from the layer records.
+
+    With gradient accumulation, `.grad` when the optimizer steps is the sum of k micro-batches: its norm is
+    ~sqrt(k)..k times that of the steps in between. When zero_grad() runs every iteration and step() only on
+    some, the skipped steps' gradients are thrown away: stepping and skipped steps show the same norm. The
+    probes sample every one of the first steps, so both kinds are there; later records add nothing.
+    """
+
+    def __init__(self, limit: int = 40):
+        self.limit = limit
+        self.norms: dict[bool, list[float]] = {True: [], False: []}  # stepped? -> total gradient norms
+
+    def feed(self, ctx: Context) -> None:
+        lay = ctx.layers
+        if not len(lay) or sum(map(len, self.norms.values())) >= self.limit or not {"g_norm", "step"} <= set(lay.cols):
+            return
+        steps, g = lay.ints("step"), lay.num("g_norm")
+        ur = lay.num("update_ratio") if "update_ratio" in lay else np.full(len(steps), np.nan)
+        for step in np.unique(steps):
+            rows = (steps == step) & np.isfinite(g)
+            if rows.any():
+                self.norms[bool(np.isfinite(ur[steps == step]).any())].append(float(np.sqrt((g[rows] ** 2).sum())))
+
+    @property
+    def ratio(self) -> float:
+        """Median gradient norm on stepping records over that on skipped ones (NaN: not both seen)."""
+        stepped, skipped = self.norms[True], self.norms[False]
+        if not stepped or not skipped or not np.median(skipped) > 0:
+            return math.nan
+        return float(np.median(stepped) / np.median(skipped))
+
+    def accumulate(self, limit: float) -> bool | None:
+        """True: accumulation; False: gradients thrown away; None: too few records of either kind."""
+        stepped, skipped = self.norms[True], self.norms[False]
+        if len(stepped) < 3 or len(skipped) < 3 or not np.median(skipped) > 0:
+            return None
+        ratio = self.ratio
+        return True if ratio >= limit else (False if ratio < 1 + (limit - 1) / 2 else None)
+
+
 class SkippedOptimizerSteps(Rule):
     id = "skipped_optimizer_steps"
     title = "optimizer.step() ran on far fewer steps than the loop"
@@ -244,6 +285,7 @@ class SkippedOptimizerSteps(Rule):
         self.progress = Progress(thresholds)
         self.counts: tuple[int, int] | None = None  # (loop steps, optimizer steps) at the latest record
         self.fired: Finding | None = None
+        self.sums = GradientSums()
 
     def _observe(self, batch, ctx: Context) -> None:
         """The latest (loop steps, optimizer steps): from step records if the reader keeps the column, else status."""
@@ -262,6 +304,7 @@ class SkippedOptimizerSteps(Rule):
     def update(self, batch, ctx: Context) -> list[Finding]:
         self.progress.feed(ctx)
         self._observe(batch, ctx)
+        self.sums.feed(ctx)
         if self.severity == "warning" and self.fired is not None and self.fired.evidence.get("regular_every"):
             found = resolve_later(self, ctx, self.fired, self.progress)  # accumulation after all: it learns
             self.severity = "resolved" if found else self.severity
@@ -278,14 +321,16 @@ class SkippedOptimizerSteps(Rule):
             return []
         every = steps / ops if ops else math.inf
         regular = ops > 0 and abs(every - round(every)) <= 0.05 * every and k is None
-        scaled = regular and self._loss_scaled(ctx, round(every))
+        accumulates = self.sums.accumulate(self.th["skipped_accum_ratio"]) if regular else None
         learning = self.progress.learning(ctx)
         # A regular every-k-th step is what gradient accumulation looks like when run.step() is called per
-        # micro-batch: legitimate if the run learns (info), a bug if it does not. Never stepping, an irregular
+        # micro-batch. It is accumulation when the gradients add up between steps or the loss was divided by k;
+        # a bug when they do not add up (zero_grad every iteration throws the skipped ones away). Without that
+        # evidence: an info note while the run learns, a warning when it does not. Never stepping, an irregular
         # ratio, or fewer steps than the declared accumulation explains are bugs whatever the loss does.
-        if scaled:
+        if accumulates or (regular and accumulates is None and self._loss_scaled(ctx, round(every))):
             return []
-        if ops == 0 or not regular:
+        if ops == 0 or not regular or accumulates is False:
             severity = "warning"
         elif learning is None:
             return []
@@ -297,9 +342,13 @@ class SkippedOptimizerSteps(Rule):
         msg = (f"optimizer.step() ran {ops:,} times in {steps:,} loop steps ({fmt(100 * ratio)}%)"
                + (f", expected ~1 in {k} with the declared gradient accumulation" if k else "")
                + (f"; a regular 1 in {round(every)}, like gradient accumulation" if regular else "")
+               + ("; but the gradient when it steps is no larger than in between (median norm ratio "
+                  f"{fmt(self.sums.ratio)}): zero_grad() throws the skipped steps' gradients away"
+                  if accumulates is False else "")
                + f"; {self.progress.note(ctx)}")
         evidence = {"loop_steps": steps, "optimizer_steps": ops, "ratio": ratio, "declared_accumulation": k,
                     "regular_every": round(every) if regular else None, "initial_loss": ctx.initial_loss,
+                    "grad_norm_ratio_stepped_to_skipped": self.sums.ratio,
                     "loss_now": self.progress.recent}
         fix = list(self.fix) if severity == "warning" else [self.fix[1], self.fix[0]]
         self.fired = self.finding(ctx, severity, steps, msg, evidence, fix)

@@ -174,11 +174,20 @@ class BadLabels(Rule):
         far = s > self.th["target_scale"] or (abs(m) > self.th["target_scale"] and abs(m) > self.th["unnorm_offset"]
                                               * s)
         learning = self.progress.learning(ctx)
-        if not far or learning is None or learning:
-            return None  # a regression on raw-scale targets that learns is a choice
+        if not far or learning is None:
+            return None
+        # Falling from a huge start is not enough: an MSE near the targets' variance (an L1 loss near their std)
+        # is what predicting their mean gives, so the net explains almost nothing of them.
+        loss_fn, recent = str(meta_dict(ctx.meta, "first_batch").get("loss_fn") or ""), self.progress.recent
+        baseline = s * s if loss_fn == "mse_loss" else (s if loss_fn in ("l1_loss", "smooth_l1_loss", "huber_loss")
+                                                         else None)
+        no_better = baseline is not None and recent >= self.th["target_fit"] * baseline
+        if learning and not no_better:
+            return None  # a regression on raw-scale targets that fits them is a choice
+        how = (f"the loss {fmt(recent)} is no better than predicting their mean ({fmt(baseline)})" if no_better
+               else f"the loss does not fall: {self.progress.note(ctx)}")
         msg = (f"regression targets have mean {fmt(m)} and std {fmt(s)} (min {fmt(number(t.get('min')))}, max "
-               f"{fmt(number(t.get('max')))}), far from unit scale, and the loss does not fall: "
-               f"{self.progress.note(ctx)}")
+               f"{fmt(number(t.get('max')))}), far from unit scale, and {how}")
         evidence = {"mean": m, "std": s, "min": number(t.get("min")), "max": number(t.get("max")),
-                    "initial_loss": ctx.initial_loss, "loss_now": self.progress.recent}
+                    "initial_loss": ctx.initial_loss, "loss_now": recent, "mean_predictor_loss": baseline}
         return "warning", msg, evidence, [("standardize_targets", f"mean {fmt(m)}, std {fmt(s)}")]

@@ -165,13 +165,21 @@ def test_irregularly_skipped_steps_are_caught_even_when_the_loss_falls(runs, dat
     assert f.severity == "warning" and f.evidence["ratio"] == pytest.approx(0.3) and f.evidence["regular_every"] is None
 
 
-def test_every_other_step_skipped_while_learning_is_an_info_note(runs, data):
-    # Indistinguishable from gradient accumulation with run.step() per micro-batch from what is recorded:
-    # the note says so and asks to declare accumulation; a warning would cry wolf on healthy accumulation loops.
+def test_every_other_step_skipped_with_zero_grad_every_iteration_is_caught_while_learning(runs, data):
+    # The loss still falls (half the updates), but the skipped steps' gradients are thrown away: the gradient
+    # norm when the optimizer steps is that of one batch, not the sum accumulation would give.
     x, y = data
     f = runs("every_other", lambda: Loop(mlp(64, 10), x, y, steps=200, step_when=lambda i: i % 2 == 0,
                                          zero_when=lambda i: True))["skipped_optimizer_steps"]
-    assert f.severity == "info" and f.evidence["regular_every"] == 2 and f.fix_ids[0] == "declare_accumulation"
+    assert f.severity == "warning" and f.evidence["regular_every"] == 2 and f.fix_ids[0] == "step_every_iteration"
+    assert f.evidence["grad_norm_ratio_stepped_to_skipped"] < 1.15
+
+
+def test_undeclared_accumulation_whose_gradients_add_up_stays_quiet(runs, data):
+    x, y = data  # run.step() per micro-batch, no config, no loss scaling: the gradient sums show it
+    found = runs("accum_undeclared", lambda: Loop(mlp(64, 10), x, y, steps=200, step_when=lambda i: i % 4 == 3))
+    _quiet(found)
+    assert "stalled_weights" not in found
 
 
 def test_every_other_step_skipped_while_not_learning_is_caught(runs, data):
@@ -260,7 +268,7 @@ def test_rules_stay_quiet_when_the_fields_are_missing(tmp_path, data):
 
 
 HEALTHY = ("logits", "log_softmax_nll", "softmax_reporting", "linear_probe", "accum_declared", "accum_scaled",
-           "tabular256", "lstm", "images")
+           "accum_undeclared", "tabular256", "lstm", "images")
 
 
 def test_inside_training_the_same_checks_agree(runs):
@@ -270,7 +278,7 @@ def test_inside_training_the_same_checks_agree(runs):
         loud = {r: s for r, s in ONLINE.get(name, {}).items() if r in BUGS and s != "info"}
         assert not loud, f"{name}: {loud}"
     for name, rule in (("softmax_head", "double_softmax"), ("all_frozen", "frozen_parameters"),
-                       ("never_steps", "skipped_optimizer_steps")):
+                       ("never_steps", "skipped_optimizer_steps"), ("every_other", "skipped_optimizer_steps")):
         if name in ONLINE:
             assert ONLINE[name].get(rule) == "warning", f"{name}: {ONLINE[name]}"
     print({name: ONLINE[name] for name in ONLINE})

@@ -84,6 +84,8 @@ def train(run_dir: Path, loop: Loop) -> Path:
     for i in range(loop.steps):
         idx = torch.randint(0, len(x), (loop.batch,), generator=g)
         xb, yb = x[idx], y[idx]
+        if i > 0 and zero_when(i - 1):  # opt.zero_grad(); loss.backward(); opt.step(): grads stay visible
+            opt.zero_grad()
         out = model(xb)
         inp = loop.to_loss(out)
         loss = loss_fn(inp, yb) / loop.loss_scale
@@ -91,8 +93,6 @@ def train(run_dir: Path, loop: Loop) -> Path:
         if loop.step_when(i):
             opt.step()
             op_steps += 1
-        if zero_when(i):
-            opt.zero_grad()
         if first is None:
             first = (xb, yb, out.detach(), inp.detach())
         if i < 200 and not yb.is_floating_point():
