@@ -364,9 +364,13 @@ class Healer:
               f"{self._good.step}, {what}", file=sys.stderr)
         return True
 
-    def give_up_reason(self, finding: dict) -> str:
-        """The stop reason after the last attempt: the finding and every attempt of this incident."""
+    def give_up(self, finding: dict) -> str:
+        """No more attempts: put the last good state back (so the model the user saves is not the broken one)
+        and return the stop reason, the finding and every attempt of this incident."""
         head = f"{finding.get('rule')}: {finding.get('message')}"
+        if finding.get("rule") in HEALABLE:
+            self._end_warmup()
+            self._restore(self._good)
         if not self.incident:
             return head
         tries = "; ".join(f"{a['attempt']}. step {a['step']}: {a['finding']}, rolled back to step "

@@ -662,7 +662,7 @@ class Run:
             if self._healer is not None and self._guard("heal", self._healer.heal, finding):
                 return
             print(message + " (stopping)", file=sys.stderr)
-            give_up = self._healer.give_up_reason(finding) if self._healer is not None else None
+            give_up = self._guard("heal", self._healer.give_up, finding) if self._healer is not None else None
             self.request_stop(give_up or f"{finding.get('rule')}: {finding.get('message')}")
 
     def request_stop(self, reason: str) -> None:

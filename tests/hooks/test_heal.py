@@ -244,3 +244,32 @@ def test_hf_callback_without_the_model_says_it_cannot_heal_and_stops(tmp_path, c
         if control.should_training_stop:
             break
     assert control.should_training_stop
+
+
+def test_a_fault_no_rollback_fixes_gets_the_whole_policy_then_stops(tmp_path):
+    """Every batch from step 150 on holds a NaN: lr x0.1, then clipping, then warmup, then a stop naming all three."""
+    from benchmarks.heal import data, make_model
+
+    xt, yt, _, _ = data("digits")
+    model = make_model(GOOD, 64, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with babysit.Run(tmp_path / "r", num_classes=10, on_critical="heal", flush_steps=25) as run:
+        run.watch(model, opt, every=10)
+        for step in range(1, 1000):
+            i = (step * 32) % (len(xt) - 32)
+            xb = xt[i:i + 32].clone()
+            if step >= 150:
+                xb[0, 0] = float("nan")
+            loss = nn.functional.cross_entropy(model(xb), yt[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.step(loss=loss)
+            if run.should_stop:
+                break
+    actions = [e["data"]["action"] for e in _heal_events(tmp_path / "r")]
+    assert actions == ["lr_x0.1", "clip_grad_norm", "warmup"]
+    assert run.should_stop and step < 999
+    assert "not healed after 3 attempts" in run.stop_reason
+    assert all(a in run.stop_reason for a in actions)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the last rollback left good weights
