@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("babysit.monitor.report", "one standalone HTML report of a run"),
     "sanity": ("babysit.trainer.sanity", "the lecture's sanity checks: ln(C) loss, reg raises loss, overfit 20"),
     "search": ("babysit.trainer.search", "coarse-to-fine random search of learning rate and regularization"),
+    "lr-find": ("babysit.trainer.lr_find_cli", "learning-rate range test: sweep the lr, suggest one and say why"),
     "evaluate": ("babysit.trainer.evaluate", "evaluate a run's checkpoint; --test touches the test split once"),
 }
 
