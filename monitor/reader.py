@@ -57,7 +57,7 @@ STALE_AFTER_S = 120.0
 # Skipped without being held in memory, and counted as one corrupt line.
 MAX_LINE_BYTES = 16 << 20
 # How much of a log one poll reads at most: memory follows this and what the caller keeps, not the file size.
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 4 << 20
 # The epochs frame's column of metric names recorded non-finite in that epoch (a tuple per row).
 NONFINITE_METRICS = "nonfinite_metrics"
 

@@ -1,7 +1,7 @@
 """Post-hoc diagnosis in bounded memory: stream a run through the online rules, keep only what is shown.
 
 `babysit diagnose` and `babysit report` used to read the whole events.jsonl into DataFrames (14-17x the file
-in RAM) and then run the rules once over everything. Here the reader hands each chunk (~16 MB of log) to an
+in RAM) and then run the rules once over everything. Here the reader hands each chunk (~4 MB of log) to an
 `OnlineDiagnoser` - the same object the hooks and the watcher feed, O(new records) per update - and keeps
 downsampled series (per-bucket min/max/first/last, see `reader.load_run(max_points=...)`) for the text, the
 report and its charts. Memory is then the chunk, the rules' windows and the kept series, not the file.
