@@ -18,7 +18,11 @@ from babysit.trainer.options import add_train_options, config_from_args
 
 from babysit.errors import UsageError
 
-__all__ = ["configure", "run"]
+__all__ = ["configure", "run", "NOT_OPTIONS"]
+
+# `babysit train` options that mean nothing to a sweep (it sets the lr itself, runs no epochs, never stops early)
+NOT_OPTIONS = frozenset({"lr", "epochs", "schedule", "lr_gamma", "lr_step", "lr_decay", "warmup", "max_loss_ratio",
+                         "on_critical", "linear_probe", "run_dir", "step_delay"})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    add_train_options(parser, skip={"lr", "epochs", "schedule", "lr_gamma", "lr_step", "lr_decay", "warmup",
-                                    "max_loss_ratio", "on_critical", "linear_probe"})
+    add_train_options(parser, skip=NOT_OPTIONS - {"run_dir"})
     parser.set_defaults(run_dir=None)
 
 

@@ -105,10 +105,14 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def to_argv(cfg: TrainConfig, always: tuple[str, ...] = ("lr", "reg", "epochs", "seed", "run_dir")) -> list[str]:
-    """The `babysit train` options that reproduce cfg: every non-default value, plus those in `always`."""
+def to_argv(cfg: TrainConfig, always: tuple[str, ...] = ("lr", "reg", "epochs", "seed", "run_dir"),
+            skip: frozenset[str] = frozenset()) -> list[str]:
+    """The `babysit train` options that reproduce cfg: every non-default value, plus those in `always`; none
+    of those in `skip` (a command that does not take them, e.g. `babysit lr-find`)."""
     argv: list[str] = []
     for name in OPTIONS:
+        if name in skip:
+            continue
         value = getattr(cfg, name)
         if name not in always and value == _DEFAULTS[name]:
             continue

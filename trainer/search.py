@@ -2,6 +2,9 @@
 
     babysit search --lr 1e-6:1e-3 --reg 1e-5:1e5 --trials 20 --epochs 5 --workers 2 [any babysit train option]
 
+Without `--lr`, a learning-rate range test (`babysit lr-find`, same options) runs first, into <search folder>/
+lr-find, and stage 1 spans 3 decades centred on its suggestion (the default 1e-3:1 if it finds none).
+
 Stage 1 samples `--trials` points log-uniformly (the lecture: `lr = 10**uniform(-6, -3)`) and trains each for
 `--epochs`; stage 2 samples `--fine-trials` points in the box spanned by stage 1's best few (widened a little,
 kept inside the given ranges) and trains longer (`--fine-epochs`, default 2x). Each trial is an ordinary
@@ -17,6 +20,7 @@ Torch-free: this process only launches trials and reads their run directories.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -38,6 +42,8 @@ from babysit.errors import UsageError
 __all__ = ["configure", "run", "parse_range", "sample_log_uniform", "narrow", "trial_result", "SEARCH_FILE"]
 
 SEARCH_FILE = "search.json"
+LR_DEFAULT = "1e-3:1"
+CENTER_DECADES = 1.5  # without --lr: stage 1 spans the suggestion / 10**1.5 .. x 10**1.5, as wide as LR_DEFAULT
 TOP_K = 3  # stage 2 narrows to the box around this many best stage-1 trials
 MARGIN = 0.1  # ... widened by this fraction of the coarse range's width (in decades) on each side
 
@@ -72,8 +78,9 @@ def narrow(values: list[float], coarse: tuple[float, float]) -> tuple[float, flo
 
 def configure(parser: argparse.ArgumentParser) -> None:
     s = parser.add_argument_group("search")
-    s.add_argument("--lr", dest="lr_range", default="1e-3:1",
-                   help="learning-rate range LOW:HIGH, sampled in log space (default 1e-3:1)")
+    s.add_argument("--lr", dest="lr_range", default=None,
+                   help="learning-rate range LOW:HIGH, sampled in log space (default: 3 decades centred on "
+                        f"`babysit lr-find`'s suggestion, else {LR_DEFAULT})")
     s.add_argument("--reg", dest="reg_range", default="1e-6:1e-1",
                    help="regularization range LOW:HIGH, log space (default 1e-6:1e-1)")
     s.add_argument("--trials", type=int, default=10, help="stage 1 trials (default 10)")
@@ -116,6 +123,30 @@ def trial_result(run_dir: str | os.PathLike) -> dict:
         "train_acc": float(train.iloc[-1]) if len(train) else math.nan,
         "epochs_done": len(epochs), "steps": int(run.status.get("step") or 0),
     }
+
+
+def lr_find_range(base: TrainConfig, folder: Path, threads: int) -> tuple[tuple[float, float], dict]:
+    """Run `babysit lr-find` with the search's options; the coarse lr range centred on its suggestion, and
+    what it said (for search.json). Falls back to LR_DEFAULT, saying why, when it suggests nothing."""
+    from babysit.trainer.lr_find_cli import NOT_OPTIONS
+
+    run_dir = folder / "lr-find"
+    argv = [sys.executable, "-m", "babysit", "lr-find", *to_argv(base, always=("seed",), skip=NOT_OPTIONS),
+            "--run-dir", str(run_dir), "--json", "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    info: dict = {"run_dir": str(run_dir), "command": ["babysit", *argv[3:]]}
+    try:
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        found = {"reason": lines[-1] if lines else f"exit status {proc.returncode}"}
+    info.update(suggestion=found.get("suggestion"), chosen=found.get("chosen"), reason=found.get("reason"))
+    lr = found.get("suggestion")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        return parse_range(LR_DEFAULT, "lr"), info
+    width = 10**CENTER_DECADES
+    return (float(f"{lr / width:.3g}"), float(f"{lr * width:.3g}")), info
 
 
 def _execute(trial: dict, logs: Path, threads: int) -> dict:
@@ -169,7 +200,8 @@ def _stage(trials: list[dict], workers: int, threads: int, logs: Path, progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    lr_range, reg_range = parse_range(args.lr_range, "lr"), parse_range(args.reg_range, "reg")
+    lr_range = parse_range(args.lr_range, "lr") if args.lr_range is not None else None
+    reg_range = parse_range(args.reg_range, "reg")
     fine_trials = args.trials if args.fine_trials is None else args.fine_trials
     fine_epochs = args.fine_epochs or 2 * args.coarse_epochs
     if args.trials < 1 or fine_trials < 0 or args.coarse_epochs < 1 or fine_epochs < 1 or args.workers < 1:
@@ -181,6 +213,22 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if (folder / SEARCH_FILE).exists():
         raise UsageError(f"{folder} already holds a search; pick a new --search-dir")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    lr_found = None
+    if lr_range is None and args.dry_run:
+        lr_range = parse_range(LR_DEFAULT, "lr")
+        print(f"# without --lr, `babysit lr-find` runs first and stage 1 is centred on its suggestion; "
+              f"shown here with {LR_DEFAULT}", file=sys.stderr)
+    elif lr_range is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        print("learning-rate range test first (babysit lr-find; pass --lr to skip it) ...", file=sys.stderr)
+        lr_range, lr_found = lr_find_range(base, folder, threads)
+        if lr_found.get("suggestion"):
+            print(f"lr-find suggests {lr_found['suggestion']:.3g} ({lr_found.get('chosen')}): stage 1 spans "
+                  f"{lr_range[0]:.3g}..{lr_range[1]:.3g}", file=sys.stderr)
+        else:
+            print(f"lr-find suggested nothing ({lr_found.get('reason')}): stage 1 spans the default {LR_DEFAULT}",
+                  file=sys.stderr)
     rng = random.Random(args.search_seed)
     stage1 = [_trial(base, folder, 1, i, sample_log_uniform(rng, *lr_range), sample_log_uniform(rng, *reg_range),
                      args.coarse_epochs) for i in range(args.trials)]
@@ -189,11 +237,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logs = folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     header = {"schema": 1, "kind": "babysit-search", "created": time.time(), "lr_range": list(lr_range),
               "reg_range": list(reg_range), "search_seed": args.search_seed, "workers": args.workers,
               "stages": [{"stage": 1, "trials": args.trials, "epochs": args.coarse_epochs,
                           "lr_range": list(lr_range), "reg_range": list(reg_range)}]}
+    if lr_found is not None:
+        header["lr_find"] = lr_found
     done: list[dict] = []
     progress = Progress(args.trials + fine_trials, "trials", not args.no_progress)
 
