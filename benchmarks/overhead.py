@@ -2,6 +2,11 @@
 
     python -m benchmarks.overhead            # 20 rounds of 300 steps (about 3 minutes on 2 CPU cores)
     python -m benchmarks.overhead --quick    # 6 rounds of 100 steps
+    python -m benchmarks.overhead --lengths 200,5000 --rounds 5   # short and long runs side by side
+
+A short run pays the sampling floor (every one of the first 10 steps, then geometric spacing to step 1000),
+the first-batch observer (first 200 steps) and the online rules at every flush while the run is young
+(first 10 s); a long run amortizes them, so its ratio is the steady-state overhead.
 
 The loop is the reference trainer's: the default convnet on digits, batch 64, SGD with momentum, a validation
 pass and `run.epoch()` every 16 steps. Each round runs every variant once, in a shuffled order (drift and
@@ -239,8 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per timing (default 300)")
     parser.add_argument("--model", default="convnet", choices=["convnet", "mlp"])
     parser.add_argument("--no-tensorboard", action="store_true", help="skip the SummaryWriter comparison")
+    parser.add_argument("--lengths", help="comma-separated run lengths in steps, measured one after the other and "
+                        "shown side by side (e.g. 200,5000)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (6 if args.quick else 20)
+    if args.lengths:
+        try:
+            lengths = [int(s) for s in args.lengths.split(",") if s.strip()]
+        except ValueError:
+            parser.error(f"--lengths takes step counts separated by commas, not {args.lengths!r}")
+        if not lengths or min(lengths) < 20:
+            parser.error("--lengths: each run length must be at least 20 steps")
+        return _by_length(lengths, rounds, args.model, not args.no_tensorboard)
     steps = args.steps or (100 if args.quick else 300)
     print(f"{args.model} on digits, batch 64, {steps} steps per timing, {rounds} interleaved rounds, "
           f"torch {torch.__version__}, 1 thread")
@@ -264,6 +279,27 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "met" if median <= 1.01 else "NOT met"
     print(f"\nhooks overhead: wall clock {100 * (median - 1):+.2f}% (target <= +1%: {verdict}), "
           f"timed inside the hooks {100 * (timed - 1):+.2f}%")
+    return 0
+
+
+def _by_length(lengths: list[int], rounds: int, model: str, tensorboard: bool) -> int:
+    print(f"{model} on digits, batch 64, {rounds} interleaved rounds per length, torch {torch.__version__}, 1 thread")
+    rows = []
+    for steps in lengths:
+        print(f"\n--- {steps} steps")
+        rows.append((steps, measure(rounds, steps, model, tensorboard=tensorboard)))
+    print("\nmedian ratio to the plain loop (p25-p75); timed = inside the logging calls")
+    header = f"{'steps':>6} {'plain ms/step':>13} {'layer samples':>13}"
+    variants = [v for v in ("hooks", "tensorboard") if v in rows[0][1]]
+    for v in variants:
+        header += f" {v + ' wall':>24} {v + ' cpu':>16} {v + ' timed':>16}"
+    print(header)
+    for steps, r in rows:
+        line = f"{steps:>6} {r['plain_step_ms']:>13.2f} {r['layer_samples']:>13.0f}"
+        for v in variants:
+            w, c, t = r[v]["wall"], r[v]["cpu"], r[v]["timed"]
+            line += f" {w['median']:>9.4f} ({w['p25']:.3f}-{w['p75']:.3f}) {c['median']:>16.4f} {t['median']:>16.4f}"
+        print(line)
     return 0
 
 

@@ -32,10 +32,11 @@ RULES_BUDGET = 0.002
 # status.json (an atomic rename: about a millisecond on ext4) is rewritten at most this often, and at close.
 STATUS_INTERVAL = 5.0
 # The floor under the rules' budget: while the run is this young (seconds since Run()) they run at every
-# flush, so on_critical acts within one flush of a critical condition however short the run. Later they
-# also run at each run.epoch() while their total stays within EPOCH_RULES_BUDGET of the run's time.
-RULES_YOUNG_SECONDS = 30.0
-EPOCH_RULES_BUDGET = 0.01
+# flush (at most once per flush_interval: epoch ends in between do not add calls), so on_critical acts within
+# one flush of a critical condition however short the run. Later they also run at a run.epoch() when their
+# total stays within EPOCH_RULES_BUDGET of the run's time (tiny epochs then share it).
+RULES_YOUNG_SECONDS = 10.0
+EPOCH_RULES_BUDGET = 0.003
 # Extra flushes (and so rule evaluations) at these steps: the first losses are judged within the first steps.
 EARLY_FLUSH_STEPS = (10, 100)
 
@@ -161,6 +162,7 @@ class Run:
         self._rules_start = time.monotonic()
         self._rules_spent = 0.0  # seconds the online rules took so far
         self._rules_cost = 0.01  # seconds their last call took (until measured, say 10 ms)
+        self._rules_last = -math.inf  # when they last ran
         self._fsynced_nonfinite = False
         self._optimizer = None
         self._probe = None
@@ -552,8 +554,9 @@ class Run:
             due = time.monotonic() - self._rules_start >= (self._rules_spent + self._rules_cost) / RULES_BUDGET
             if self._healer is not None:  # heal: judge candidates; a blow-up runs the rules at once
                 due = bool(self._guard("heal", self._healer.observe, records)) or due
-            elapsed = time.monotonic() - self._rules_start
-            young = elapsed < RULES_YOUNG_SECONDS
+            now = time.monotonic()
+            elapsed = now - self._rules_start
+            young = elapsed < RULES_YOUNG_SECONDS and now - self._rules_last >= self.flush_interval
             epoch_due = epoch_end and self._rules_spent + self._rules_cost <= EPOCH_RULES_BUDGET * elapsed
             if self._undiagnosed and (force or nonfinite or due or young or epoch_due):
                 self._guard("online rules", self._diagnose_pending)
@@ -624,7 +627,7 @@ class Run:
 
     def _diagnose_pending(self) -> None:
         records, self._undiagnosed = self._undiagnosed, []
-        start = time.monotonic()
+        start = self._rules_last = time.monotonic()
         try:
             self._diagnose(records)
         finally:
