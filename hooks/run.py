@@ -32,7 +32,7 @@ RULES_BUDGET = 0.002
 # status.json (an atomic rename: about a millisecond on ext4) is rewritten at most this often, and at close.
 STATUS_INTERVAL = 5.0
 # The floor under the rules' budget: while the run is this young (seconds since Run()) they run at every
-# flush (at most once per flush_interval: epoch ends in between do not add calls), so on_critical acts within
+# flush (an epoch end's flush adds a call only flush_interval after the last), so on_critical acts within
 # one flush of a critical condition however short the run. Later they also run at a run.epoch() when their
 # total stays within EPOCH_RULES_BUDGET of the run's time (tiny epochs then share it).
 RULES_YOUNG_SECONDS = 10.0
@@ -556,7 +556,7 @@ class Run:
                 due = bool(self._guard("heal", self._healer.observe, records)) or due
             now = time.monotonic()
             elapsed = now - self._rules_start
-            young = elapsed < RULES_YOUNG_SECONDS and now - self._rules_last >= self.flush_interval
+            young = elapsed < RULES_YOUNG_SECONDS and (not epoch_end or now - self._rules_last >= self.flush_interval)
             epoch_due = epoch_end and self._rules_spent + self._rules_cost <= EPOCH_RULES_BUDGET * elapsed
             if self._undiagnosed and (force or nonfinite or due or young or epoch_due):
                 self._guard("online rules", self._diagnose_pending)
