@@ -28,6 +28,7 @@ import copy
 import math
 import random
 import sys
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -103,7 +104,8 @@ class Healer:
         self._hooks: list[Any] = []
         self._healed_at: int | None = None
         self._losses: list[tuple[int, float]] = []  # (step, loss) since the pending candidate
-        self._gnorms: list[tuple[int, float]] = []  # (step, total gradient norm) from the layer records
+        # (step, total gradient norm) from the layer records; the last few hundred are the healthy stretch's
+        self._gnorms: deque[tuple[int, float]] = deque(maxlen=512)
         self._seen_findings = 0
         self._first_losses: list[float] = []  # the loss at init, until the online rules know it
         self._recent: list[float] = []  # the last RELAPSE_WINDOW finite losses
