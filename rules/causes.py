@@ -30,7 +30,8 @@ class LrTooHigh(Rule):
     reached before (and `lr_high_rise_abs` x ln(C) above it). Collapsed: the smoothed loss over the window never
     below `lr_high_level` x ln(C) (at or above the initial loss when C is unknown) and not falling, with one
     piece of evidence that the steps are too large: it jumped `explosion_warn_factor` x above its start in the
-    first `lr_high_early_steps`, the update/weight ratio reached `lr_high_ratio`, or ReLUs died after step 1.
+    first `lr_high_early_steps`, the median update/weight ratio over the window is `lr_high_ratio` or more, or
+    ReLUs died after step 1.
     """
 
     id = "lr_too_high"
@@ -45,7 +46,7 @@ class LrTooHigh(Rule):
         self.tail = Tail(self.w + self.m, float, np.int64)
         self.min_level = math.inf
         self.early_peak = -math.inf
-        self.ratio_max = math.nan
+        self.ratios = Tail(256, np.int64, float)  # recent median update/weight ratios: (step, value)
         self.done = False
 
     def update(self, batch, ctx: Context) -> list[Finding]:
@@ -53,6 +54,9 @@ class LrTooHigh(Rule):
         if self.done or not n:
             return []
         x, steps = self.tail.extend(ctx.new_loss, ctx.new_step)
+        # Adam's first update is ~lr per weight whatever the gradient: ratios of the first steps are no evidence
+        keep = (ctx.ur_steps >= (ctx.first_step or 1) + 5) & np.isfinite(ctx.ur_values)
+        rs, rv = self.ratios.extend(ctx.ur_steps[keep], ctx.ur_values[keep])
         init, w, m = ctx.initial_loss, self.w, self.m
         if init is None or init <= 0 or not ctx.initial_final or len(x) < w or not np.isfinite(x).all():
             return []  # a NaN is nonfinite_loss's to report; the tail keeps it out for a window
@@ -77,17 +81,18 @@ class LrTooHigh(Rule):
             low - min_before >= self.th["lr_high_rise_abs"] * ref)
         # collapsed: the whole window at chance level (at or above the start without C), not falling
         stuck = ~falling & (low >= self.th["lr_high_level"] * ref) & (c is not None or level >= init)
-        ratio = self._ratio_by(ctx, steps[ends])
-        hit, why = None, []
+        hit, why, ratio = None, [], math.nan
         for k in np.flatnonzero(rose | stuck):
-            why = self._evidence(ctx, int(steps[ends[k]]), float(peak[k]), float(ratio[k]), init, bool(rose[k]),
+            end, start = int(steps[ends[k]]), int(steps[ends[k] - w + 1])
+            inside = rv[(rs >= start) & (rs <= end)]  # the ratio while the loss sits there
+            ratio = float(np.median(inside)) if len(inside) else math.nan
+            why = self._evidence(ctx, end, float(peak[k]), ratio, init, bool(rose[k]),
                                  float(min_before[k]), float(low[k]), float(level[k]))
             if why:
                 hit = k
                 break
         self.min_level = float(before[max(len(x) - w - m + 2, 0)])
         self.early_peak = float(np.fmax.accumulate(np.r_[self.early_peak, early])[-1])
-        self.ratio_max = float(self._ratio_by(ctx, steps[-1:])[0])
         if hit is None:
             return []
         self.done = True
@@ -99,18 +104,11 @@ class LrTooHigh(Rule):
                + f" over the last {w} steps, and " + "; ".join(why) + _lr_note(lr))
         evidence = {"step": step, "loss": lv, "chance_loss": ref if c else None, "initial_loss": init,
                     "min_loss_before": _finite(min_before[hit]), "early_peak": _finite(peak[hit]),
-                    "update_ratio": _finite(ratio[hit]), "lr": lr, "why": why, "direction": "high"}
+                    "update_ratio": _finite(ratio), "lr": lr, "why": why, "direction": "high"}
         fix = list(self.fix)
         if math.isfinite(lr):
             fix[0] = ("lower_lr", f"10x, from {fmt(lr)}")
         return [self.finding(ctx, "warning", step, msg, evidence, fix)]
-
-    def _ratio_by(self, ctx: Context, at: np.ndarray) -> np.ndarray:
-        """The highest median update/weight ratio recorded at or before each step (Adam's first steps left out:
-        its first update is ~lr per weight whatever the gradient)."""
-        keep = (ctx.ur_steps >= (ctx.first_step or 1) + 5) & np.isfinite(ctx.ur_values)
-        rs, rv = ctx.ur_steps[keep], np.fmax.accumulate(np.r_[self.ratio_max, ctx.ur_values[keep]])
-        return rv[np.searchsorted(rs, at, side="right")]
 
     def _evidence(self, ctx: Context, step: int, peak: float, ratio: float, init: float, rose: bool,
                   min_before: float, low: float, level: float) -> list[str]:
@@ -125,7 +123,7 @@ class LrTooHigh(Rule):
             why.append(f"it sits {fmt(level / init, 2)}x above its start")
         # a linear model at chance heads for zero weights, and the ratio's denominator with them: not evidence there
         if math.isfinite(ratio) and ratio >= th["lr_high_ratio"] and len(weight_layers(ctx.meta)) != 1:
-            why.append(f"the update/weight ratio reached {fmt(ratio)} (healthy ~1e-3)")
+            why.append(f"the update/weight ratio is {fmt(ratio)} meanwhile (median; healthy ~1e-3)")
         dead = ctx.findings.get("dead_units")
         if dead is not None and _dead_after_init(dead) and dead.step is not None and dead.step <= step:
             frac, at_init = dead.evidence.get("dead_frac") or 0, dead.evidence.get("at_init") or 0

@@ -61,7 +61,10 @@ def _why(need: str, seen: Seen, ctx: Context) -> str | None:
     from babysit.rules.loss import infer_num_classes  # loss.py imports base only; import here keeps layers flat
 
     name, op, amount = need.partition(">=")
-    n = math.ceil(_amount(amount, ctx.thresholds)) if op else 0
+    value = _amount(amount, ctx.thresholds) if op else 0.0
+    if not math.isfinite(value):
+        return None  # an override made the need unmeetable: the rule itself says nothing, nor does this
+    n = math.ceil(value)
     if name == "loss":
         return None if seen.losses else "no step losses recorded"
     if name == "steps":
@@ -103,7 +106,7 @@ def not_evaluated(rules: list[Rule], seen: Seen, ctx: Context) -> list[dict]:
         for need in getattr(rule, "needs", ()) or ():
             try:
                 why = _why(str(need), seen, ctx)
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, ArithmeticError):
                 why = None
             if why:
                 out.append({"rule": rule.id, "why": why})

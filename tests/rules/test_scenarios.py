@@ -118,7 +118,7 @@ def test_overfitting_on_60_examples(trained):
 def test_underfitting_with_heavy_weight_decay(trained):
     f, found = expect(trained, HEAVY_REG, "underfitting")
     assert abs(f.evidence["gap"]) < 0.05 and f.evidence["scaled_train_acc"] < 0.7
-    assert "less regularization" in f.fix[0]  # reg is the configured culprit: it leads
+    assert f.fix_ids[0] == "lower_reg" and "reg 0.3" in f.fix[0]  # reg is the configured culprit: it leads
     assert "overfitting" not in found
 
 
