@@ -19,7 +19,7 @@ from benchmarks.faults.api import Run
 
 __all__ = ["Data", "digits", "toy2d", "tabular", "sequences", "waves", "regression", "mlp", "cnn", "resnet",
            "LSTMClassifier", "TinyTransformer", "open_run", "fit", "batches", "evaluate", "log_epoch",
-           "relu_dead_fraction", "saturated_fraction", "seed_all"]
+           "relu_dead_fraction", "saturated_fraction", "roughness", "seed_all"]
 
 
 # --------------------------------------------------------------------------- data
@@ -190,11 +190,11 @@ def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, dropout: float = 0.0, 
 
 
 def cnn(channels: int = 1, width: int = 16, classes: int = 10, bn: bool = True, act=nn.ReLU) -> nn.Sequential:
-    """Two conv blocks (conv, [BN], act, maxpool), global average pool, linear head."""
+    """Two conv blocks (conv, [BN], act, maxpool), average pool to 2x2, linear head."""
     def block(a, b):
         return [nn.Conv2d(a, b, 3, padding=1), *([nn.BatchNorm2d(b)] if bn else []), act(), nn.MaxPool2d(2)]
     return nn.Sequential(*block(channels, width), *block(width, 2 * width),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes))
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, classes))
 
 
 class _Block(nn.Module):
@@ -372,3 +372,13 @@ def saturated_fraction(model: nn.Module, x: torch.Tensor) -> float:
     for h in handles:
         h.remove()
     return sat[0] / max(total[0], 1)
+
+
+def roughness(images: torch.Tensor) -> float:
+    """Mean |difference between neighbouring pixels| over the std, for (n, h, w) weight images.
+
+    About 1.1 for white noise; well below 1 for smooth, digit-like templates.
+    """
+    x = images - images.mean((1, 2), keepdim=True)
+    dx = (x[:, :, 1:] - x[:, :, :-1]).abs().mean() + (x[:, 1:, :] - x[:, :-1, :]).abs().mean()
+    return float(dx / 2 / (x.std() + 1e-12))

@@ -78,7 +78,7 @@ def double_softmax_mlp(run_dir):
         return _loop(run, model, opt, d, epochs=10, batch_size=32, forward=lambda x: model(x).softmax(1))
 
 
-@faulty("code", accept=("double_softmax",), wrong=CODE_WRONG, expect={"train_acc": (0.6, 1), "train_loss": (1.4, 3)})
+@faulty("code", accept=("double_softmax",), wrong=CODE_WRONG, expect={"train_acc": (0.5, 1), "train_loss": (1.4, 3)})
 def double_softmax_cnn_module(run_dir):
     """nn.Softmax(dim=1) as the CNN's last module (copied from an inference script), trained with CrossEntropyLoss."""
     seed_all(51)

@@ -103,19 +103,21 @@ def val_not_normalized(run_dir):
         return fit(run, model, opt, d, epochs=10, batch_size=64)
 
 
-@faulty("data", accept=("noisy_loss", "bad_labels", "unshuffled_data"), wrong=LABELS_WRONG,
-        expect={"val_acc": (0, 0.7)})
+@faulty("data", accept=("noisy_loss", "bad_labels", "unshuffled_data"),
+        wrong=LABELS_WRONG + ("loss_explosion", "nonfinite_loss"),
+        expect={"val_acc": (0, 0.9)})
 def sorted_by_class_no_shuffle(run_dir):
-    """Training data sorted by class and never shuffled: each epoch ends on 9s, the net forgets the rest."""
+    """Training data sorted by class, never shuffled, batch 4: each class for ~36 steps in a row; val ~84%
+    where shuffled batches give ~97%."""
     seed_all(37)
     d = digits(flat=True)
     order = torch.argsort(d.y, stable=True)
     d = d.with_(x=d.x[order], y=d.y[order])
     model = mlp([64, 64, 10])
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    with open_run(run_dir, 10, lr=0.02, shuffle=False) as run:
-        run.watch(model, opt, every=10)
-        return fit(run, model, opt, d, epochs=8, batch_size=32, shuffle=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with open_run(run_dir, 10, lr=0.05, shuffle=False) as run:
+        run.watch(model, opt, every=20)
+        return fit(run, model, opt, d, epochs=3, batch_size=4, shuffle=False)
 
 
 @faulty("data", accept=("bad_labels", "overfitting", "chance_accuracy"),

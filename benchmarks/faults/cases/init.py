@@ -27,6 +27,8 @@ from benchmarks.faults.registry import faulty
 NOT_LR_OR_DATA = ("bad_labels", "unnormalized_input", "double_softmax", "skipped_optimizer_steps", "overfitting",
                   "noisy_weights", "lr_too_high", "update_ratio:high", "lr_too_low", "update_ratio:low")
 DEAD = ("dead_units", "stalled_weights", "vanishing_gradients")
+SATURATED_WRONG = ("bad_labels", "double_softmax", "skipped_optimizer_steps", "overfitting", "noisy_weights",
+                   "lr_too_low", "update_ratio:low", "frozen_parameters")
 
 
 def _init_(model: nn.Module, weight_std: float | None = None, bias: float | None = None, scale: float = 1.0):
@@ -72,7 +74,7 @@ def dead_relu_negative_bias_cnn(run_dir):
     return m
 
 
-@faulty("init", accept=("saturated_activations", "unnormalized_input"), wrong=NOT_LR_OR_DATA[:5],
+@faulty("init", accept=("saturated_activations", "unnormalized_input"), wrong=SATURATED_WRONG,
         expect={"saturated": (0.5, 1)})
 def tanh_saturated_raw_pixels(run_dir):
     """A tanh MLP fed raw 0..16 pixels: most units sit at +-1 and learning crawls."""
@@ -150,7 +152,7 @@ def init_std_one_wide_mlp(run_dir):
     return m
 
 
-@faulty("init", accept=("saturated_activations", "unnormalized_input"), wrong=NOT_LR_OR_DATA[:5],
+@faulty("init", accept=("saturated_activations", "unnormalized_input"), wrong=SATURATED_WRONG,
         expect={"saturated": (0.3, 1), "val_acc": (0, 0.8)})
 def sigmoid_saturated_raw_breast_cancer(run_dir):
     """A sigmoid MLP on breast_cancer's raw features (up to 4,000): half the units pinned at 0 or 1, ~67% acc."""
