@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from babysit.monitor.report_lr_find import lr_find_section
 from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
 from babysit.monitor.runfile import clean_finding, decode_float, read_npy
 from babysit.monitor.sinks import printable
@@ -868,6 +869,7 @@ def build_report(run_data: Any, findings: list[dict] | None = None, *, problems:
         _cards(run_data),
         _findings(findings, skipped, list(problems or []), n_rules),
         _heals(run_data),  # on_critical="heal" rollbacks (hooks/heal.py)
+        lr_find_section(run_data),  # babysit lr-find runs: loss against lr (monitor/report_lr_find.py)
         _charts(run_data),
         _snapshots(run_data),
         _details(run_data),

@@ -25,6 +25,7 @@ import pandas as pd
 import streamlit as st
 from babysit.monitor.dashboard import charts
 from babysit.monitor.dashboard.downsample import ema
+from babysit.monitor.dashboard.lr_find_chart import lr_find_caption
 from babysit.monitor.dashboard.state import (
     SEVERITIES,
     RunState,
@@ -465,6 +466,10 @@ def _run_page(state: RunState, name: str) -> None:
                           smoothing=float(st.session_state.get("smoothing", 0.8)))
         run_header(state, name)
         metrics_row(state, float(st.session_state.get("smoothing", 0.8)))
+        if "lr_find" in plans:  # a `babysit lr-find` run: its curve first, live (lr_find_chart.py)
+            st.markdown("#### Learning-rate range test: loss against learning rate")
+            chart(plans["lr_find"])
+            st.caption(safe_md(lr_find_caption(state.events)))
         left, right = st.columns([2.2, 1], gap="medium")
         with left:
             loss_section(state, name, focus, domain, plans["loss"])

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from babysit.monitor.dashboard import charts
 from babysit.monitor.dashboard.downsample import ema
+from babysit.monitor.dashboard.lr_find_chart import lr_find_plan
 from babysit.monitor.dashboard.state import RunState
 
 __all__ = ["run_plans", "spans_decades", "UPDATE_RATIO_BAND"]
@@ -63,6 +64,9 @@ def run_plans(
     lr = state.lr.window(*domain) if domain else state.lr.view()
     if len(lr.x):
         plans["lr"] = charts.plan_lr(lr.frame(y="lr"), domain=domain, height=260)
+    lr_find = lr_find_plan(state)  # a `babysit lr-find` run: loss against lr (lr_find_chart.py)
+    if lr_find is not None:
+        plans["lr_find"] = lr_find
     lo, hi = domain if domain else (None, None)
     columns = min(4, max(1, len(state.layer_order)))
     grad = state.layer_frame("g_norm", lo, hi)

@@ -134,3 +134,74 @@ def test_search_without_lr_centres_stage_one_on_the_suggestion(tmp_path):
     assert math.log10(hi / lo) == pytest.approx(3, abs=0.01)
     assert lo <= header["trials"][0]["lr"] <= hi
     assert load_run(folder / "lr-find").status["state"] == "finished"
+
+
+# --------------------------------------------------------------------------- dashboard and report
+def _fake_sweep(path, n=60, event=None):
+    """A run recorded the way lr_find records one (config lr_find, lr column), without training."""
+    import torch
+
+    from babysit import hooks
+
+    lrs = _sweep(n, end=3.0)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # the lr column comes from it
+    with hooks.Run(path, num_classes=10, config={"lr_find": {"start_lr": 1e-7, "end_lr": 3.0, "steps": n}},
+                   on_critical=None, flush_interval=0.0) as run:
+        run.watch(None, opt)
+        for lr, loss in zip(lrs, _curve(lrs), strict=True):
+            opt.param_groups[0]["lr"] = lr
+            run.step(loss=loss)
+        if event is not None:
+            run.log_event("lr_find", **event)
+    return lrs
+
+
+def test_dashboard_draws_loss_against_lr_with_the_suggestion(tmp_path):
+    from babysit.monitor.dashboard.lr_find_chart import lr_find_caption
+    from babysit.monitor.dashboard.state import RunState
+    from babysit.monitor.dashboard.views import run_plans
+
+    _fake_sweep(tmp_path / "live")  # still sweeping: the curve, no suggestion yet
+    state = RunState(tmp_path / "live")
+    state.update()
+    plan = run_plans(state)["lr_find"]
+    assert len(plan.frames["raw"]) == 60 and not len(plan.frames["marks"])
+    assert "sweeping" in lr_find_caption(state.events)
+
+    _fake_sweep(tmp_path / "done", event={"suggestion": 0.1, "steepest": 0.01, "max_stable_div10": 0.1,
+                                          "chosen": "max_stable_div10", "reason": "diverged at 1.2"})
+    state = RunState(tmp_path / "done")
+    state.update()
+    plan = run_plans(state)["lr_find"]
+    spec = plan.chart().to_dict()  # validated against the Vega-Lite schema
+    assert spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log"
+    assert list(plan.frames["marks"]["lr"]) == [0.1, 0.01]  # max_stable_div10 is the suggestion: one rule
+    assert plan.frames["raw"]["lr"].is_monotonic_increasing
+    assert lr_find_caption(state.events).startswith("suggested lr 0.1 (max_stable_div10)")
+
+
+def test_report_has_the_curve_as_inline_svg_with_the_reason_escaped(tmp_path):
+    from babysit.monitor.report import build_report
+
+    _fake_sweep(tmp_path / "r", event={"suggestion": 0.1, "steepest": 0.01, "max_stable_div10": 0.1,
+                                       "chosen": "max_stable_div10", "reason": "<script>x</script> diverged"})
+    html = build_report(load_run(tmp_path / "r"))
+    section = html[html.index('<section id="lr-find">'):]
+    section = section[:section.index("</section>")]
+    assert "<svg" in section and "learning rate (log)" in section and "suggested 0.1" in section
+    assert "<script>" not in html and "&lt;script&gt;x&lt;/script&gt; diverged" in section
+
+
+def test_an_ordinary_run_gets_no_lr_find_chart_nor_section(run_dir):
+    from babysit.monitor.dashboard.state import RunState
+    from babysit.monitor.dashboard.views import run_plans
+    from babysit.monitor.report_lr_find import lr_find_section
+
+    from babysit import hooks
+
+    with hooks.Run(run_dir, flush_interval=0.0) as run:
+        for i in range(30):
+            run.step(loss=2.0 - i / 30, lr=0.1)
+    state = RunState(run_dir)
+    state.update()
+    assert "lr_find" not in run_plans(state) and lr_find_section(load_run(run_dir)) == ""
