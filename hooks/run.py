@@ -248,7 +248,7 @@ class Run:
         meta = {
             "schema": runfile.SCHEMA_VERSION,
             "run_id": uuid.uuid4().hex[:12],
-            "name": self.path.name,
+            "name": _values.clean_name(self.path.name)[0],
             "start_time": now,
             "config": self.config,
             "num_classes": self.num_classes,
@@ -256,7 +256,7 @@ class Run:
             "device": None,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "command": [sys.executable, *sys.argv],
+            "command": _values.jsonable([sys.executable, *sys.argv]),  # argv may hold undecodable bytes
             "model": None,
         }
         runfile.write_json_atomic(self.path / runfile.META, meta)
