@@ -28,6 +28,7 @@ import copy
 import math
 import random
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -44,6 +45,8 @@ HEALABLE = ("nonfinite_loss", "loss_explosion", "exploding_gradients", "dead_uni
 SUSPECT = (*HEALABLE, "noisy_loss", "update_ratio")
 POLICY = ("lr_x0.1", "clip_grad_norm", "warmup")
 WARMUP_STEPS = 100
+# Extra rules passes for candidates' verdicts stay under this fraction of the run's time (they cost ms each).
+JUDGE_BUDGET = 0.01
 RELAPSE_WINDOW = 10  # steps in the smoothed loss level a relapse is judged on
 RECOVERED_LEVEL = 1.5  # after a heal, a good state's stretch must stay within this multiple of the best level
 RECOVERED_AFTER = 5  # a good state this many `every` after the last heal means the run recovered
@@ -113,6 +116,8 @@ class Healer:
         self._good, self._spare = _Copy(), _Copy()
         self._pending = False  # the spare holds a candidate waiting for promotion
         self._last_take = run.global_step
+        self._start = time.monotonic()
+        self._forced, self._forced_spent = False, 0.0  # extra rules passes asked for, and their cost
         self._take(self._good, run.global_step)
 
     # ----------------------------------------------------------------- copies
@@ -130,13 +135,17 @@ class Healer:
         buf.copy_(src.detach(), non_blocking=True)
         return buf
 
+    def _model_tensors(self) -> list[torch.Tensor]:
+        """Parameters and buffers, detached views of the live tensors (a module's extra state is not a tensor)."""
+        return [t for t in self.model.state_dict().values() if isinstance(t, torch.Tensor)]
+
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def _take(self, c: _Copy, step: int) -> None:
         """Copy the live state into `c` (buffers reused; only tensors copied, no host sync)."""
         with torch.no_grad():
-            live = list(self.model.state_dict().values())
+            live = self._model_tensors()
             if len(c.model) != len(live):
                 c.model = [None] * len(live)  # type: ignore[list-item]
             c.model = [self._copy_tensor(b, t) for b, t in zip(c.model, live, strict=True)]
@@ -174,7 +183,7 @@ class Healer:
     def _restore(self, c: _Copy) -> None:
         """Load copy `c` into the live objects, in place."""
         with torch.no_grad():
-            for t, b in zip(self.model.state_dict().values(), c.model, strict=True):
+            for t, b in zip(self._model_tensors(), c.model, strict=True):
                 t.copy_(b, non_blocking=True)
             for i, p in enumerate(self._params()):
                 saved = c.opt.get(i)
@@ -267,11 +276,22 @@ class Healer:
         return math.isfinite(level) and level > self._factor() * self._best and level > floor
 
     def _ripe(self) -> bool:
-        """A candidate whose following `every` steps were all observed and await the rules' verdict: one extra
-        rules pass (milliseconds) per `every` steps at most, on top of their own schedule (hooks.run)."""
+        """A candidate whose following `every` steps were all observed and await the rules' verdict: an extra
+        rules pass (milliseconds), on top of their own schedule (hooks.run), while such passes stay within
+        JUDGE_BUDGET of the run's time (the first one is free: until then its cost is unknown)."""
+        run = self.run
+        if self._forced:  # the pass asked for at the last flush has run: count what it cost
+            self._forced = False
+            self._forced_spent += float(getattr(run, "_rules_cost", 0.0))
         if not self._pending or not self._losses or self._losses[-1][0] < (self._spare.step or 0) + self.every:
             return False
-        return self._seen() < (self._spare.step or 0) + self.every
+        if self._seen() >= (self._spare.step or 0) + self.every:
+            return False
+        elapsed = time.monotonic() - self._start
+        if self._forced_spent and elapsed * JUDGE_BUDGET < self._forced_spent + float(getattr(run, "_rules_cost", 0)):
+            return False
+        self._forced = True
+        return True
 
     def _seen(self) -> int:
         """The last step the online rules have seen."""
