@@ -1,7 +1,7 @@
 """`python -m benchmarks.faults`: train the fault zoo, diagnose every run, score the diagnoses.
 
     python -m benchmarks.faults                    # every case, 2 jobs (a few minutes on 2 cores)
-    python -m benchmarks.faults --quick            # a stratified third: every family, both splits (~1 min)
+    python -m benchmarks.faults --quick            # a stratified quarter: every family, both splits (~1 min)
     python -m benchmarks.faults --split holdout    # only the held-out cases
     python -m benchmarks.faults --only dead_relu_negative_bias_mlp --check   # one case, with its numbers
     python -m benchmarks.faults --markdown         # the summary table for the README
@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _quick(cases: list[Case]) -> list[Case]:
-    """A stratified third: from each (family, healthy, split) group, every third case in hash order."""
+    """A stratified quarter: from each (family, healthy, split) group, every fourth case in hash order."""
     groups: dict[tuple, list[Case]] = {}
     for c in cases:
         groups.setdefault((c.family, c.healthy, c.split), []).append(c)
     picked = []
     for members in groups.values():
         members.sort(key=lambda c: hashlib.sha1(c.name.encode()).hexdigest()[::-1])
-        picked += members[::3]
+        picked += members[::4]
     return [c for c in cases if c in picked]
 
 
@@ -120,7 +120,7 @@ def summary_table(rows: list[tuple[str, dict]], markdown: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a stratified third of the cases")
+    p.add_argument("--quick", action="store_true", help="a stratified quarter of the cases")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this case (repeatable)")
     p.add_argument("--split", choices=("tune", "holdout", "all"), default="all")
     p.add_argument("--jobs", type=int, default=2)

@@ -309,3 +309,18 @@ def loss_summed_not_averaged(run_dir):
         return fit(run, model, opt, d, epochs=20, batch_size=512,
                    loss_fn=lambda o, y: F.cross_entropy(o, y, reduction="sum"))
 
+
+
+@faulty("code", accept=("dead_units", "output_activation"),
+        wrong=("lr_too_high", "update_ratio:high", "lr_too_low", "update_ratio:low", "bad_labels",
+               "unnormalized_input", "overfitting", "noisy_weights", "double_softmax"),
+        expect={"val_acc": (0, 0.9)})
+def relu_on_output_logits(run_dir):
+    """The MLP builder appends a ReLU after the last Linear too: logits are clipped at 0, dead classes stay dead."""
+    seed_all(65)
+    d = digits(flat=True)
+    model = nn.Sequential(*mlp([64, 64, 10]), nn.ReLU())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with open_run(run_dir, 10, lr=0.05) as run:
+        run.watch(model, opt, every=10)
+        return fit(run, model, opt, d, epochs=8, batch_size=32)

@@ -466,3 +466,33 @@ def manual_loop_eval_mode_toggle(run_dir):
                 n += len(idx)
             m = log_epoch(run, tot / n, correct / n, evaluate(model, d.xv, d.yv))
     return m
+
+
+@healthy("lookalike", expect={"val_acc": (0.9, 1), "roughness": (0, 0.8)})
+def mlp_28x28_weight_decay_images(run_dir):
+    """An MLP on all 28x28 digits with weight decay and input_shape declared: first-layer weights turn smooth."""
+    from benchmarks.faults.common import roughness
+
+    seed_all(127)
+    d = digits(size=28, flat=True)
+    model = mlp([784, 64, 10])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
+    with open_run(run_dir, 10, lr=0.05, weight_decay=5e-3) as run:
+        run.watch(model, opt, every=20, input_shape=(1, 28, 28))
+        m = fit(run, model, opt, d, epochs=15, batch_size=64)
+    m["roughness"] = roughness(model[1].weight.detach().reshape(-1, 28, 28))
+    return m
+
+
+@healthy("architecture", expect={"val_acc": (0.85, 1)})
+def embedding_bag_sgd_clipped(run_dir):
+    """An EmbeddingBag model over token ids, SGD lr 0.5 with clip_grad_norm_ 1.0: ids in, no normalization."""
+    from benchmarks.faults.cases.optimizer import _BagOfTokens
+
+    seed_all(128)
+    d = sequences(n=3000)
+    model = _BagOfTokens(12, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    with open_run(run_dir, 3, lr=0.5, clip=1.0, model="embedding_bag") as run:
+        run.watch(model, opt, every=10)
+        return fit(run, model, opt, d, epochs=10, batch_size=32, clip=1.0)

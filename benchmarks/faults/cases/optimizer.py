@@ -221,3 +221,41 @@ def batch1_high_lr_noisy(run_dir):
         run.watch(model, opt, every=100)
         return fit(run, model, opt, d, epochs=2, batch_size=1, max_steps=2500)
 
+
+
+class _BagOfTokens(torch.nn.Module):
+    def __init__(self, vocab: int, classes: int, dim: int = 16):
+        super().__init__()
+        self.bag = torch.nn.EmbeddingBag(vocab, dim, mode="sum")
+        self.hidden = torch.nn.Linear(dim, 32)
+        self.act = torch.nn.ReLU()
+        self.head = torch.nn.Linear(32, classes)
+
+    def forward(self, x):
+        return self.head(self.act(self.hidden(self.bag(x))))
+
+
+@faulty("optimizer", accept=LR_HIGH, wrong=LR_HIGH_WRONG, expect={"val_acc": (0, 0.6)})
+def embedding_bag_sgd_lr5(run_dir):
+    """An EmbeddingBag model over token ids with SGD lr 5: it diverges -- inputs are ids, nothing to normalize."""
+    seed_all(13)
+    d = sequences()
+    model = _BagOfTokens(12, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=5.0, momentum=0.9)
+    with open_run(run_dir, 3, lr=5.0, model="embedding_bag") as run:
+        run.watch(model, opt, every=10)
+        return _nan(fit(run, model, opt, d, epochs=10, batch_size=32))
+
+
+@faulty("optimizer", accept=LR_HIGH + ("noisy_loss",), wrong=LR_HIGH_WRONG, expect={"val_acc": (0, 0.7)})
+def lstm_sgd_high_lr_no_clip(run_dir):
+    """An LSTM on float waves with SGD lr 2 and no gradient clipping: gradient spikes throw the loss around."""
+    from benchmarks.faults.common import LSTMClassifier, waves
+
+    seed_all(14)
+    d = waves()
+    model = LSTMClassifier(3, inputs=1)
+    opt = torch.optim.SGD(model.parameters(), lr=2.0, momentum=0.9)
+    with open_run(run_dir, 3, lr=2.0, model="lstm", clip=None) as run:
+        run.watch(model, opt, every=10)
+        return _nan(fit(run, model, opt, d, epochs=6, batch_size=32))
