@@ -147,16 +147,25 @@ class BadLabels(Rule):
         if not hist:
             return None
         present = {k: v for k, v in hist.items() if v > 0}
+        unshuffled = self._one_class_batch(_histogram(t), present)
         bins = number(src.get("histogram_bins"))
         absent = [k for k in range(c if bins is None else min(c, int(bins))) if k not in present]
         rare, common = min(present.values()), max(present.values())
+        sorted_note = (f"; the first batch is all class {unshuffled[0]} (chance {fmt(unshuffled[1])} if shuffled): "
+                       "the data looks sorted by class" if unshuffled and unshuffled[1] < 0.01 else "")
+        evidence["first_batch_one_class"] = unshuffled[0] if unshuffled else None
         if absent and rare >= self.th["labels_min_per_class"]:
             # every class that did appear appeared often: a class that never did is not bad luck
             msg = (f"{len(absent)} of {c} classes never appear in {sum(present.values()):,} training targets "
                    f"(missing: {', '.join(map(str, absent[:10]))}{' ...' if len(absent) > 10 else ''}); the "
-                   f"rarest class that does appear has {rare}")
+                   f"rarest class that does appear has {rare}{sorted_note}")
             evidence["missing"] = absent
-            return "warning", msg, evidence, ["check_num_classes", "check_pipeline"]
+            fix = ["shuffle_data", "check_pipeline"] if sorted_note else ["check_num_classes", "check_pipeline"]
+            return "warning", msg, evidence, fix
+        if unshuffled and unshuffled[1] < 1e-3:
+            msg = (f"the first batch is all class {unshuffled[0]} (chance {fmt(unshuffled[1])} if the data were "
+                   f"shuffled, from the {len(present)} classes seen): the training data looks sorted by class")
+            return "warning", msg, evidence, ["shuffle_data", "check_pipeline"]
         if len(present) >= 2 and common / rare > self.th["labels_imbalance"]:
             acc, majority = self.progress.accuracy, common / sum(present.values())
             stuck = acc is not None and abs(acc - majority) <= min(0.02, (1 - majority) / 2)  # not just near 1
@@ -166,6 +175,15 @@ class BadLabels(Rule):
             evidence.update(imbalance=common / rare, majority_frac=majority, train_accuracy=acc)
             return ("warning" if stuck else "info"), msg, evidence, ["rebalance_classes"]
         return None
+
+    @staticmethod
+    def _one_class_batch(first: dict[int, int], seen: dict[int, int]) -> tuple[int, float] | None:
+        """(class, chance of that under shuffling) when the first batch holds one class only; else None."""
+        if len(first) != 1 or len(seen) < 3:
+            return None
+        (k, n), = first.items()
+        total = sum(seen.values())
+        return k, sum((v / total) ** n for v in seen.values())
 
     def _regression(self, ctx: Context, t: dict):
         m, s = number(t.get("mean")), number(t.get("std"))

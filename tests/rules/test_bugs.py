@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from userloops import FILLED, Loop, digits, findings, mlp, online, train
+from userloops import FILLED, Loop, digits, digits28, findings, mlp, online, train
 
 BUGS = ("double_softmax", "frozen_parameters", "skipped_optimizer_steps")
 
@@ -243,6 +243,19 @@ def test_noisy_weights_still_judges_a_linear_layer_watched_with_its_input_shape(
     f = found.get("noisy_weights")
     assert f is None or f.evidence["shape"][1:] == [1, 8, 8]
     assert as_images(np.zeros((32, 1, 8, 8)), "Linear") is not None
+
+
+def test_noisy_filters_that_are_still_the_init_are_an_info_note(runs):
+    # 150 MNIST-sized digits without weight decay: the first layer keeps its init noise (roughness ~0.8). The net
+    # fits anyway; a healthy full-data run early on looks the same, so this is a note, never a warning.
+    x, y = digits28(150)
+    f = runs("noisy28", lambda: Loop(mlp(784, 10, hidden=256), x, y, steps=300, opt="momentum", lr=0.05,
+                                     input_shape=(1, 28, 28)))["noisy_weights"]
+    assert f.severity == "info" and f.evidence["roughness"] > 0.7 and f.evidence["shape"] == [256, 1, 28, 28]
+    x, y = digits28()
+    found = runs("smooth28", lambda: Loop(mlp(784, 10, hidden=256), x, y, steps=300, opt="momentum", lr=0.02,
+                                          weight_decay=1e-3, input_shape=(1, 28, 28)))
+    assert found.get("noisy_weights") is None or found["noisy_weights"].severity == "info"
 
 
 def test_fields_come_from_the_hooks():

@@ -96,6 +96,13 @@ def test_a_class_missing_from_training_is_caught(runs, data):
     assert f.severity == "warning" and f.evidence["missing"] == [3]
 
 
+def test_data_sorted_by_class_and_never_shuffled_is_caught(runs, data):
+    x, y = data
+    order = torch.argsort(y, stable=True)
+    f = runs("sorted", lambda: Loop(mlp(64, 10), x[order], y[order], steps=200, batch=8, sequential=True))["bad_labels"]
+    assert f.severity == "warning" and f.fix_ids[0] == "shuffle_data" and f.evidence["first_batch_one_class"] == 0
+
+
 def test_balanced_classes_stay_quiet(runs, data):
     x, y = data
     assert "bad_labels" not in runs("balanced", lambda: Loop(mlp(64, 10), x, y, steps=200))

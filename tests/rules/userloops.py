@@ -40,6 +40,13 @@ def digits(scale: float = 1.0, normalize: bool = True, seed: int = 0):
     return x[perm] * scale, y[perm]
 
 
+def digits28(n: int | None = None):
+    """Digits upsampled to 28x28 (MNIST-sized), flat: (x, y)."""
+    x, y = digits()
+    x = F.interpolate(x.view(-1, 1, 8, 8), size=28, mode="bilinear", align_corners=False).reshape(len(x), -1)
+    return (x[:n], y[:n]) if n else (x, y)
+
+
 def mlp(d_in: int, c: int, hidden: int = 32, act: type = nn.ReLU, head: nn.Module | None = None) -> nn.Sequential:
     layers = [nn.Linear(d_in, hidden), act(), nn.Linear(hidden, c)]
     return nn.Sequential(*layers, *([head] if head is not None else []))
@@ -54,6 +61,8 @@ class Loop:
     loss: str = "cross_entropy"  # a torch.nn.functional name
     opt: str = "adam"
     lr: float = 1e-2
+    weight_decay: float = 0.0
+    sequential: bool = False  # batches in the data's order, never shuffled
     steps: int = 300
     batch: int = 32
     params: object = None  # what the optimizer gets (default: the model's parameters)
@@ -71,8 +80,9 @@ def train(run_dir: Path, loop: Loop) -> Path:
     torch.manual_seed(0)
     model, x, y = loop.model, loop.x, loop.y
     params = loop.params if loop.params is not None else model.parameters()
-    opt = (torch.optim.Adam(params, lr=loop.lr) if loop.opt == "adam"
-           else torch.optim.SGD(params, lr=loop.lr, momentum=0.9 if loop.opt == "momentum" else 0.0))
+    wd = loop.weight_decay
+    opt = (torch.optim.Adam(params, lr=loop.lr, weight_decay=wd) if loop.opt == "adam"
+           else torch.optim.SGD(params, lr=loop.lr, momentum=0.9 if loop.opt == "momentum" else 0.0, weight_decay=wd))
     loss_fn = getattr(F, loop.loss)
     run = babysit.Run(run_dir, num_classes=loop.num_classes, config=loop.config)
     run.watch(model, opt, input_shape=loop.input_shape)
@@ -82,7 +92,8 @@ def train(run_dir: Path, loop: Loop) -> Path:
     zero_when = loop.zero_when or loop.step_when
     g = torch.Generator().manual_seed(1)
     for i in range(loop.steps):
-        idx = torch.randint(0, len(x), (loop.batch,), generator=g)
+        idx = (torch.arange(i * loop.batch, (i + 1) * loop.batch) % len(x) if loop.sequential
+               else torch.randint(0, len(x), (loop.batch,), generator=g))
         xb, yb = x[idx], y[idx]
         if i > 0 and zero_when(i - 1):  # opt.zero_grad(); loss.backward(); opt.step(): grads stay visible
             opt.zero_grad()
