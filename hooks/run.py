@@ -328,7 +328,7 @@ class Run:
             os.fsync(self._file.fileno())
         except OSError as exc:  # the same failing disk the writes reported: one warning for both
             self._say(f"could not fsync {runfile.EVENTS} ({type(exc).__name__}: {exc})",
-                      key=("events", getattr(exc, "errno", None)))
+                      key=("disk", getattr(exc, "errno", None)))
 
     def _gone(self) -> bool:
         """events.jsonl (or the whole run directory) was deleted under the running process."""
@@ -359,7 +359,7 @@ class Run:
             runfile.write_json_atomic(self.path / runfile.STATUS, self._status)
         except OSError as exc:  # a full disk: the next write may succeed; the events go on regardless
             self._say(f"could not update status.json ({type(exc).__name__}: {exc}); retried at the next write",
-                      key=("status", getattr(exc, "errno", None)))
+                      key=("disk", getattr(exc, "errno", None)))
 
     # ----------------------------------------------------------------- public API
     def watch(
@@ -614,7 +614,7 @@ class Run:
         except OSError as exc:  # a full or failing disk: these records are lost, the file stays whole lines
             self._say(f"could not write {len(records)} records to {runfile.EVENTS} ({type(exc).__name__}: {exc}); "
                       "they are lost, the file keeps whole lines, writing is retried at the next flush",
-                      key=("events", getattr(exc, "errno", None)))
+                      key=("disk", getattr(exc, "errno", None)))
         if force or nonfinite or time.monotonic() - self._last_status >= STATUS_INTERVAL:
             self._write_status()
         return nonfinite

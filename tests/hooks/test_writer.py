@@ -115,3 +115,31 @@ def test_an_unreadable_value_in_a_flush_never_disables_recording(run_dir):
     assert len(messages) == 3 and not any("disabled" in m for m in messages), messages
     data = load_run(run_dir)
     assert data.steps["step"].tolist() == list(range(1, 22)) and data.status["state"] == "finished"
+
+
+def test_a_full_disk_for_status_and_events_gives_one_warning_and_recovers(run_dir, monkeypatch):
+    model, opt, x, y = _setup()
+    real_write = runfile.write_json_atomic
+    full = {"on": False}
+
+    def write_json_atomic(path, obj):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, obj)
+
+    monkeypatch.setattr(runfile, "write_json_atomic", write_json_atomic)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=0.0) as run:
+            run.watch(model, opt)
+            _train(run, model, opt, x, y, 10)
+            full["on"] = True
+            disk = run._file = _FullDisk(run._file, room=0)
+            _train(run, model, opt, x, y, 10)
+            run.flush()  # status.json is due at a forced flush: refused too
+            full["on"], disk.room = False, 10**9
+            _train(run, model, opt, x, y, 10)
+    messages = _babysit_warnings(caught)
+    assert len(messages) == 1 and "No space left" in messages[0], messages
+    data = load_run(run_dir)
+    assert data.status["state"] == "finished" and data.status["step"] == 30 and data.corrupt_lines == 0
