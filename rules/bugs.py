@@ -161,6 +161,41 @@ class DoubleSoftmax(Rule):
         return [self.finding(ctx, "warning", ctx.last_step or None, msg, evidence, fix)]
 
 
+class Gradless:
+    """Weight layers that never receive a gradient (a .detach() in forward, a branch the loss never uses).
+
+    From the layer records: a layer sampled `records` times with no gradient norm, while another layer has
+    one (so the probes did see gradients). Embeddings are left out (sparse gradients are not measured).
+    """
+
+    def __init__(self, records: int = 3):
+        self.records = records
+        self.seen: dict[str, list[int]] = {}  # layer -> [records, records with a gradient]
+
+    def feed(self, ctx: Context) -> None:
+        lay = ctx.layers
+        if not len(lay) or not {"layer", "g_norm"} <= set(lay.cols):
+            return
+        kind = lay.raw("kind") if "kind" in lay else np.full(len(lay), "weight", dtype=object)
+        has = np.isfinite(lay.num("g_norm"))
+        for name, k, h in zip(lay.raw("layer"), kind, has, strict=True):
+            if k == "weight":
+                c = self.seen.setdefault(str(name), [0, 0])
+                c[0], c[1] = c[0] + 1, c[1] + int(h)
+
+    def layers(self, ctx: Context) -> dict[str, float]:
+        """{layer: parameter count} of the layers that never got a gradient."""
+        if not any(h for _, h in self.seen.values()):
+            return {}
+        meta = {str(x.get("name")): x for x in meta_layers(ctx.meta)}
+        out = {}
+        for name, (n, h) in self.seen.items():
+            info = meta.get(name, {})
+            if n >= self.records and h == 0 and "Embedding" not in str(info.get("type", "")):
+                out[name] = number(info.get("count")) or 0.0
+        return out
+
+
 class FrozenParameters(Rule):
     id = "frozen_parameters"
     title = "Most of the model does not train"
@@ -172,9 +207,11 @@ class FrozenParameters(Rule):
         self.severity: str | None = None
         self.fired: Finding | None = None
         self.progress = Progress(thresholds)
+        self.gradless = Gradless()
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         self.progress.feed(ctx)
+        self.gradless.feed(ctx)
         if self.severity == "warning":
             found = resolve_later(self, ctx, self.fired, self.progress)
             self.severity = "resolved" if found else self.severity
@@ -188,7 +225,8 @@ class FrozenParameters(Rule):
         missing = number(opt.get("trainable_not_in_optimizer")) or 0.0
         if not total or frozen is None:
             return []
-        idle = frozen + missing
+        no_grad = self.gradless.layers(ctx)
+        idle = frozen + missing + sum(no_grad.values())
         if idle / total < self.th["frozen_frac"]:
             return []
         learning = self.progress.learning(ctx)
@@ -204,7 +242,10 @@ class FrozenParameters(Rule):
                   and (number(x.get("frozen")) or 0) > 0]
         outside = [str(x) for x in opt.get("layers_not_in_optimizer") or []][:8]
         msg = (f"{fmt(100 * idle / total)}% of the model's {int(total):,} parameters do not train "
-               f"({int(frozen):,} with requires_grad off, {int(missing):,} trainable but in no optimizer group)")
+               f"({int(frozen):,} with requires_grad off, {int(missing):,} trainable but in no optimizer group"
+               + (f", {int(sum(no_grad.values())):,} in layers that never get a gradient: "
+                  f"{', '.join(list(no_grad)[:6])} -- a .detach() in forward, or a branch the loss does not use"
+                  if no_grad else "") + ")")
         msg += f"; {self.progress.note(ctx)}" + (": the loss is not where it should be" if not learning else
                                                  ": it learns, so this may be intended (a linear probe); then set "
                                                  "requires_grad=False on them to skip their backward")
@@ -213,9 +254,10 @@ class FrozenParameters(Rule):
         if outside:
             msg += f"; not in the optimizer: {', '.join(outside)}"
         evidence = {"parameters": total, "frozen": frozen, "not_in_optimizer": missing, "idle_frac": idle / total,
+                    "no_gradient": sum(no_grad.values()), "layers_without_gradient": list(no_grad),
                     "frozen_layers": layers, "layers_not_in_optimizer": outside, "initial_loss": ctx.initial_loss,
                     "loss_now": self.progress.recent, "train_accuracy": self.progress.accuracy}
-        fix = list(self.fix) if frozen >= missing else [self.fix[1], self.fix[0]]
+        fix = list(self.fix) if frozen + sum(no_grad.values()) >= missing else [self.fix[1], self.fix[0]]
         self.fired = self.finding(ctx, severity, ctx.last_step, msg, evidence, fix)
         return [self.fired]
 

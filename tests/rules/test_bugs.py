@@ -115,6 +115,26 @@ def test_trainable_parameters_missing_from_the_optimizer_are_caught(runs, data):
     assert f.evidence["not_in_optimizer"] == 2410 and f.evidence["frozen"] == 0
 
 
+class _Detached(nn.Module):
+    """A .detach() left in forward from a debugging session: the feature layers never get a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, z):
+        return self.head(self.features(z).detach())
+
+
+def test_layers_that_never_get_a_gradient_count_as_frozen(runs, data):
+    x, y = data
+    found = runs("detached", lambda: Loop(_Detached(), x, y, steps=200, lr=1e-3))
+    f = found["frozen_parameters"]
+    assert f.severity == "warning" and f.evidence["layers_without_gradient"] == ["features.0", "features.2"]
+    assert f.fix_ids[0] == "check_requires_grad" and ".detach()" in f.message
+
+
 def _pretrained(tmp_path_factory, x, y, hidden=64):
     net = mlp(64, 10, hidden=hidden)
     train(tmp_path_factory.mktemp("pretrain") / "run", Loop(net, x, y, steps=200))
