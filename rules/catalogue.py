@@ -74,7 +74,9 @@ CAUSES: dict[str, list[str]] = {
     "saturated_activations": ["unnormalized_input"],
     "vanishing_gradients": ["dead_units", "saturated_activations"],
     # a linear model at chance heads for zero weights: its ratio is high because the weights vanish
-    "update_ratio": ["stalled_weights", "dead_units", "vanishing_gradients", "saturated_activations", "low_capacity"],
+    "update_ratio": ["frozen_parameters", "skipped_optimizer_steps", "stalled_weights", "dead_units",
+                     "vanishing_gradients", "saturated_activations", "low_capacity"],
+    "stalled_weights": ["frozen_parameters", "skipped_optimizer_steps"],
     "noisy_loss": ["nonfinite_loss", "loss_explosion", "lr_too_high"],
 }
 

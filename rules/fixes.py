@@ -94,6 +94,8 @@ _ALL = [
         "accumulation, step every k micro-batches and zero the gradients only after stepping"),
     Fix("declare_accumulation", "if this is gradient accumulation, say so: Run(config={'grad_accum': k}) (and divide "
         "the loss by k)"),
+    Fix("shuffle_data", "shuffle the training data every epoch (DataLoader(shuffle=True)): sorted by class, each "
+        "stretch of steps sees one class and the net forgets the rest"),
     Fix("rebalance_classes", "rebalance: a weighted sampler or class weights in the loss (weight=1/frequency), and "
         "judge by per-class recall, not accuracy"),
     Fix("standardize_targets", "standardize the regression targets (subtract the training mean, divide by the std; "

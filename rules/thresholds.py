@@ -313,12 +313,6 @@ TABLE: dict[str, Threshold] = {
         "Karpathy's recipe / lecture: noisy filters; ours: an MLP on 28x28 digits measures 0.10-0.16 (SGD), 0.54 "
         "(Adam, no weight decay), 0.80 (150 samples, no weight decay: the init's noise stays)",
     ),
-    "noisy_weights_fit_acc": Threshold(
-        0.95,
-        "noisy_weights: filters still noisy while train accuracy is above this are a warning (regularize), not "
-        "an info note (train longer)",
-        LECTURE + ": 'noisy weights: regularization not strong enough'",
-    ),
     "noisy_weights_min_steps": Threshold(
         200,
         "noisy_weights: steps of training before judging",
