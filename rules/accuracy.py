@@ -109,9 +109,10 @@ class Overfitting(_EpochRule):
         patience = max(int(self.th["overfit_patience"]), 1)
         tr, va = self.acc(row, "train_acc"), self.acc(row, "val_acc")
         gap = tr - va if tr is not None and va is not None else None
-        self.gap_streak = self.gap_streak + 1 if gap is not None and gap > self.th["overfit_gap"] else 0
+        if gap is not None:  # an epoch without validation (every N epochs) neither extends nor breaks the streak
+            self.gap_streak = self.gap_streak + 1 if gap > self.th["overfit_gap"] else 0
         epoch, step = int(row["epoch"]), int(row["step"])
-        if self.gap_streak >= patience:
+        if gap is not None and self.gap_streak >= patience:
             msg = (f"train accuracy {fmt(tr)} vs val accuracy {fmt(va)} at epoch {epoch}: a gap of "
                    f"{fmt(100 * gap, 3)} points for {self.gap_streak} epochs "
                    f"(limit {fmt(100 * self.th['overfit_gap'])})")
@@ -155,10 +156,13 @@ class Underfitting(_EpochRule):
             return []
         c, _ = infer_num_classes(ctx)
         chance = 1.0 / c if c else 0.0
-        trs = [self.acc(r, "train_acc") for r in list(self.history)[-3:]]
-        tr, va = trs[-1], self.acc(row, "val_acc")
-        if tr is None or any(t is None for t in trs):
+        tr, va = self.acc(row, "train_acc"), self.acc(row, "val_acc")
+        # the last 3 epochs that measured train accuracy (metrics may come every N epochs)
+        trs = [t for t in (self.acc(r, "train_acc") for r in self.history) if t is not None][-3:]
+        if tr is None or len(trs) < 3:
             return []
+        if va is None:  # validation not measured this epoch: the latest that was
+            va = next((v for v in (self.acc(r, "val_acc") for r in reversed(self.history)) if v is not None), None)
         gap = tr - va if va is not None else 0.0
         scaled = (tr - chance) / (1 - chance)
         gain = tr - min(trs[:-1])
@@ -209,9 +213,10 @@ class ChanceAccuracy(_EpochRule):
         if c is None:
             return []
         va, tr = self.acc(row, "val_acc"), self.acc(row, "train_acc")
+        self.has_val = getattr(self, "has_val", False) or va is not None
         acc, which = (va, "val") if va is not None else (tr, "train")
-        if acc is None:
-            return []
+        if acc is None or (which == "train" and self.has_val):
+            return []  # validation every N epochs: judge the epochs that have it
         chance = 1.0 / c
         limit = chance + min(self.th["chance_margin"], 0.5 / c)
         self.streak = self.streak + 1 if acc <= limit else 0

@@ -115,7 +115,8 @@ class LrTooHigh(Rule):
         """What says the steps are too large, as of `step` (empty: nothing does)."""
         th = self.th
         if rose:
-            return [f"it had been down at {fmt(min_before)} before: it rose back ({fmt(low / min_before, 2)}x)"]
+            times = f" ({fmt(low / min_before, 2)}x)" if min_before > 0 else ""
+            return [f"it had been down at {fmt(min_before)} before: it rose back{times}"]
         why = []
         if peak >= th["explosion_warn_factor"] * init:
             why.append(f"it jumped to {fmt(peak)} ({fmt(peak / init, 2)}x its start) in the first steps")

@@ -50,6 +50,7 @@ class Scenario:
     label_smoothing: float = 0.0  # cross_entropy(label_smoothing=...): the loss floor sits above 0 (healthy)
     prior_bias: bool = False  # last layer's bias = log class priors (imbalanced data, healthy: starts below ln C)
     pretrain_epochs: int = 0  # train this long without recording first (fine-tuning from a good checkpoint)
+    val_every: int = 1  # validate every N epochs; the others record train metrics only (missing, not NaN)
     nan_input_at: int | None = None  # feed a NaN input batch at this step (fault)
     input_scale: float = 1.0  # multiply the inputs (unnormalized data: fault)
     weight_noise: float = 0.0  # add N(0, this) to the first layer's weights after every step (fault)
@@ -257,7 +258,7 @@ def _pretrain(s: Scenario, model: nn.Module, opt, xt, yt) -> None:
 def _loop(s: Scenario, run, model, opt, linears, xt, yt, xv, yv, total: int, steps_per_epoch: int):
     gen = torch.Generator().manual_seed(s.seed)
     step = 0
-    for _epoch in range(s.epochs):
+    for epoch in range(s.epochs):
         perm = torch.randperm(len(xt), generator=gen)
         losses, correct = [], 0
         for i in range(0, len(xt), s.batch_size):
@@ -291,7 +292,10 @@ def _loop(s: Scenario, run, model, opt, linears, xt, yt, xv, yv, total: int, ste
         tl, ta = torch.stack(losses).mean().item(), correct / max(len(losses) * s.batch_size, 1)
         vl, va = _accuracy(model, xv, yv)
         _, ta = _accuracy(model, xt, yt)
-        run.epoch(train_loss=tl, train_acc=ta, val_loss=vl, val_acc=va)
+        if (epoch + 1) % s.val_every == 0:
+            run.epoch(train_loss=tl, train_acc=ta, val_loss=vl, val_acc=va)
+        else:
+            run.epoch(train_loss=tl, train_acc=ta)
         if step >= total or run.should_stop:
             break
     return va, ta, vl, tl

@@ -109,3 +109,19 @@ def test_healthy_look_alike_stays_quiet(trained, scenario):
     assert loud == []
     online = [(f["rule"], f["severity"]) for f in out["findings"] if f["severity"] != "info"]
     assert online == []  # the hooks said nothing during training either
+
+
+# ------------------------------------------------------------------ missing metrics are missing (issue 11)
+def test_validation_every_third_epoch_is_quiet_and_not_nan(trained):
+    out = trained(Scenario("val_every_3rd_epoch", val_every=3, epochs=9))
+    assert out["val_acc"] > 0.85
+    fs = diagnose(load_run(out["run_dir"]))
+    assert [f for f in fs if severity_rank(f.severity) >= 1] == []
+    assert not [f for f in out["findings"] if f["severity"] != "info"]  # online too: no "val_loss is NaN"
+
+
+def test_overfitting_is_still_found_with_validation_every_second_epoch(trained):
+    out = trained(Scenario("train_on_60_val_every_2nd", train_limit=60, lr=0.05, epochs=60, batch_size=16,
+                           hidden=128, val_every=2))
+    f = {x.rule: x for x in diagnose(load_run(out["run_dir"]))}["overfitting"]
+    assert f.severity == "warning" and f.evidence["gap"] > 0.15 and f.epoch % 2 == 0
