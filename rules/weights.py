@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from babysit.rules.base import Context, Finding, Rule, fmt, meta_layers
+from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from babysit.rules.bugs import Progress
 
-__all__ = ["NoisyWeights", "roughness", "as_images", "layer_type"]
+__all__ = ["NoisyWeights", "roughness", "as_images", "image_rows", "layer_type"]
 
 MIN_SIDE = 5  # 3x3 filters are too small to call noisy
 MIN_FILTERS = 8
@@ -36,6 +36,22 @@ def as_images(w: np.ndarray, layer_type: str | None = None) -> np.ndarray | None
     if w.ndim == 4 and kind in ("", "Linear", "Conv2d", "LazyConv2d", "ConvTranspose2d"):
         return w
     return None
+
+
+def image_rows(ctx: Context, w: np.ndarray, kind: str | None) -> np.ndarray:
+    """A first Linear layer's (out, C*H*W) weights as (out, C, H, W) when the recorded first batch is images.
+
+    The model flattens (N, C, H, W) inputs itself, so each row is an image even without watch(input_shape=...).
+    Only 4-D batches count: (N, T, F) sequences and (N, F) tables never are.
+    """
+    shape = meta_dict(meta_dict(ctx.meta, "first_batch"), "inputs").get("shape")
+    if kind != "Linear" or w.ndim != 2 or not isinstance(shape, list) or len(shape) != 4:
+        return w
+    try:
+        c, h, wd = (int(v) for v in shape[1:])
+    except (TypeError, ValueError):
+        return w
+    return w.reshape(len(w), c, h, wd) if c * h * wd == w.shape[1] and c > 0 else w
 
 
 def layer_type(meta, name: str) -> str | None:
@@ -110,9 +126,10 @@ class NoisyWeights(Rule):
         if step - self.init[0] < self.th["noisy_weights_min_steps"]:
             return []
         kind = layer_type(ctx.meta, row["layer"])
-        w0 = as_images(self.init[1], kind)
         arr = self._load(ctx, str(row["file"]))
-        w = as_images(arr, kind) if arr is not None else None
+        w0, w = as_images(image_rows(ctx, self.init[1], kind), kind), None
+        if arr is not None:
+            w = as_images(image_rows(ctx, arr, kind), kind)
         if w is None or w0 is None or w.shape != w0.shape or min(w.shape[2:]) < MIN_SIDE:
             return []
         if not np.isfinite(w).all():

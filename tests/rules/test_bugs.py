@@ -278,6 +278,14 @@ def test_noisy_filters_that_are_still_the_init_are_an_info_note(runs):
     assert found.get("noisy_weights") is None or found["noisy_weights"].severity == "info"
 
 
+def test_a_model_that_flattens_image_batches_itself_gets_its_rows_judged_as_images(runs):
+    x, y = digits28(150)  # (N, 1, 28, 28) batches, nn.Flatten first, no input_shape given to watch()
+    net = lambda: nn.Sequential(nn.Flatten(), *mlp(784, 10, hidden=256))  # noqa: E731
+    f = runs("noisy28_flatten", lambda: Loop(net(), x.view(-1, 1, 28, 28), y, steps=300, opt="momentum",
+                                             lr=0.05))["noisy_weights"]
+    assert f.evidence["shape"] == [256, 1, 28, 28]
+
+
 def test_fields_come_from_the_hooks():
     """Once the recording side writes the contract fields, nothing here is filled in by the test loop."""
     if FILLED:
