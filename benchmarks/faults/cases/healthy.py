@@ -484,15 +484,15 @@ def mlp_28x28_weight_decay_images(run_dir):
     return m
 
 
-@healthy("architecture", expect={"val_acc": (0.85, 1)})
-def embedding_bag_sgd_clipped(run_dir):
-    """An EmbeddingBag model over token ids, SGD lr 0.5 with clip_grad_norm_ 1.0: ids in, no normalization."""
+@healthy("architecture", expect={"val_acc": (0.8, 1)})
+def embedding_bag_adam_clipped(run_dir):
+    """An EmbeddingBag model over token ids, Adam 1e-2 with clip_grad_norm_ 1.0: ids in, no normalization."""
     from benchmarks.faults.cases.optimizer import _BagOfTokens
 
     seed_all(128)
     d = sequences(n=3000)
     model = _BagOfTokens(12, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    with open_run(run_dir, 3, lr=0.5, clip=1.0, model="embedding_bag") as run:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with open_run(run_dir, 3, lr=1e-2, clip=1.0, model="embedding_bag") as run:
         run.watch(model, opt, every=10)
         return fit(run, model, opt, d, epochs=10, batch_size=32, clip=1.0)
