@@ -4,8 +4,8 @@
     python -m benchmarks.memory --mb 50 --steps 0    # smaller files, no 10M-step run
     python -m benchmarks.memory --only junk --only steps --commands diagnose
 
-Each command runs as a child process (`python -m babysit ...`); its peak resident set comes from the kernel
-(`os.wait4`'s ru_maxrss), so nothing in the measured process measures itself. The files are generated:
+Each command runs as a child process (`python -m babysit ...` through runpy); its peak resident set is the
+kernel's VmHWM for that process, read at exit (the interpreter and imports included). The files are generated:
   junk        lines of text that are not JSON (counted as corrupt)
   events      valid `{"type":"event",...}` lines
   bad_steps   step records whose loss array is one value short (each is parsed, refused and counted)
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -41,26 +40,31 @@ COMMANDS = {
 TARGETS_MB = {"junk": 400, "10M": 1000}
 
 
+# The child reports its own high-water mark (VmHWM: this process image only); ru_maxrss from wait4 would also
+# count the image of the parent it was forked from, before the exec.
+_MEASURED = """
+import atexit, runpy, sys
+def _peak():
+    with open("/proc/self/status") as f:
+        kb = [line.split()[1] for line in f if line.startswith("VmHWM:")]
+    sys.stderr.write(f"\\nPEAK_KB {kb[0]}\\n")
+atexit.register(_peak)
+sys.argv = ["babysit", *sys.argv[1:]]
+runpy.run_module("babysit", run_name="__main__", alter_sys=True)
+"""
+
+
 def peak_rss(args: list[str], timeout: float = 1800) -> tuple[float, float, int]:
     """(peak RSS in MB, wall seconds, exit status) of `python -m babysit *args` as a child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "babysit", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode not in (0, 1):
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=timeout)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.decode(errors="replace")
+    peak = [line for line in err.splitlines() if line.startswith("PEAK_KB ")]
+    if proc.returncode not in (0, 1) or not peak:
         print(f"  {' '.join(args[:1])} exited {proc.returncode}: {err.strip()[-300:]}", file=sys.stderr)
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0, proc.returncode
+    return (int(peak[-1].split()[1]) / 1024 if peak else float("nan")), wall, proc.returncode
 
 
 def _meta(path: Path) -> None:
@@ -111,7 +115,10 @@ def make_case(case: str, path: Path, mb: float) -> Path:
         with open(path / runfile.EVENTS, "wb") as f:
             f.write(runfile.dumps_line({"type": "steps", "step": [1, 2], "time": [1.7e9, 1.7e9 + 1],
                                         "loss": [2.3, 2.2], "lr": [0.1, 0.1]}).encode())
-            f.write(b'{"type":"steps","step":[' + b"1," * (size // 2) + b"1]}\n")
+            f.write(b'{"type":"steps","step":[')
+            for _ in range(max(size // (2 << 20), 1)):  # in 2 MB pieces: the writer stays small too
+                f.write(b"1," * (1 << 20))
+            f.write(b"1]}\n")
             f.write(runfile.dumps_line({"type": "steps", "step": [3], "time": [1.7e9 + 2], "loss": [2.1],
                                         "lr": [0.1]}).encode())
     else:
