@@ -170,6 +170,7 @@ class Run:
         self._file = None
         self._status: dict = {}
         self._warned: set[str] = set()
+        self._clean_names: set[str] = set()  # names already known to be valid UTF-8
         self._optimizer_steps = 0  # optimizer.step() calls of the watched optimizer (a post hook counts them)
         self._optimizer_hook = None
         self._structure = None  # first-batch and structure checks (hooks/structure.py), until done
@@ -211,7 +212,11 @@ class Run:
         return recorded
 
     def _name(self, where: str, name: Any) -> str:
+        if isinstance(name, str) and name in self._clean_names:  # a per-step cost: names repeat
+            return name
         clean, problem = _values.clean_name(name)
+        if problem is None and len(self._clean_names) < 10_000:
+            self._clean_names.add(clean)
         if problem:
             self._say(f"{where}: {problem}", key=(where, "name", clean))
         return clean

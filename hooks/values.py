@@ -22,6 +22,7 @@ __all__ = ["scalar", "clean_name", "jsonable", "config_dict"]
 
 MAX_LIST = 1000  # longer arrays in event data / config are described, not stored
 _INT_LIMIT = 2**63  # JSON readers (orjson, pandas) choke on larger integers
+_REAL = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _huge_int(value: int) -> tuple[float, str]:
@@ -47,6 +48,8 @@ def scalar(value: Any) -> tuple[torch.Tensor | float | None, str | None]:
     if value is None:
         return None, None
     if isinstance(value, torch.Tensor):
+        if value.dtype in _REAL and value.dim() == 0:  # the common case, first: a per-step cost
+            return value.detach(), None
         if value.is_complex() or value.is_sparse or value.dtype in (torch.quint8, torch.qint8, torch.qint32):
             return None, f"a {value.dtype} tensor: dropped"
         n = value.numel()
