@@ -30,7 +30,7 @@ def grid_lrs(lo: float, hi: float, per_decade: int) -> list[float]:
     return [float(f"{10 ** (k / per_decade):.4g}") for k in range(a, b + 1)]
 
 
-def measure(model: str, lrs: list[float], epochs: int, seeds: int, folder: Path) -> dict:
+def measure(model: str, lrs: list[float], epochs: int, seeds: int, folder: Path, optimizer: str = "momentum") -> dict:
     """lr-find once, then the grid of real trainings. Returns every number the table shows."""
     import torch
     from babysit.trainer.config import TrainConfig
@@ -39,21 +39,23 @@ def measure(model: str, lrs: list[float], epochs: int, seeds: int, folder: Path)
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    found = lr_find(TrainConfig(model=model, run_dir=str(folder / f"{model}-lr-find"), progress=False))
+    found = lr_find(TrainConfig(model=model, optimizer=optimizer, run_dir=str(folder / f"{model}-lr-find"),
+                                progress=False))
     sweep_s = time.perf_counter() - start
     accs: dict[float, float] = {}
     for lr in lrs:
         values = []
         for seed in range(seeds):
-            cfg = TrainConfig(model=model, lr=lr, epochs=epochs, seed=seed, progress=False, on_critical="warn",
-                              max_loss_ratio=0, run_dir=str(folder / f"{model}-{lr:g}-{seed}"))
+            cfg = TrainConfig(model=model, optimizer=optimizer, lr=lr, epochs=epochs, seed=seed, progress=False,
+                              on_critical="warn", max_loss_ratio=0, run_dir=str(folder / f"{model}-{lr:g}-{seed}"))
             acc = train(cfg)["best_val_acc"]
             values.append(acc if math.isfinite(acc) else 0.0)
         accs[lr] = sum(values) / len(values)
         print(f"  {model} lr {lr:<8g} val acc {accs[lr]:.4f}", file=sys.stderr, flush=True)
     best = max(accs, key=lambda lr: accs[lr])
     band = [lr for lr in lrs if accs[lr] >= accs[best] - 0.01]
-    return {"model": model, "suggestion": found.suggestion, "chosen": found.chosen, "steepest": found.steepest,
+    name = model if optimizer == "momentum" else f"{model} ({optimizer})"
+    return {"model": name, "suggestion": found.suggestion, "chosen": found.chosen, "steepest": found.steepest,
             "max_stable_div10": found.max_stable_div10, "diverged_lr": found.diverged_lr, "steps": len(found.lrs),
             "sweep_s": sweep_s, "best": best, "best_acc": accs[best], "band": (min(band), max(band)), "accs": accs,
             "reason": found.reason}
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default=None, help="lr range LO:HI of the grid (default 1e-3:10 mlp, 1e-2:3 convnet)")
     p.add_argument("--epochs", type=int, default=10, help="epochs per training (default 10)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per lr (default 2)")
+    p.add_argument("--optimizer", default="momentum", choices=("sgd", "momentum", "nesterov", "adam"),
+                   help="the trainer's optimizer, for the sweep and the grid (default momentum)")
     p.add_argument("--quick", action="store_true", help="half-decade grid, one seed")
     args = p.parse_args(argv)
     models = args.model or ["mlp", "convnet"]
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = (tuple(float(v) for v in args.grid.split(":")) if args.grid else default_grid[model])
             print(f"{model}: lr-find, then {args.epochs}-epoch trainings on a grid {lo:g} .. {hi:g}",
                   file=sys.stderr, flush=True)
-            results.append(measure(model, grid_lrs(lo, hi, per_decade), args.epochs, seeds, Path(tmp)))
+            results.append(measure(model, grid_lrs(lo, hi, per_decade), args.epochs, seeds, Path(tmp),
+                                   args.optimizer))
     given = " ".join(sys.argv[1:] if argv is None else argv)
     print(f"Command: `python -m benchmarks.lr_find{' ' + given if given else ''}` "
           f"({(time.perf_counter() - start) / 60:.1f} min)\n")

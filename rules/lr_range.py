@@ -110,7 +110,12 @@ def analyze(lrs: Sequence[float], losses: Sequence[float], beta: float | None = 
     if stop is not None:
         # Measured on digits (benchmarks/lr_find.py): 10x below the divergence point lands within 2x of the
         # best lr of full trainings, where the steepest descent sat 3-4x low for the MLP.
-        also = "" if steepest is None else f"; the steepest descent, lr {steepest:.3g}, is the cautious choice"
+        if steepest is None:
+            also = ""
+        elif steepest < max_stable / 10:
+            also = f"; the steepest descent, lr {steepest:.3g}, is the more cautious choice"
+        else:
+            also = f"; the steepest descent, lr {steepest:.3g}, is close to it or above"
         result.update(suggestion=max_stable / 10, chosen="max_stable_div10", reason=(
             f"the loss diverged at lr {result['diverged_lr']:.3g}: 10x below the largest stable lr "
             f"({max_stable:.3g}) keeps a safe margin from divergence and still trains fast{also}"))
