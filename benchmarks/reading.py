@@ -66,8 +66,12 @@ def tailer_refresh(path: Path, refreshes: int = 30, new_steps: int = 100) -> tup
     The first poll (the whole file) is not timed. Appends to the run: use a run written for this.
     """
     tailer = RunTailer(path)
-    first = tailer.poll()
-    step = int(first.steps["step"].iloc[-1]) + 1 if len(first.steps) else 1
+    step = 1
+    while True:  # the first read of a big run takes several bounded polls
+        first = tailer.poll()
+        step = int(first.steps["step"].iloc[-1]) + 1 if len(first.steps) else step
+        if not tailer.behind:
+            break
     rng = np.random.default_rng(0)
     wall, cpu = [], []
     for _ in range(refreshes):
