@@ -77,7 +77,8 @@ CAUSES: dict[str, list[str]] = {
     "update_ratio": ["frozen_parameters", "skipped_optimizer_steps", "stalled_weights", "dead_units",
                      "vanishing_gradients", "saturated_activations", "low_capacity"],
     "stalled_weights": ["frozen_parameters", "skipped_optimizer_steps"],
-    "noisy_loss": ["nonfinite_loss", "loss_explosion", "lr_too_high"],
+    "noisy_loss": ["nonfinite_loss", "loss_explosion", "lr_too_high", "bad_labels"],
+    "loss_explosion": ["bad_labels"],  # data sorted by class, raw-scale regression targets (causes.explains)
 }
 
 # Within a severity, causes are listed before symptoms in this order (sort_findings).

@@ -198,6 +198,10 @@ def explains(cause: Finding, symptom: Finding) -> bool:
         return False  # a too-high update ratio with a flat loss: the bounce, not a stall; flat_loss says it
     if cause.rule == "lr_too_high" and symptom.rule == "dead_units":
         return _dead_after_init(symptom)  # dead from init: the init, not the lr
+    if cause.rule == "bad_labels" and symptom.rule in ("loss_explosion", "noisy_loss"):
+        # only data sorted by class (the loss jumps at each new class) or raw-scale regression targets (huge
+        # gradients) make the loss jump; wrong label indices or a missing class do not
+        return cause.evidence.get("first_batch_one_class") is not None or "mean_predictor_loss" in cause.evidence
     return True
 
 
