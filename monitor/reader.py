@@ -588,6 +588,8 @@ class RunTailer:
 # Events and logged findings kept by a bounded load_run (a real run has tens; a hostile log millions).
 MAX_KEPT = 10_000
 _ROW = "__row"  # a frame's row number within its group, while it is being reduced
+# Layers kept by a bounded load_run: more than any real model's probed layers, fewer than a hostile log names.
+MAX_GROUPS = 4096
 
 
 def _first_per_key(key: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -629,6 +631,14 @@ class _Series:
             self.counts[None] = n0 + len(frame)
         else:
             keys = frame[self.group]
+            known = keys.isin(self.counts.keys())
+            if not known.all() and len(self.counts) + keys[~known].nunique() > MAX_GROUPS:
+                room = max(MAX_GROUPS - len(self.counts), 0)  # a log naming a million layers: the first ones
+                allowed = [*self.counts.keys(), *keys[~known].unique()[:room]]
+                frame = frame[keys.isin(allowed).to_numpy()]
+                keys = frame[self.group]
+                if not len(frame):
+                    return
             rows = keys.groupby(keys, sort=False).cumcount().to_numpy(dtype=np.int64, copy=True)
             rows += keys.map(self.counts).fillna(0).to_numpy(dtype=np.int64)
             for k, n in keys.value_counts(sort=False).items():

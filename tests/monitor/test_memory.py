@@ -287,3 +287,15 @@ def test_nonfinite_metrics_from_the_hooks(tmp_path):
     epochs = load_run(tmp_path / "run").epochs
     assert epochs[NONFINITE_METRICS].tolist() == [("val_loss",)]
     assert "val_acc" not in epochs.columns or np.isnan(epochs["val_acc"].iloc[0])
+
+
+def test_a_log_naming_endless_layers_keeps_a_bounded_number(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "MAX_GROUPS", 10)
+    _meta(tmp_path)
+    with open(tmp_path / runfile.EVENTS, "w") as f:
+        for i in range(200):
+            f.write(runfile.dumps_line({"type": "layers", "step": i, "time": 1.7e9,
+                                        "stats": {f"layer{i}": {"kind": "weight", "g_norm": 1.0}}}))
+    run = load_run(tmp_path, max_points=100)
+    assert run.layers["layer"].nunique() == 10 and run.rows["layers"] == 200
+    assert len(load_run(tmp_path).layers) == 200  # unbounded load_run keeps everything
