@@ -17,7 +17,8 @@ import numpy as np
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from babysit.rules.window import Tail
 
-__all__ = ["DoubleSoftmax", "FrozenParameters", "SkippedOptimizerSteps", "Progress", "number", "train_accuracy"]
+__all__ = ["DoubleSoftmax", "OutputActivation", "FrozenParameters", "SkippedOptimizerSteps", "Progress", "number",
+           "train_accuracy"]
 
 
 def number(x) -> float | None:
@@ -194,6 +195,48 @@ class Gradless:
             if n >= self.records and h == 0 and "Embedding" not in str(info.get("type", "")):
                 out[name] = number(info.get("count")) or 0.0
         return out
+
+
+_SQUASH = {"Sigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0), "Hardtanh": (-1.0, 1.0), "Hardsigmoid": (0.0, 1.0),
+           "ReLU": (0.0, math.inf), "ReLU6": (0.0, 6.0), "Softplus": (0.0, math.inf)}
+
+
+class OutputActivation(Rule):
+    """A ReLU, sigmoid or tanh after the last layer, before cross_entropy: the logits are clipped or squashed."""
+
+    id = "output_activation"
+    title = "An activation clips or squashes the logits before the loss"
+    fix = ("remove_output_activation",)
+    needs = ("meta.first_batch",)
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.done:
+            return []
+        fb = meta_dict(ctx.meta, "first_batch")
+        head = str(meta_dict(meta_dict(ctx.meta, "model"), "head").get("type") or "")
+        if fb.get("loss_fn") != "cross_entropy" or head not in _SQUASH:
+            return []  # a sigmoid before binary_cross_entropy or a tanh before mse_loss is by design
+        lo, hi = _SQUASH[head]
+        seen = fb.get("loss_input") if isinstance(fb.get("loss_input"), dict) else {}
+        vmin, vmax = number(seen.get("min")), number(seen.get("max"))
+        if (vmin is not None and vmin < lo - 1e-6) or (vmax is not None and vmax > hi + 1e-6):
+            return []  # what reached the loss is not the activation's output (the head only reports)
+        self.done = True
+        c = ctx.num_classes
+        evidence = {"head": head, "loss_fn": "cross_entropy", "range": [lo, hi], "loss_input_min": vmin,
+                    "loss_input_max": vmax}
+        msg = f"the model's last module is {head}, so the logits reaching cross_entropy lie in [{fmt(lo)}, {fmt(hi)}]"
+        if math.isfinite(hi) and c is not None:
+            floor = math.log1p((c - 1) * math.exp(-(hi - lo)))  # one logit at hi, the rest at lo
+            evidence["loss_floor"] = floor
+            msg += f": the loss cannot go below {fmt(floor)} for {c} classes"
+        elif lo == 0:
+            msg += ": a class whose logit is clipped at 0 gets no gradient and can stay dead"
+        return [self.finding(ctx, "warning", ctx.last_step or None, msg, evidence)]
 
 
 class FrozenParameters(Rule):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from userloops import FILLED, Loop, digits, digits28, findings, mlp, online, train
 
-BUGS = ("double_softmax", "frozen_parameters", "skipped_optimizer_steps")
+BUGS = ("double_softmax", "output_activation", "frozen_parameters", "skipped_optimizer_steps")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,29 @@ def test_softmax_used_only_for_reporting_stays_quiet(runs, data):
             return self.body(z)
 
     _quiet(runs("softmax_reporting", lambda: Loop(Net(), x, y, steps=200)))
+
+
+# ------------------------------------------------------------------ output_activation
+def test_a_relu_or_sigmoid_on_the_logits_is_caught(runs, data):
+    x, y = data
+    relu = runs("relu_head", lambda: Loop(mlp(64, 10, head=nn.ReLU()), x, y, steps=200))
+    f = relu["output_activation"]
+    assert f.severity == "warning" and f.fix_ids == ["remove_output_activation"] and f.evidence["range"][0] == 0
+    assert "double_softmax" not in relu  # non-negative, but the rows do not sum to 1
+    f = runs("sigmoid_head", lambda: Loop(mlp(64, 10, head=nn.Sigmoid()), x, y, steps=200))["output_activation"]
+    assert f.evidence["loss_floor"] == pytest.approx(np.log1p(9 / np.e)) and "1.46" in f.message
+
+
+def test_a_sigmoid_before_binary_cross_entropy_or_tanh_before_mse_stays_quiet(runs, data):
+    x, y = data
+    yb = (y >= 5).float()[:, None]
+    found = runs("sigmoid_bce", lambda: Loop(mlp(64, 1, head=nn.Sigmoid()), x, yb, num_classes=2,
+                                             loss="binary_cross_entropy", steps=200))
+    assert "output_activation" not in found and "double_softmax" not in found
+    t = torch.tanh(x[:, :1] + x[:, 1:2])
+    found = runs("tanh_mse", lambda: Loop(mlp(64, 1, head=nn.Tanh()), x, t, num_classes=None, loss="mse_loss",
+                                          steps=200))
+    assert "output_activation" not in found and "bad_labels" not in found
 
 
 # ------------------------------------------------------------------ frozen_parameters
@@ -309,7 +332,7 @@ def test_rules_stay_quiet_when_the_fields_are_missing(tmp_path, data):
 
 
 HEALTHY = ("logits", "log_softmax_nll", "softmax_reporting", "linear_probe", "accum_declared", "accum_scaled",
-           "accum_undeclared", "tabular256", "lstm", "images")
+           "accum_undeclared", "tabular256", "lstm", "images", "sigmoid_bce", "tanh_mse")
 
 
 def test_inside_training_the_same_checks_agree(runs):
