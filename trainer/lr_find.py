@@ -89,7 +89,9 @@ def lr_find(cfg: TrainConfig, start_lr: float = START_LR, end_lr: float = END_LR
     perm, pos = torch.randperm(n, generator=order).to(device), 0
     lrs: list[float] = []
     values: list[float] = []
-    config = {**asdict(cfg), "lr_find": {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "beta": beta}}
+    # No single "lr" in the config: the sweep is the lr (the dashboard's run table and search view read "lr").
+    config = {k: v for k, v in asdict(cfg).items() if k != "lr"}
+    config["lr_find"] = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "beta": beta}
     progress = Progress(steps, "steps", cfg.progress)
     # on_critical=None: this run is meant to diverge at its end; the rules still record what they see.
     with hooks.Run(cfg.run_dir, num_classes=splits.num_classes, config=config, on_critical=None) as run:

@@ -81,7 +81,7 @@ def test_lr_find_records_an_ordinary_run_with_the_sweep_and_its_reading(quick_cf
     assert event["data"]["suggestion"] == pytest.approx(result.suggestion)
     assert {"steepest", "max_stable_div10", "reason", "chosen", "diverged_lr"} <= set(event["data"])
     assert result.diverged_lr is not None and result.suggestion < result.diverged_lr
-    assert run.meta["config"]["lr_find"]["steps"] == 120
+    assert run.meta["config"]["lr_find"]["steps"] == 120 and "lr" not in run.meta["config"]  # the sweep is the lr
 
 
 def test_lr_find_suggestion_is_within_3x_of_the_best_of_real_trainings(quick_cfg):
