@@ -283,7 +283,8 @@ class FrozenParameters(Rule):
         self.severity = severity
         layers = [str(x.get("name")) for x in meta_layers(ctx.meta) if number(x.get("trainable")) == 0
                   and (number(x.get("frozen")) or 0) > 0]
-        outside = [str(x) for x in opt.get("layers_not_in_optimizer") or []][:8]
+        outside = opt.get("layers_not_in_optimizer")
+        outside = [str(x) for x in outside][:8] if isinstance(outside, list) else []
         msg = (f"{fmt(100 * idle / total)}% of the model's {int(total):,} parameters do not train "
                f"({int(frozen):,} with requires_grad off, {int(missing):,} trainable but in no optimizer group"
                + (f", {int(sum(no_grad.values())):,} in layers that never get a gradient: "
