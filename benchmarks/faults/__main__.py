@@ -1,7 +1,7 @@
 """`python -m benchmarks.faults`: train the fault zoo, diagnose every run, score the diagnoses.
 
-    python -m benchmarks.faults                    # every case, 2 jobs (a few minutes on 2 cores)
-    python -m benchmarks.faults --quick            # a stratified quarter: every family, both splits (~1 min)
+    python -m benchmarks.faults                    # 90 cases, 2 jobs: ~5.5 min on 2 cores shared at load 9
+    python -m benchmarks.faults --quick            # 29 cases, a stratified quarter: ~1.7 min at load 8
     python -m benchmarks.faults --split holdout    # only the held-out cases
     python -m benchmarks.faults --only dead_relu_negative_bias_mlp --check   # one case, with its numbers
     python -m benchmarks.faults --markdown         # the summary table for the README
