@@ -259,3 +259,17 @@ def lstm_sgd_high_lr_no_clip(run_dir):
     with open_run(run_dir, 3, lr=2.0, model="lstm", clip=None) as run:
         run.watch(model, opt, every=10)
         return _nan(fit(run, model, opt, d, epochs=6, batch_size=32))
+
+
+@faulty("optimizer", accept=LR_HIGH, wrong=LR_HIGH_WRONG, expect={"val_acc": (0, 0.4), "nan": (0, 0)})
+def lr_too_high_adam_mlp_partial_collapse(run_dir):
+    """Adam lr 0.3 on an MLP: the loss jumps, then plateaus near 1.9 -- below ln 10 -- at ~25% accuracy."""
+    seed_all(15)
+    d = digits(flat=True)
+    model = mlp([64, 256, 256, 10])
+    opt = torch.optim.Adam(model.parameters(), lr=0.3)
+    with open_run(run_dir, 10, lr=0.3, optimizer="adam") as run:
+        run.watch(model, opt, every=10)
+        m = fit(run, model, opt, d, epochs=8, batch_size=64)
+    m["dead"] = relu_dead_fraction(model, d.xv)
+    return _nan(m)
