@@ -205,3 +205,10 @@ def test_an_ordinary_run_gets_no_lr_find_chart_nor_section(run_dir):
     state = RunState(run_dir)
     state.update()
     assert "lr_find" not in run_plans(state) and lr_find_section(load_run(run_dir)) == ""
+
+
+def test_search_dry_run_without_lr_says_lr_find_would_run_first(tmp_path, capsys):
+    assert main(["search", "--dry-run", "--trials", "2", "--search-dir", str(tmp_path / "s")]) == 0
+    captured = capsys.readouterr()
+    assert "lr-find" in captured.err and captured.out.count("babysit train") == 2
+    assert not (tmp_path / "s").exists()  # a dry run trains nothing, not even the sweep
