@@ -15,67 +15,36 @@ import os
 import re
 import tempfile
 import time
-import warnings
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from babysit.monitor.report_data import (
+    DATA,
+    REQUIRES,
+    SEVERITY_ORDER,
+    data_available,
+    diagnose_all,
+    not_evaluated,
+    rule_catalogue,
+)
 from babysit.monitor.report_lr_find import lr_find_section
+from babysit.monitor.report_style import CSS as _CSS
 from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
-from babysit.monitor.runfile import clean_finding, decode_float, read_npy
+from babysit.monitor.runfile import decode_float, read_npy
 from babysit.monitor.sinks import printable
 
 from babysit.errors import UsageError
 
-__all__ = ["configure", "run", "build_report", "write_report", "data_available", "not_evaluated", "REQUIRES"]
+# The data (report_data.py) and the stylesheet (report_style.py) live apart; re-exported here as before.
+__all__ = ["configure", "run", "build_report", "write_report", "data_available", "not_evaluated", "diagnose_all",
+           "REQUIRES", "DATA"]
 
-SEVERITY_ORDER = ("critical", "warning", "info")
 MAX_LAYERS = 12  # lines per layer chart; more is a tangle
 MAX_SNAPSHOTS = 4
 
-# What each rule needs to say anything: alternatives, each a set of data keys (see DATA). Rules that
-# declare `requires` themselves (a tuple of these keys) take precedence.
-REQUIRES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "nonfinite_loss": (("loss",), ("layers",), ("epoch_metrics",)),
-    "loss_explosion": (("loss",),),
-    "flat_loss": (("step_loss",),),
-    "init_loss_mismatch": (("loss_from_start", "num_classes"),),
-    "noisy_loss": (("step_loss",),),
-    "overfitting": (("train_acc", "val_acc"), ("train_loss", "val_loss")),
-    "underfitting": (("train_acc",),),
-    "chance_accuracy": (("val_acc", "num_classes"), ("train_acc", "num_classes")),
-    "noisy_weights": (("snapshots",),),
-    "update_ratio": (("update_ratio",),),
-    "dead_units": (("relu",),),
-    "saturated_activations": (("tanh_sigmoid",),),
-    "vanishing_gradients": (("g_norm",),),
-    "exploding_gradients": (("g_norm",),),
-    "stalled_weights": (("w_norm", "g_norm"),),
-    "stalled_run": (("process",),),
-    "test_set_reuse": (("test_ledger",),),
-}
-DATA = {
-    "loss": "a training loss",
-    "step_loss": "a loss logged per step (not one per epoch)",
-    "loss_from_start": "the loss from the first step on (the loss at initialization)",
-    "num_classes": "the number of classes (pass --num-classes)",
-    "layers": "per-layer statistics",
-    "epoch_metrics": "per-epoch metrics",
-    "train_loss": "a training loss per epoch",
-    "val_loss": "a validation loss per epoch",
-    "train_acc": "a training accuracy per epoch",
-    "val_acc": "a validation accuracy per epoch",
-    "snapshots": "first-layer weight snapshots (two or more)",
-    "update_ratio": "per-layer update/weight ratios",
-    "g_norm": "per-layer gradient norms",
-    "w_norm": "per-layer weight norms",
-    "relu": "ReLU activation statistics (dead fraction)",
-    "tanh_sigmoid": "tanh/sigmoid activation statistics (saturation)",
-    "process": "the status of the training process (only a babysit run has one)",
-    "test_ledger": "the test-evaluation ledger (only a babysit run has one)",
-}
 _SOURCES = {"tensorboard": "TensorBoard log", "csv": "CSV of metrics"}
 
 
@@ -179,111 +148,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def diagnose_all(run_data: Any, thresholds: dict | None = None,
-                 posthoc: list | None = None) -> tuple[list[dict], list[str]]:
-    """Post-hoc findings, plus those recorded during training that the post-hoc pass did not reproduce.
-
-    `posthoc`: findings already computed (streamed while reading, monitor/summarize.py); None: diagnose here.
-    Returns (findings as dicts, problems: rules that broke, or an engine that would not load).
-    """
-    problems: list[str] = []
-    findings: list[dict] = []
-    try:
-        from babysit import rules
-    except Exception as e:  # noqa: BLE001 - the report still shows the data
-        problems.append(f"the rule engine could not be loaded ({type(e).__name__}: {e}); findings recorded "
-                        "during training are shown")
-        rules = None
-    if rules is not None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                found = rules.diagnose(run_data, thresholds) if posthoc is None else posthoc
-                findings = [f.to_dict() for f in found]
-            except Exception as e:  # noqa: BLE001
-                problems.append(f"diagnosis failed ({type(e).__name__}: {e})")
-        problems += [str(w.message) for w in caught if issubclass(w.category, getattr(rules, "RuleWarning", ()))]
-    rank = {s: i for i, s in enumerate(SEVERITY_ORDER)}
-    seen = {f.get("rule") for f in findings}
-    recorded: dict[Any, dict] = {}  # rule -> its most severe (then latest) record: the log keeps escalations
-    for f in run_data.findings or []:
-        if not isinstance(f, dict):
-            continue
-        f = clean_finding(f)
-        if f.get("rule") not in seen:
-            old = recorded.get(f.get("rule"))
-            if old is None or rank.get(f.get("severity"), 9) <= rank.get(old.get("severity"), 9):
-                recorded[f.get("rule")] = {**f, "recorded": True}
-    findings.extend(recorded.values())
-    findings.sort(key=lambda f: rank.get(f.get("severity"), 9))  # stable: the engine's order within a severity
-    return findings, problems
-
-
-# --------------------------------------------------------------------------- what data there is
-def _has(frame: pd.DataFrame, col: str) -> bool:
-    return col in frame.columns and bool(frame[col].notna().any())
-
-
-def _finite(frame: pd.DataFrame, col: str) -> bool:
-    return col in frame.columns and bool(np.isfinite(frame[col].to_numpy(dtype=float, na_value=np.nan)).any())
-
-
-def data_available(run_data: Any) -> dict[str, bool]:
-    """Which kinds of data (keys of DATA) the run holds."""
-    meta = run_data.meta or {}
-    steps, epochs, layers = run_data.steps, run_data.epochs, run_data.layers
-    imported = meta.get("source") is not None
-    loss = _has(steps, "loss") and len(steps) > 0
-    step_loss = loss and (meta.get("import") or {}).get("loss_per", "step") == "step"
-    first = int(steps["step"].min()) if len(steps) else None
-    kinds = set(layers["kind"].astype(str)) if "kind" in layers.columns else set()
-    config = meta.get("config") or {}
-    return {
-        "loss": loss,
-        "step_loss": step_loss,
-        "loss_from_start": step_loss and first is not None and first <= 1,
-        "num_classes": bool(meta.get("num_classes") or config.get("num_classes")
-                            or ((meta.get("model") or {}).get("layers"))),
-        "layers": len(layers) > 0,
-        "epoch_metrics": any(_has(epochs, c) for c in ("train_loss", "val_loss", "train_acc", "val_acc")),
-        **{c: _has(epochs, c) for c in ("train_loss", "val_loss", "train_acc", "val_acc")},
-        "snapshots": len(run_data.snapshots) >= 2,
-        "update_ratio": _finite(layers, "update_ratio"),
-        "g_norm": _has(layers, "g_norm"),
-        "w_norm": _has(layers, "w_norm"),
-        "relu": "relu" in kinds,
-        "tanh_sigmoid": bool(kinds & {"tanh", "sigmoid"}),
-        "process": not imported,
-        "test_ledger": not imported,
-    }
-
-
-def _rule_catalogue() -> list[tuple[str, str, Any]]:
-    """(id, title, requires or None) for every rule the engine runs; our table's ids if it will not load."""
-    try:
-        from babysit.rules import RULES
-    except Exception:  # noqa: BLE001
-        return [(rid, rid.replace("_", " "), None) for rid in REQUIRES]
-    return [(r.id, r.title, getattr(r, "requires", None)) for r in RULES]
-
-
-def not_evaluated(run_data: Any) -> list[dict]:
-    """Rules that could not run on this data: [{"rule", "title", "missing": [descriptions]}]."""
-    have = data_available(run_data)
-    out = []
-    for rid, title, own in _rule_catalogue():
-        options = (tuple(own),) if own and all(isinstance(k, str) for k in own) else REQUIRES.get(rid)
-        if not options:
-            continue
-        if any(all(have.get(k, True) for k in option) for option in options):
-            continue
-        missing_sets = [[DATA.get(k, k) for k in option if not have.get(k, True)] for option in options]
-        best = min(missing_sets, key=len)
-        out.append({"rule": rid, "title": title, "missing": best,
-                    "alternatives": [" and ".join(m) for m in missing_sets]})
-    return out
 
 
 # --------------------------------------------------------------------------- formatting
@@ -739,97 +603,6 @@ def _details(run_data: Any) -> str:
     return "".join(parts)
 
 
-_CSS = """
-:root{--fg:#1f2328;--muted:#59636e;--line:#d0d7de;--bg:#f6f8fa;--crit:#b42318;--critbg:#fef3f2;
---warn:#b54708;--warnbg:#fffaeb;--info:#175cd3;--infobg:#eff8ff;--ok:#067647;--okbg:#ecfdf3}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",
-Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:1180px;margin:0 auto;padding:28px 28px 48px}
-header{background:#fff;border:1px solid var(--line);border-radius:10px;padding:20px 24px;margin-bottom:16px}
-.kicker{text-transform:uppercase;letter-spacing:.08em;font-size:11px;color:var(--muted);font-weight:600}
-h1{margin:2px 0 2px;font-size:26px;word-break:break-all}
-h2{font-size:18px;margin:28px 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line)}
-h3{font-size:15px;margin:14px 0 8px}
-.where{margin:0 0 10px;color:var(--muted);word-break:break-all}
-.why{margin:8px 0 0;color:var(--crit);word-break:break-word}
-.badges{display:flex;gap:8px;flex-wrap:wrap}
-.badge{display:inline-block;padding:2px 10px;border-radius:999px;font-size:12px;font-weight:600;border:1px solid}
-.state-finished{color:var(--ok);background:var(--okbg);border-color:#abefc6}
-.state-running{color:var(--info);background:var(--infobg);border-color:#b2ddff}
-.state-stopped{color:var(--warn);background:var(--warnbg);border-color:#fedf89}
-.state-crashed{color:var(--crit);background:var(--critbg);border-color:#fecdca}
-.state-unknown{color:var(--muted);background:#fff;border-color:var(--line)}
-.verdict-ok{color:var(--ok);background:var(--okbg);border-color:#abefc6}
-.verdict-warn{color:var(--warn);background:var(--warnbg);border-color:#fedf89}
-.verdict-bad{color:var(--crit);background:var(--critbg);border-color:#fecdca}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:10px}
-.card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 14px}
-.card .k{font-size:12px;color:var(--muted)}.card .v{font-size:20px;font-weight:600;font-variant-numeric:tabular-nums}
-.card .s{font-size:12px;color:var(--muted);min-height:1em}
-.card-bad{border-color:#fecdca;background:var(--critbg)}.card-bad .v{color:var(--crit)}
-h3.group{display:flex;align-items:center;gap:8px;margin-top:18px}
-.count{font-size:12px;font-weight:600;background:#eaeef2;border-radius:999px;padding:0 8px;color:var(--muted)}
-h3.sev-critical{color:var(--crit)}h3.sev-warning{color:var(--warn)}h3.sev-info{color:var(--info)}
-.finding{background:#fff;border:1px solid var(--line);border-left:5px solid var(--info);border-radius:8px;
-padding:12px 16px;margin:10px 0}
-.finding.sev-critical{border-left-color:var(--crit)}.finding.sev-warning{border-left-color:var(--warn)}
-.fhead{display:flex;align-items:baseline;gap:10px;flex-wrap:wrap}
-.fhead h3{margin:0;font-size:15px}
-.sev{text-transform:uppercase;font-size:11px;font-weight:700;letter-spacing:.05em;padding:1px 7px;border-radius:4px;
-background:var(--infobg);color:var(--info)}
-.sev-critical .sev{background:var(--critbg);color:var(--crit)}
-.sev-warning .sev{background:var(--warnbg);color:var(--warn)}
-.rule{font-size:12px;color:var(--muted)}.at{margin-left:auto;color:var(--muted);font-size:12px}
-.tag{font-size:11px;border:1px solid var(--line);border-radius:4px;padding:0 6px;color:var(--muted)}
-.msg{margin:8px 0;word-break:break-word}
-.fix{background:var(--bg);border-radius:6px;padding:8px 12px;margin:8px 0}
-.fix .lbl{font-size:12px;font-weight:600;color:var(--muted)}.fix ol{margin:4px 0 0;padding-left:20px}
-.evidence summary{cursor:pointer;font-size:12px;color:var(--muted);font-weight:600}
-.evidence table,.kv{border-collapse:collapse;font-size:12.5px;margin-top:4px}
-.evidence th,.evidence td,.kv th,.kv td{text-align:left;padding:2px 12px 2px 0;vertical-align:top;
-font-variant-numeric:tabular-nums;word-break:break-word}
-.evidence th,.kv th{color:var(--muted);font-weight:500;white-space:nowrap}
-.allclear{background:var(--okbg);border:1px solid #abefc6;color:var(--ok);border-radius:8px;padding:12px 16px;
-font-weight:600}
-.problem{background:var(--warnbg);border:1px solid #fedf89;border-radius:8px;padding:8px 12px;margin:8px 0}
-.skipped{background:#fff;border:1px dashed var(--line);border-radius:8px;padding:4px 16px 12px;margin-top:16px}
-table.plain{border-collapse:collapse;width:100%;font-size:13px}
-table.plain th,table.plain td{text-align:left;padding:4px 8px;border-bottom:1px solid #eaeef2;vertical-align:top}
-table.plain th{color:var(--muted);font-weight:600}.r{text-align:right}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:14px}
-.fig{background:#fff;border:1px solid var(--line);border-radius:8px;margin:0;padding:10px 12px 8px}
-.fig figcaption{font-weight:600;margin-bottom:4px}
-svg.chart{width:100%;height:auto;display:block}
-svg .tick{font-size:11px;fill:#59636e}svg .axis{font-size:11.5px;fill:#59636e}
-svg .ref,svg .bad{paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
-svg .ref{font-size:10.5px;fill:#59636e}svg .bad{font-size:11px;fill:#d62728;font-weight:600}
-.legend{list-style:none;display:flex;flex-wrap:wrap;gap:4px 14px;margin:4px 0 0;padding:0;font-size:12px}
-.legend li{display:flex;align-items:center;gap:5px;word-break:break-all}
-.sw{display:inline-block;width:16px;height:3px;background:var(--c);border-radius:2px}
-.sw-pt{height:8px;width:8px;border-radius:50%}
-.sw-dash{background:repeating-linear-gradient(90deg,var(--c) 0 5px,transparent 5px 8px)}
-.note{font-size:12px;color:var(--muted);margin:4px 0 0}.muted{color:var(--muted)}
-.snaps{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-end}
-.snap{margin:0;background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px;text-align:center}
-.snap img{image-rendering:pixelated;image-rendering:crisp-edges;display:block;margin:0 auto}
-.snap figcaption{font-size:12px;color:var(--muted);margin-top:6px}.snap .bad{color:var(--crit);font-size:12px}
-.snap .s{font-size:11px;color:var(--muted)}.nopic{width:160px;height:120px;display:flex;align-items:center;
-justify-content:center;color:var(--muted);background:var(--bg)}
-.two{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:16px}
-.two>div{background:#fff;border:1px solid var(--line);border-radius:8px;padding:4px 16px 12px}
-details>summary{cursor:pointer}
-#details details{background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px 16px;margin-top:16px}
-.notes{margin:8px 0;padding-left:18px;font-size:12.5px;color:var(--muted)}
-.box{background:#fff;border:1px solid var(--line);border-radius:8px;padding:4px 16px 12px;margin-bottom:16px}
-.kvgrid{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:2px 18px;font-size:12.5px}
-.kvc{display:flex;justify-content:space-between;gap:8px;border-bottom:1px dotted #e4e8ec;padding:2px 0;min-width:0}
-.kvc .k{color:var(--muted)}.kvc .v{font-variant-numeric:tabular-nums;text-align:right;word-break:break-all}
-footer{color:var(--muted);font-size:12px;margin-top:32px;text-align:center}
-@media print{body{background:#fff}.fig,.finding,header{break-inside:avoid}}
-"""
-
-
 def _heals(run_data: Any) -> str:
     """Every rollback of a self-healing run (heal events, docs/FORMAT.md), in order; nothing for other runs."""
     heals = [e for e in (getattr(run_data, "events", None) or [])
@@ -856,7 +629,7 @@ def build_report(run_data: Any, findings: list[dict] | None = None, *, problems:
         findings, more = diagnose_all(run_data)
         problems = list(problems or []) + more
     skipped = not_evaluated(run_data)
-    n_rules = len(_rule_catalogue())
+    n_rules = len(rule_catalogue())
     name = (run_data.meta or {}).get("name") or run_data.name
     try:
         from importlib.metadata import version

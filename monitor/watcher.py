@@ -16,12 +16,12 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
 from babysit.monitor import runfile
+from babysit.monitor.ratelimit import RateLimit
 from babysit.monitor.reader import (
     RunBatch,
     RunReadError,
@@ -174,8 +174,7 @@ class Watcher:
             thresholds = {**(thresholds or {}), **stall_thresholds(stall_after)}
         self.thresholds = thresholds
         self.stop_rank = severity_rank(stop_on) if stop_on else None
-        self.rate_limit = max(1, int(rate_limit))
-        self.rate_window = float(rate_window)
+        self.rate = RateLimit(rate_limit, rate_window)  # a wrapper around announcing, not part of it
         self.polling = polling
         self.poll_interval = float(poll_interval)
         self.backstop = float(backstop)
@@ -211,8 +210,6 @@ class Watcher:
         self._dirty: set[str] = set()
         self._rescan = False
         self._next_backstop = time.monotonic() + self.backstop
-        self._sent: dict[str, deque[float]] = {}  # rule -> times of recent announcements
-        self._suppressed: dict[str, list[str]] = {}  # rule -> runs whose alert the rate limit held back
         self._closed = False
         self._initial = True  # the first scan: runs that already ended are history, not news
         self._quiet_explicit = False  # evaluate_once: the caller reports an unreadable explicit run itself
@@ -441,14 +438,8 @@ class Watcher:
         self._maybe_stop(run, rule, rank, f)
 
     def _announce(self, alert: Alert) -> None:
-        now = time.monotonic()
-        sent = self._sent.setdefault(alert.rule, deque())
-        while sent and now - sent[0] >= self.rate_window:
-            sent.popleft()
-        if len(sent) >= self.rate_limit:
-            self._suppressed.setdefault(alert.rule, []).append(alert.run)
+        if not self.rate.allow(alert.rule, alert.run):
             return
-        sent.append(now)
         self.announced_count += 1
         rank = severity_rank(alert.severity)
         for sink in self.sinks:
@@ -460,18 +451,8 @@ class Watcher:
                 self.warn(f"{type(sink).__name__} failed: {type(exc).__name__}")
 
     def _flush_suppressed(self, force: bool = False) -> None:
-        now = time.monotonic()
-        for rule in list(self._suppressed):
-            sent = self._sent.setdefault(rule, deque())
-            while sent and now - sent[0] >= self.rate_window:
-                sent.popleft()
-            if len(sent) >= self.rate_limit and not force:
-                continue
-            runs = self._suppressed.pop(rule)
-            sent.append(now)
-            shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
-            self._note(f"{rule}: {len(runs)} more alert(s) held back by the rate limit "
-                       f"({self.rate_limit} per {self.rate_window:g} s): {shown}")
+        for rule, runs in self.rate.due(force):
+            self._note(self.rate.summary(rule, runs))
 
     def _maybe_stop(self, run: _Run, rule: str, rank: int, f: dict) -> None:
         if self.stop_rank is None or rank < self.stop_rank or rule in NO_STOP_RULES or run.stop_requested:
@@ -560,10 +541,9 @@ class Watcher:
         for run in self.runs.values():
             for d, _ in run.pending:
                 t = min(t, d)
-        for rule in self._suppressed:
-            sent = self._sent.get(rule)
-            if sent:
-                t = min(t, sent[0] + self.rate_window)
+        held = self.rate.next_due()
+        if held is not None:
+            t = min(t, held)
         return max(0.005, t - time.monotonic())
 
     def run_forever(self, stop: threading.Event) -> None:

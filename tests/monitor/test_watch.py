@@ -632,3 +632,18 @@ def test_sink_min_severity_and_a_failing_sink(tmp_path):
     assert [a.rule for a in everything.alerts] == ["loss_explosion", "nonfinite_loss"]
     assert [a.rule for a in serious.alerts] == ["nonfinite_loss"]
     assert "Broken failed: RuntimeError" in errors.getvalue()
+
+
+def test_rate_limit_is_a_sliding_window_per_rule():
+    from babysit.monitor.ratelimit import RateLimit
+
+    now = [0.0]
+    rate = RateLimit(2, 10.0, clock=lambda: now[0])
+    assert [rate.allow("nan", r) for r in ("a", "b", "c", "d")] == [True, True, False, False]
+    assert rate.allow("flat", "a")  # another rule has its own window
+    assert rate.due() == [] and rate.next_due() == 10.0
+    now[0] = 10.0
+    assert rate.due() == [("nan", ["c", "d"])]  # the window freed: one summary, counted as one alert
+    assert rate.allow("nan", "e") and not rate.allow("nan", "f")
+    assert rate.due(force=True) == [("nan", ["f"])] and rate.next_due() is None
+    assert "2 more alert(s)" in rate.summary("nan", ["c", "d"])
