@@ -18,7 +18,7 @@ from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_laye
 from babysit.rules.window import Tail
 
 __all__ = ["DoubleSoftmax", "OutputActivation", "FrozenParameters", "SkippedOptimizerSteps", "Progress", "number",
-           "train_accuracy"]
+           "train_accuracy", "since_start"]
 
 
 def number(x) -> float | None:
@@ -30,6 +30,13 @@ def number(x) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+def since_start(ctx: Context) -> int | None:
+    """The step a structural finding belongs to: the first one. A softmax head, frozen layers or a skipped
+    optimizer.step() were there from the start, whenever the loss confirmed them; the engine links a cause to
+    the symptoms that came after it."""
+    return ctx.first_step if ctx.first_step is not None else (ctx.last_step or None)
 
 
 def train_accuracy(ctx: Context) -> float | None:
@@ -159,7 +166,7 @@ class DoubleSoftmax(Rule):
             msg += f"; the loss cannot go below {fmt(floor)} for {c} classes even when every answer is right"
         fix = ["logits_to_loss"] if "cross_entropy" in loss_fn else [("logits_to_loss", "or nn.LogSoftmax "
                                                                       "with nll_loss")]
-        return [self.finding(ctx, "warning", ctx.last_step or None, msg, evidence, fix)]
+        return [self.finding(ctx, "warning", since_start(ctx), msg, evidence, fix)]
 
 
 class Gradless:
@@ -236,7 +243,7 @@ class OutputActivation(Rule):
             msg += f": the loss cannot go below {fmt(floor)} for {c} classes"
         elif lo == 0:
             msg += ": a class whose logit is clipped at 0 gets no gradient and can stay dead"
-        return [self.finding(ctx, "warning", ctx.last_step or None, msg, evidence)]
+        return [self.finding(ctx, "warning", since_start(ctx), msg, evidence)]
 
 
 class FrozenParameters(Rule):
@@ -302,7 +309,7 @@ class FrozenParameters(Rule):
                     "frozen_layers": layers, "layers_not_in_optimizer": outside, "initial_loss": ctx.initial_loss,
                     "loss_now": self.progress.recent, "train_accuracy": self.progress.accuracy}
         fix = list(self.fix) if frozen + sum(no_grad.values()) >= missing else [self.fix[1], self.fix[0]]
-        self.fired = self.finding(ctx, severity, ctx.last_step, msg, evidence, fix)
+        self.fired = self.finding(ctx, severity, since_start(ctx), msg, evidence, fix)
         return [self.fired]
 
 
@@ -437,7 +444,7 @@ class SkippedOptimizerSteps(Rule):
                     "grad_norm_ratio_stepped_to_skipped": self.sums.ratio,
                     "loss_now": self.progress.recent}
         fix = list(self.fix) if severity == "warning" else [self.fix[1], self.fix[0]]
-        self.fired = self.finding(ctx, severity, steps, msg, evidence, fix)
+        self.fired = self.finding(ctx, severity, since_start(ctx), msg, evidence, fix)
         return [self.fired]
 
     @staticmethod

@@ -9,7 +9,7 @@ warning when the run is in the trouble it typically causes.
 from __future__ import annotations
 
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
-from babysit.rules.bugs import Progress, number
+from babysit.rules.bugs import Progress, number, since_start
 
 __all__ = ["UnnormalizedInput", "BadLabels"]
 
@@ -83,7 +83,7 @@ class UnnormalizedInput(Rule):
                     "first_layer": first.get("type") if first else None, "with": trouble,
                     "initial_loss": ctx.initial_loss, "loss_now": self.progress.recent}
         fix = [("normalize_inputs", f"inputs have mean {fmt(m)}, std {fmt(s)}")]
-        return [self.finding(ctx, severity, ctx.last_step or None, msg, evidence, fix)]
+        return [self.finding(ctx, severity, since_start(ctx), msg, evidence, fix)]
 
 
 def _histogram(d: dict) -> dict[int, int]:
@@ -123,7 +123,7 @@ class BadLabels(Rule):
             return []
         severity, msg, evidence, fix = found
         self.severity = severity
-        return [self.finding(ctx, severity, ctx.last_step or None, msg, evidence, fix)]
+        return [self.finding(ctx, severity, since_start(ctx), msg, evidence, fix)]
 
     def _classes(self, ctx: Context, t: dict, seen: dict):
         c = ctx.num_classes
