@@ -18,8 +18,10 @@ optimizer objects stay the same objects) and applies the next fix of the policy:
      pre-hook, so it applies whatever the loop does);
   3. a linear warmup of the lr over `warmup` optimizer steps (a factor applied around optimizer.step(), so the
      scheduler never sees it).
-Fixes accumulate. A good state taken after a heal and promoted means the run recovered: the next incident
-starts the policy again. After `max_heals` attempts without recovery the run stops, every attempt in the reason.
+Fixes accumulate. After a heal the healer also watches for a relapse (the smoothed loss back at 3x the best level
+the healed run reached). A good state taken RECOVERED_AFTER x `every` steps after a heal means the run recovered:
+the next incident starts the policy again. After `max_heals` attempts without recovery the run stops, with the
+last good state put back and every attempt in the reason.
 """
 
 from __future__ import annotations
