@@ -495,8 +495,8 @@ def runs_table(frame: pd.DataFrame, now: float) -> pd.DataFrame:
     out = pd.DataFrame({
         "run": frame["run"],
         "state": frame["state"],
-        "step": frame["step"],
-        "epoch": frame["epoch"],
+        "step": pd.to_numeric(frame["step"], errors="coerce"),  # None -> NaN: shown as "—", not "None"
+        "epoch": pd.to_numeric(frame["epoch"], errors="coerce"),
         "best val acc": frame["best_val_acc"],
         "worst finding": [
             str(e) if isinstance(e, str) and e else
