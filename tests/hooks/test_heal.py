@@ -273,3 +273,16 @@ def test_a_fault_no_rollback_fixes_gets_the_whole_policy_then_stops(tmp_path):
     assert "not healed after 3 attempts" in run.stop_reason
     assert all(a in run.stop_reason for a in actions)
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the last rollback left good weights
+
+
+def test_the_healed_rule_takes_odd_heal_events_in_its_stride():
+    from babysit.monitor.reader import records_to_batch
+    from babysit.rules import OnlineDiagnoser
+
+    odd = [{"type": "event", "name": "heal", "step": 5, "data": {"action": ["x"], "lr_after": "fast", "clip": {}}},
+           {"type": "event", "name": "heal", "step": None, "data": None},
+           {"type": "event", "name": "heal", "step": 9, "data": {"finding": "<b>x</b>", "action": "clip_grad_norm",
+                                                                 "clip": float("nan"), "lr_after": 1e400}}]
+    found = OnlineDiagnoser({}).update(records_to_batch(odd))
+    healed = [f for f in found if f.rule == "healed"]
+    assert len(healed) == 1 and healed[0].evidence["heals"] == 2
