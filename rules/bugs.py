@@ -326,44 +326,53 @@ def declared_accumulation(ctx: Context) -> int | None:
 
 
 class GradientSums:
-    """Whether gradients accumulate across the loop steps without optimizer.step(), from the layer records.
+    """Whether gradients add up across loop steps without optimizer.step(), from the layer records.
 
-    With gradient accumulation, `.grad` when the optimizer steps is the sum of k micro-batches: its norm is
-    ~sqrt(k)..k times that of the steps in between. When zero_grad() runs every iteration and step() only on
-    some, the skipped steps' gradients are thrown away: stepping and skipped steps show the same norm. The
-    probes sample every one of the first steps, so both kinds are there; later records add nothing.
+    With gradient accumulation `.grad` keeps growing from a skipped step to the next one (j micro-batches, then
+    j+1). When zero_grad() runs every iteration and step() only on some, each step's gradient is one batch's:
+    the norm does not grow. The probes sample every one of the first steps, so such pairs are there.
     """
 
-    def __init__(self, limit: int = 40):
+    def __init__(self, limit: int = 60):
         self.limit = limit
-        self.norms: dict[bool, list[float]] = {True: [], False: []}  # stepped? -> total gradient norms
+        self.by_step: dict[int, tuple[float, bool]] = {}  # sampled step -> (total gradient norm, stepped?)
 
     def feed(self, ctx: Context) -> None:
         lay = ctx.layers
-        if not len(lay) or sum(map(len, self.norms.values())) >= self.limit or not {"g_norm", "step"} <= set(lay.cols):
+        if not len(lay) or len(self.by_step) >= self.limit or not {"g_norm", "step"} <= set(lay.cols):
             return
         steps, g = lay.ints("step"), lay.num("g_norm")
         ur = lay.num("update_ratio") if "update_ratio" in lay else np.full(len(steps), np.nan)
         for step in np.unique(steps):
             rows = (steps == step) & np.isfinite(g)
             if rows.any():
-                self.norms[bool(np.isfinite(ur[steps == step]).any())].append(float(np.sqrt((g[rows] ** 2).sum())))
+                stepped = bool(np.isfinite(ur[steps == step]).any())
+                self.by_step[int(step)] = (float(np.sqrt((g[rows] ** 2).sum())), stepped)
 
     @property
     def ratio(self) -> float:
-        """Median gradient norm on stepping records over that on skipped ones (NaN: not both seen)."""
-        stepped, skipped = self.norms[True], self.norms[False]
-        if not stepped or not skipped or not np.median(skipped) > 0:
-            return math.nan
-        return float(np.median(stepped) / np.median(skipped))
+        """Median growth of the gradient norm over runs of consecutive sampled steps without optimizer.step()
+        (from the first of them to the step after the last); NaN with one short run or none.
+
+        Accumulated gradients grow ~sqrt(n)..n over n micro-batches (>= 1.4 for n = 2); independent batches ~1.
+        """
+        steps, growth, i = sorted(self.by_step), [], 0
+        while i < len(steps):
+            j = i
+            while (not self.by_step[steps[j]][1] and j + 1 < len(steps) and steps[j + 1] == steps[j] + 1):
+                j += 1
+            if j > i and self.by_step[steps[i]][0] > 0:
+                growth.append((self.by_step[steps[j]][0] / self.by_step[steps[i]][0], j - i))
+            i = max(j, i + 1)
+        enough = len(growth) >= 2 or (growth and growth[0][1] >= 3)  # two runs, or one of 3+ steps
+        return float(np.median([g for g, _ in growth])) if enough else math.nan
 
     def accumulate(self, limit: float) -> bool | None:
-        """True: accumulation; False: gradients thrown away; None: too few records of either kind."""
-        stepped, skipped = self.norms[True], self.norms[False]
-        if len(stepped) < 3 or len(skipped) < 3 or not np.median(skipped) > 0:
+        """True: the gradients add up; False: they are thrown away; None: no clear evidence."""
+        r = self.ratio
+        if not math.isfinite(r):
             return None
-        ratio = self.ratio
-        return True if ratio >= limit else (False if ratio < 1 + (limit - 1) / 2 else None)
+        return True if r >= limit else (False if r < 1 + (limit - 1) / 2 else None)
 
 
 class SkippedOptimizerSteps(Rule):
@@ -414,16 +423,16 @@ class SkippedOptimizerSteps(Rule):
             return []
         every = steps / ops if ops else math.inf
         regular = ops > 0 and abs(every - round(every)) <= 0.05 * every and k is None
-        accumulates = self.sums.accumulate(self.th["skipped_accum_ratio"]) if regular else None
+        accumulates = self.sums.accumulate(self.th["skipped_accum_growth"]) if ops and k is None else None
         learning = self.progress.learning(ctx)
-        # A regular every-k-th step is what gradient accumulation looks like when run.step() is called per
-        # micro-batch. It is accumulation when the gradients add up between steps or the loss was divided by k;
-        # a bug when they do not add up (zero_grad every iteration throws the skipped ones away). Without that
-        # evidence: an info note while the run learns, a warning when it does not. Never stepping, an irregular
-        # ratio, or fewer steps than the declared accumulation explains are bugs whatever the loss does.
+        # Fewer optimizer steps than loop steps is what gradient accumulation looks like when run.step() is
+        # called per micro-batch (every k-th, or a variable number). It is accumulation when the gradients add
+        # up between steps, or the loss was divided by a regular k; a bug when they do not add up (zero_grad every
+        # iteration throws the skipped ones away) or the optimizer never steps. Without that evidence: a
+        # warning when the run does not learn or skips more than half its steps irregularly, else an info note.
         if accumulates or (regular and accumulates is None and self._loss_scaled(ctx, round(every))):
             return []
-        if ops == 0 or not regular or accumulates is False:
+        if ops == 0 or accumulates is False or (not regular and ratio < 0.5 * expected):
             severity = "warning"
         elif learning is None:
             return []
@@ -435,13 +444,13 @@ class SkippedOptimizerSteps(Rule):
         msg = (f"optimizer.step() ran {ops:,} times in {steps:,} loop steps ({fmt(100 * ratio)}%)"
                + (f", expected ~1 in {k} with the declared gradient accumulation" if k else "")
                + (f"; a regular 1 in {round(every)}, like gradient accumulation" if regular else "")
-               + ("; but the gradient when it steps is no larger than in between (median norm ratio "
-                  f"{fmt(self.sums.ratio)}): zero_grad() throws the skipped steps' gradients away"
+               + (f"; the gradient norm grows only {fmt(self.sums.ratio)}x over the steps without a step "
+                  "(accumulated gradients grow >= 1.4x): zero_grad() throws the skipped steps' gradients away"
                   if accumulates is False else "")
                + f"; {self.progress.note(ctx)}")
         evidence = {"loop_steps": steps, "optimizer_steps": ops, "ratio": ratio, "declared_accumulation": k,
                     "regular_every": round(every) if regular else None, "initial_loss": ctx.initial_loss,
-                    "grad_norm_ratio_stepped_to_skipped": self.sums.ratio,
+                    "grad_growth_over_skipped": self.sums.ratio,
                     "loss_now": self.progress.recent}
         fix = list(self.fix) if severity == "warning" else [self.fix[1], self.fix[0]]
         self.fired = self.finding(ctx, severity, since_start(ctx), msg, evidence, fix)

@@ -339,11 +339,12 @@ TABLE: dict[str, Threshold] = {
         "skipped_optimizer_steps: optimizer.step() calls per loop step (per declared accumulation) below this",
         "ours: a skipped step now and then (AMP inf/NaN skips) stays well above it",
     ),
-    "skipped_accum_ratio": Threshold(
+    "skipped_accum_growth": Threshold(
         1.3,
-        "skipped_optimizer_steps: gradient norm when stepping over that of skipped steps at or above this = the "
-        "gradients add up (accumulation); below the midpoint to 1 = thrown away by zero_grad (a bug)",
-        "ours: a sum of k batch gradients has ~sqrt(k)..k times one batch's norm (k=2: 1.41..2); discarded: ~1",
+        "skipped_optimizer_steps: median growth of the gradient norm over runs of steps without optimizer.step() "
+        "at or above this = the gradients add up (accumulation); below the midpoint to 1 = thrown away (a bug)",
+        "ours: n accumulated batches have sqrt(n)..n times one batch's norm (>= 1.41 for n = 2); measured on "
+        "digits MLPs: accumulation 1.45-5.8, zero_grad every iteration 0.87-1.07",
     ),
     "skipped_min_steps": Threshold(
         20,
