@@ -76,9 +76,12 @@ class LrTooHigh(Rule):
         first_half = (cs[ends + 1 - half] - cs[ends + 1 - w]) / (w - half)
         falling = last_half < (1 - self.th["flat_rel_change"]) * first_half
         level = (cs[ends + 1] - cs[ends + 1 - w]) / w
+        # the noise of one smoothed point: a rise smaller than a few of these is two minima of a noisy band
+        cs2 = np.r_[0.0, np.cumsum(x * x)]
+        sd = np.sqrt(np.maximum((cs2[ends + 1] - cs2[ends + 1 - w]) / w - level ** 2, 0.0) / m)
         # down, then up: the whole window well above a level the loss had reached before
         rose = ~falling & (low >= self.th["lr_high_rise"] * min_before) & (
-            low - min_before >= self.th["lr_high_rise_abs"] * ref)
+            low - min_before >= np.maximum(self.th["lr_high_rise_abs"] * ref, self.th["lr_high_rise_sd"] * sd))
         # collapsed: the whole window at chance level (at or above the start without C), not falling
         stuck = ~falling & (low >= self.th["lr_high_level"] * ref) & (c is not None or level >= init)
         hit, why, ratio = None, [], math.nan
@@ -87,7 +90,7 @@ class LrTooHigh(Rule):
             inside = rv[(rs >= start) & (rs <= end)]  # the ratio while the loss sits there
             ratio = float(np.median(inside)) if len(inside) else math.nan
             why = self._evidence(ctx, end, float(peak[k]), ratio, init, bool(rose[k]),
-                                 float(min_before[k]), float(low[k]), float(level[k]))
+                                 float(min_before[k]), float(low[k]), float(level[k]), float(sd[k]))
             if why:
                 hit = k
                 break
@@ -111,14 +114,14 @@ class LrTooHigh(Rule):
         return [self.finding(ctx, "warning", step, msg, evidence, fix)]
 
     def _evidence(self, ctx: Context, step: int, peak: float, ratio: float, init: float, rose: bool,
-                  min_before: float, low: float, level: float) -> list[str]:
+                  min_before: float, low: float, level: float, sd: float) -> list[str]:
         """What says the steps are too large, as of `step` (empty: nothing does)."""
         th = self.th
         if rose:
             times = f" ({fmt(low / min_before, 2)}x)" if min_before > 0 else ""
             return [f"it had been down at {fmt(min_before)} before: it rose back{times}"]
         why = []
-        if peak >= th["explosion_warn_factor"] * init:
+        if peak >= th["explosion_warn_factor"] * init and peak - init >= th["lr_high_rise_sd"] * sd:
             why.append(f"it jumped to {fmt(peak)} ({fmt(peak / init, 2)}x its start) in the first steps")
         if level >= th["explosion_warn_factor"] * init:
             why.append(f"it sits {fmt(level / init, 2)}x above its start")
@@ -192,8 +195,14 @@ class LowCapacity(Rule):
         return [self.finding(ctx, "warning", symptom.step, msg, evidence)]
 
 
-def explains(cause: Finding, symptom: Finding) -> bool:
-    """Whether a cause finding explains a symptom finding (both present at warning or above)."""
+def explains(cause: Finding, symptom: Finding, lag: float = 100) -> bool:
+    """Whether a cause finding explains a symptom finding (both present at warning or above).
+
+    A cause seen long after the symptom did not make it (`cause_lag_steps`: a cause rule may need a window of
+    evidence before it reports, so it may come somewhat later).
+    """
+    if cause.step is not None and symptom.step is not None and cause.step > symptom.step + lag:
+        return False
     if cause.evidence.get("direction") == "high" and symptom.rule == "flat_loss" and cause.rule == "update_ratio":
         return False  # a too-high update ratio with a flat loss: the bounce, not a stall; flat_loss says it
     if cause.rule == "lr_too_high" and symptom.rule == "dead_units":

@@ -131,7 +131,7 @@ class OnlineDiagnoser:
                 continue
             for f in found:
                 self._accept(f)
-        _link_causes(ctx.findings, self._own, run_facts(ctx))
+        _link_causes(ctx.findings, self._own, run_facts(ctx), self.thresholds["cause_lag_steps"])
         new = []
         for rule_id, f in ctx.findings.items():
             key = (severity_rank(f.severity), tuple(f.caused_by), f.resolved)
@@ -180,7 +180,7 @@ class Findings(list):
         self.not_evaluated = list(not_evaluated or [])
 
 
-def _link_causes(findings: dict[str, Finding], own: dict, facts: set[str]) -> None:
+def _link_causes(findings: dict[str, Finding], own: dict, facts: set[str], lag: float = 100) -> None:
     """Where a cause explains a symptom, say so in the symptom and lead its fixes with the root cause's.
 
     A run whose ReLUs died has a flat loss too; telling the user to raise the learning rate would be wrong.
@@ -190,7 +190,7 @@ def _link_causes(findings: dict[str, Finding], own: dict, facts: set[str]) -> No
     live = {k: f for k, f in findings.items() if not f.resolved and severity_rank(f.severity) >= 1}
 
     def causes_of(rule: str) -> list[str]:
-        return [c for c in CAUSES.get(rule, ()) if c in live and c != rule and explains(live[c], live[rule])]
+        return [c for c in CAUSES.get(rule, ()) if c in live and c != rule and explains(live[c], live[rule], lag)]
 
     def root_of(rule: str) -> str:
         seen = {rule}

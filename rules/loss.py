@@ -368,6 +368,7 @@ class NoisyLoss(Rule):
         self.buf = Tail(self.w, float, np.int64)
         self.buf.parts = [np.array([]), np.array([], dtype=np.int64)]
         self.streak = 0
+        self.medians: list[float] = []
         self.done = False
 
     def update(self, batch, ctx: Context) -> list[Finding]:
@@ -402,16 +403,26 @@ class NoisyLoss(Rule):
             rel = spread / level
         noisy = finite & maybe & (rel > relax * self.th["noisy_rel_spread"]) & (
             spread > relax * self.th["noisy_init_spread"] * init)
+        medians = np.median(xs, axis=1)
         for i in range(k):
             self.streak = self.streak + 1 if noisy[i] else 0
-            if self.streak >= 2:
+            self.medians = (self.medians + [float(medians[i])])[-4:]  # this window and the 3 before
+            # judged over 3 window medians (one may be before the streak): two can differ by chance
+            if self.streak >= 2 and len(self.medians) >= 3:
                 self.done = True
                 step = int(ss[i, -1])
+                # a noisy curve whose level keeps falling is a small batch doing its job: a note, not a fault
+                earlier, last3 = self.medians[0], self.medians[-3:]
+                improving = (earlier > 0 and self.medians[-1] < (1 - self.th["noisy_improving"]) * earlier
+                             and last3[0] > last3[1] > last3[2])
                 bs_note = f"; batch size {bs}" if bs is not None else ""
                 msg = (f"loss jumps by {fmt(spread[i])} step to step (robust std) around a level of {fmt(level[i])} "
                        f"at step {step}: {fmt(100 * rel[i], 3)}% of the level, {fmt(100 * spread[i] / init, 3)}% "
                        f"of the initial loss, for {self.streak * self.w} steps{bs_note}")
                 evidence = {"step": step, "spread": spread[i], "level": level[i], "rel_spread": rel[i],
-                            "initial_loss": init, "window": self.w, "batch_size": bs}
-                return [self.finding(ctx, "warning", step, msg, evidence)]
+                            "initial_loss": init, "window": self.w, "batch_size": bs, "still_improving": improving}
+                if improving:
+                    msg += (f"; its level still falls ({fmt(earlier)} -> {fmt(self.medians[-1])} over "
+                            f"{(len(self.medians) - 1) * self.w} steps): noisy, but learning")
+                return [self.finding(ctx, "info" if improving else "warning", step, msg, evidence)]
         return []

@@ -106,12 +106,22 @@ TABLE: dict[str, Threshold] = {
         "flat_loss: an update/weight ratio above this means the weights move, so the lr is not too low",
         "CS231n notes (~1e-3 healthy)",
     ),
+    "noisy_improving": Threshold(
+        0.2,
+        "noisy_loss: only a note (info) while the median loss fell by at least this fraction over the last windows",
+        "ours: a batch-1 run that trains well is noisy by nature (fault zoo look-alike batch1_sgd_small_lr)",
+    ),
     "noisy_min_steps": Threshold(
         50,
         "noisy_loss: ignore the first steps (the fast initial drop is trend, not noise)",
         "ours",
     ),
-    # --- causes (rules/causes.py): learning rate too high
+    # --- causes (rules/causes.py)
+    "cause_lag_steps": Threshold(
+        100,
+        "a cause finding explains a symptom only when found at most this many steps after it",
+        "ours: cause rules need a window of evidence (lr_too_high 50 steps, flat_loss 100) before they report",
+    ),
     "lr_high_window": Threshold(
         50,
         "lr_too_high: steps over which the loss must sit at chance level (or above its start) and not fall",
@@ -131,6 +141,11 @@ TABLE: dict[str, Threshold] = {
         0.2,
         "lr_too_high: and the rise is at least this fraction of ln(C) (of the initial loss without C): not noise",
         "ours",
+    ),
+    "lr_high_rise_sd": Threshold(
+        4.0,
+        "lr_too_high: and the rise is at least this many standard errors of a smoothed point (small-batch noise)",
+        "ours: two minima of one noisy band differ by ~2 standard errors",
     ),
     "lr_high_early_steps": Threshold(
         50,

@@ -160,3 +160,28 @@ def test_catalogue_markdown_covers_every_rule_and_is_in_the_docs():
     for name in ("lr_high_window", "explosion_factor", "dead_frac"):
         assert f"`{name}`={TABLE[name].value:g}" in table
     assert DOCS.exists() and table in DOCS.read_text(), "regenerate: python -m babysit.rules.catalogue --markdown"
+
+
+# ------------------------------------------------------------------ noisy: a warning only when it stops learning
+def test_noisy_loss_warns_when_the_level_stalls_and_notes_when_it_falls():
+    """Batch-1-like losses (a wide, skewed band): a warning when the level stays, a note while it keeps falling."""
+    s = np.arange(1, 801)
+    noise = np.random.default_rng(1).lognormal(0.0, 1.2, 800)
+    for level, severity in ((np.ones(800), "warning"), (1.5 * np.exp(-s / 300) + 0.2, "info")):
+        x = level * noise
+        x[:5] = 2.3  # the loss at init, ln(10)
+        f = by_rule(diagnose(run_of(steps(s, x))))["noisy_loss"]
+        assert f.severity == severity and f.evidence["still_improving"] == (severity == "info"), f.message
+        assert "lr_too_high" not in by_rule(diagnose(run_of(steps(s, x))))  # noise is not a rise
+
+
+def test_a_cause_found_long_after_a_symptom_does_not_explain_it():
+    w = {"kind": "weight", "g_norm": 1.0, "update_ratio": 0.3}
+    relu = {"kind": "relu", "num_units": 64}
+    recs = [steps(*curve(1000))]
+    recs += [layers(k, a=w, b=w, r={**relu, "dead_frac": 0.0}) for k in range(10, 100, 10)]
+    recs += [layers(k, a={**w, "update_ratio": 1e-3}, b={**w, "update_ratio": 1e-3},
+                    r={**relu, "dead_frac": 0.0 if k < 800 else 0.9}) for k in range(100, 1001, 10)]
+    found = by_rule(diagnose(run_of(*recs)))
+    assert found["update_ratio"].step < 100 and found["dead_units"].step > 800
+    assert found["update_ratio"].caused_by == []

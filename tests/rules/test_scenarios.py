@@ -131,8 +131,9 @@ def test_chance_accuracy_with_shuffled_labels(trained):
 
 
 def test_noisy_loss_with_batch_size_1(trained):
-    f, _ = expect(trained, BATCH_1, "noisy_loss")
-    assert f.evidence["batch_size"] == 1 and f.evidence["rel_spread"] > 0.5
+    """Batch 1 at a modest lr: the curve is a wide band, but it still learns -- a note, not a warning."""
+    f, _ = expect(trained, BATCH_1, "noisy_loss", severity="info")
+    assert f.evidence["batch_size"] == 1 and f.evidence["rel_spread"] > 0.5 and f.evidence["still_improving"]
     assert "batch size" in f.fix[0]
 
 
