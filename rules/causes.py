@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
+from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers, row_nanmedian
+from babysit.rules.layers import layer_view
 from babysit.rules.loss import infer_num_classes
 from babysit.rules.window import Tail, rolling_mean
 from numpy.lib.stride_tricks import sliding_window_view
@@ -47,12 +48,15 @@ class LrTooHigh(Rule):
         self.min_level = math.inf
         self.early_peak = -math.inf
         self.ratios = Tail(256, np.int64, float)  # recent median update/weight ratios: (step, value)
+        self.w_first = math.nan  # median weight norm across layers: at the first record, and the latest
+        self.w_last = math.nan
         self.done = False
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         n = len(ctx.new_loss)
         if self.done or not n:
             return []
+        self._weights(batch, ctx)
         x, steps = self.tail.extend(ctx.new_loss, ctx.new_step)
         # Adam's first update is ~lr per weight whatever the gradient: ratios of the first steps are no evidence
         keep = (ctx.ur_steps >= (ctx.first_step or 1) + 5) & np.isfinite(ctx.ur_values)
@@ -113,6 +117,17 @@ class LrTooHigh(Rule):
             fix[0] = ("lower_lr", f"10x, from {fmt(lr)}")
         return [self.finding(ctx, "warning", step, msg, evidence, fix)]
 
+    def _weights(self, batch, ctx: Context) -> None:
+        view = layer_view(batch, ctx)
+        cols = view.columns("weight") if view is not None else []
+        if not cols:
+            return
+        med = row_nanmedian(view.stat("w_norm")[:, cols])
+        med = med[np.isfinite(med)]
+        if len(med):
+            self.w_first = med[0] if math.isnan(self.w_first) else self.w_first
+            self.w_last = float(med[-1])
+
     def _evidence(self, ctx: Context, step: int, peak: float, ratio: float, init: float, rose: bool,
                   min_before: float, low: float, level: float, sd: float) -> list[str]:
         """What says the steps are too large, as of `step` (empty: nothing does)."""
@@ -125,8 +140,11 @@ class LrTooHigh(Rule):
             why.append(f"it jumped to {fmt(peak)} ({fmt(peak / init, 2)}x its start) in the first steps")
         if level >= th["explosion_warn_factor"] * init:
             why.append(f"it sits {fmt(level / init, 2)}x above its start")
-        # a linear model at chance heads for zero weights, and the ratio's denominator with them: not evidence there
-        if math.isfinite(ratio) and ratio >= th["lr_high_ratio"] and len(weight_layers(ctx.meta)) != 1:
+        # weights that head for zero (a linear model at chance, a crushing L2 penalty) take the ratio's
+        # denominator with them: a high ratio is no evidence there
+        shrunk = self.w_last < th["lr_high_w_shrunk"] * self.w_first
+        if (math.isfinite(ratio) and ratio >= th["lr_high_ratio"] and len(weight_layers(ctx.meta)) != 1
+                and not shrunk):
             why.append(f"the update/weight ratio is {fmt(ratio)} meanwhile (median; healthy ~1e-3)")
         dead = ctx.findings.get("dead_units")
         if dead is not None and _dead_after_init(dead) and dead.step is not None and dead.step <= step:

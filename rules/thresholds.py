@@ -147,6 +147,12 @@ TABLE: dict[str, Threshold] = {
         "lr_too_high: and the rise is at least this many standard errors of a smoothed point (small-batch noise)",
         "ours: two minima of one noisy band differ by ~2 standard errors",
     ),
+    "lr_high_w_shrunk": Threshold(
+        0.2,
+        "lr_too_high: a high update ratio is no evidence once the median weight norm fell below this fraction of "
+        "its first value (weights heading for zero: a crushing L2 penalty, a linear model at chance)",
+        "ours (fault zoo: l2_penalty_in_loss_too_strong, linear_model_on_circles)",
+    ),
     "lr_high_early_steps": Threshold(
         50,
         "lr_too_high: evidence 'it jumped': the smoothed loss rose explosion_warn_factor x above its start within "
