@@ -61,61 +61,65 @@ class LrTooHigh(Rule):
         # Adam's first update is ~lr per weight whatever the gradient: ratios of the first steps are no evidence
         keep = (ctx.ur_steps >= (ctx.first_step or 1) + 5) & np.isfinite(ctx.ur_values)
         rs, rv = self.ratios.extend(ctx.ur_steps[keep], ctx.ur_values[keep])
-        init, w, m = ctx.initial_loss, self.w, self.m
-        if init is None or init <= 0 or not ctx.initial_final or len(x) < w or not np.isfinite(x).all():
+        init = ctx.initial_loss
+        if init is None or init <= 0 or not ctx.initial_final or len(x) < self.w or not np.isfinite(x).all():
             return []  # a NaN is nonfinite_loss's to report; the tail keeps it out for a window
         c, _ = infer_num_classes(ctx)
         ref = math.log(c) if c else init
+        win = self._windows(x, steps, n, ctx, ref, init, c is not None)
+        for k in np.flatnonzero(win["rose"] | win["stuck"]):
+            end, start = int(steps[win["ends"][k]]), int(steps[win["ends"][k] - self.w + 1])
+            inside = rv[(rs >= start) & (rs <= end)]  # the ratio while the loss sits there
+            ratio = float(np.median(inside)) if len(inside) else math.nan
+            at = {key: float(v[k]) for key, v in win.items() if key != "ends"}
+            why = self._evidence(ctx, end, at["peak"], ratio, init, bool(at["rose"]), at["min_before"], at["low"],
+                                 at["level"], at["sd"])
+            if why:
+                self.done = True
+                return [self._report(ctx, end, at, ratio, why, ref, init, c)]
+        return []
+
+    def _windows(self, x, steps, n: int, ctx: Context, ref: float, init: float, known_c: bool) -> dict:
+        """Per window of the last `w` steps that ends on a new step: its level, lowest smoothed point, the lowest
+        level before it, the early peak, its noise, and whether it rose back or sits collapsed."""
+        w, m, th = self.w, self.m, self.th
         L = rolling_mean(x, m)  # L[j]: the smoothed loss of x[j : j + m]
-        early = np.where(steps[m - 1:] <= (ctx.first_step or 1) + self.th["lr_high_early_steps"], L, -np.inf)
-        ends = np.arange(max(len(x) - n, w - 1), len(x))  # windows x[p - w + 1 : p + 1] that end on a new step
-        # per window end p: the lowest smoothed point inside the window, the lowest before it, the early peak
+        early = np.where(steps[m - 1:] <= (ctx.first_step or 1) + th["lr_high_early_steps"], L, -np.inf)
+        ends = np.arange(max(len(x) - n, w - 1), len(x))  # windows x[p - w + 1 : p + 1]
         low = sliding_window_view(L, w - m + 1).min(axis=1)[ends - w + 1]
         before = np.fmin.accumulate(np.r_[self.min_level, L])  # before[k]: min of the carried level and L[:k]
         min_before = before[np.maximum(ends - w - m + 2, 0)]
-        peak = np.fmax.accumulate(np.r_[self.early_peak, early])[ends - m + 2]
-        cs = np.r_[0.0, np.cumsum(x)]
-        half = w // 2
-        last_half = (cs[ends + 1] - cs[ends + 1 - half]) / half
-        first_half = (cs[ends + 1 - half] - cs[ends + 1 - w]) / (w - half)
-        falling = last_half < (1 - self.th["flat_rel_change"]) * first_half
+        peaks = np.fmax.accumulate(np.r_[self.early_peak, early])
+        cs, cs2, half = np.r_[0.0, np.cumsum(x)], np.r_[0.0, np.cumsum(x * x)], w // 2
         level = (cs[ends + 1] - cs[ends + 1 - w]) / w
+        falling = (cs[ends + 1] - cs[ends + 1 - half]) / half < (1 - th["flat_rel_change"]) * (
+            cs[ends + 1 - half] - cs[ends + 1 - w]) / (w - half)
         # the noise of one smoothed point: a rise smaller than a few of these is two minima of a noisy band
-        cs2 = np.r_[0.0, np.cumsum(x * x)]
         sd = np.sqrt(np.maximum((cs2[ends + 1] - cs2[ends + 1 - w]) / w - level ** 2, 0.0) / m)
         # down, then up: the whole window well above a level the loss had reached before
-        rose = ~falling & (low >= self.th["lr_high_rise"] * min_before) & (
-            low - min_before >= np.maximum(self.th["lr_high_rise_abs"] * ref, self.th["lr_high_rise_sd"] * sd))
+        rose = ~falling & (low >= th["lr_high_rise"] * min_before) & (
+            low - min_before >= np.maximum(th["lr_high_rise_abs"] * ref, th["lr_high_rise_sd"] * sd))
         # collapsed: the whole window at chance level (at or above the start without C), not falling
-        stuck = ~falling & (low >= self.th["lr_high_level"] * ref) & (c is not None or level >= init)
-        hit, why, ratio = None, [], math.nan
-        for k in np.flatnonzero(rose | stuck):
-            end, start = int(steps[ends[k]]), int(steps[ends[k] - w + 1])
-            inside = rv[(rs >= start) & (rs <= end)]  # the ratio while the loss sits there
-            ratio = float(np.median(inside)) if len(inside) else math.nan
-            why = self._evidence(ctx, end, float(peak[k]), ratio, init, bool(rose[k]),
-                                 float(min_before[k]), float(low[k]), float(level[k]), float(sd[k]))
-            if why:
-                hit = k
-                break
-        self.min_level = float(before[max(len(x) - w - m + 2, 0)])
-        self.early_peak = float(np.fmax.accumulate(np.r_[self.early_peak, early])[-1])
-        if hit is None:
-            return []
-        self.done = True
-        step, lv = int(steps[ends[hit]]), float(level[hit])
-        lr = float(ctx.lr_at(np.array([step]))[0])
+        stuck = ~falling & (low >= th["lr_high_level"] * ref) & (known_c or level >= init)
+        self.min_level = float(before[max(len(x) - w - m + 2, 0)])  # carried to the next update
+        self.early_peak = float(peaks[-1])
+        return {"ends": ends, "low": low, "min_before": min_before, "peak": peaks[ends - m + 2], "level": level,
+                "sd": sd, "rose": rose, "stuck": stuck}
+
+    def _report(self, ctx: Context, step: int, at: dict, ratio: float, why: list[str], ref: float, init: float,
+                c: int | None) -> Finding:
+        lv, lr = at["level"], float(ctx.lr_at(np.array([step]))[0])
         msg = (f"loss {fmt(lv)} at step {step} sits at "
                + (f"{fmt(lv / ref, 2)}x ln({c}) = {fmt(ref)} (chance level)" if c else
                   f"{fmt(lv / init, 2)}x its initial {fmt(init)}")
-               + f" over the last {w} steps, and " + "; ".join(why) + _lr_note(lr))
+               + f" over the last {self.w} steps, and " + "; ".join(why) + _lr_note(lr))
         evidence = {"step": step, "loss": lv, "chance_loss": ref if c else None, "initial_loss": init,
-                    "min_loss_before": _finite(min_before[hit]), "early_peak": _finite(peak[hit]),
+                    "min_loss_before": _finite(at["min_before"]), "early_peak": _finite(at["peak"]),
                     "update_ratio": _finite(ratio), "lr": lr, "why": why, "direction": "high"}
         fix = list(self.fix)
         if math.isfinite(lr):
             fix[0] = ("lower_lr", f"10x, from {fmt(lr)}")
-        return [self.finding(ctx, "warning", step, msg, evidence, fix)]
+        return self.finding(ctx, "warning", step, msg, evidence, fix)
 
     def _weights(self, batch, ctx: Context) -> None:
         view = layer_view(batch, ctx)
