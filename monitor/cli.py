@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("babysit.monitor.dashboard_cli", "live dashboard over a folder of runs (Streamlit)"),
     "watch": ("babysit.monitor.watch", "alert while runs train: terminal, webhook, command; can stop runs"),
     "report": ("babysit.monitor.report", "one standalone HTML report of a run"),
-    "sanity": ("babysit.trainer.sanity", "the lecture's sanity checks: ln(C) loss, reg raises loss, overfit 20"),
+    "sanity": ("babysit.trainer.sanity", "sanity checks before a real run: ln(C) loss, reg raises loss, overfit 20"),
     "search": ("babysit.trainer.search", "coarse-to-fine random search of learning rate and regularization"),
     "lr-find": ("babysit.trainer.lr_find_cli", "learning-rate range test: sweep the lr, suggest one and say why"),
     "evaluate": ("babysit.trainer.evaluate", "evaluate a run's checkpoint; --test touches the test split once"),

@@ -75,7 +75,7 @@ class UnnormalizedInput(Rule):
         where, m, s = worst
         verb = "have" if where == "the inputs" else "has"
         msg = (f"first batch: {where} {verb} mean {fmt(m)} and std {fmt(s)} (min {fmt(number(x.get('min')))}, "
-               f"max {fmt(number(x.get('max')))}); the lecture zero-centers and scales the data")
+               f"max {fmt(number(x.get('max')))}); zero-center and scale the data")
         if first is not None:
             msg += f" and the first layer ({first.get('type')}) does not normalize"
         msg += f"; {self.progress.note(ctx)}" + (f"; with {', '.join(trouble)}" if trouble else "")

@@ -38,7 +38,7 @@ class Fix:
 _ALL = [
     # --- learning rate
     Fix("lower_lr", "lower the learning rate"),
-    Fix("lower_lr_10x", "lower the learning rate 10x: a loss that rises or goes NaN is the lecture's sign of a "
+    Fix("lower_lr_10x", "lower the learning rate 10x: a loss that rises or goes NaN is the sign of a "
         "learning rate that is too high"),
     Fix("raise_lr", "raise the learning rate", ("loss_rose", "ratio_high"), generic=True),
     Fix("train_longer", "train longer, or with a higher learning rate", ("loss_rose", "ratio_high", "frozen"),
@@ -46,7 +46,7 @@ _ALL = [
     Fix("warmup_or_clip", "add a learning-rate warmup or gradient clipping"),
     Fix("decay_lr", "decay the learning rate (step, 0.97/epoch, 1/t) or use momentum"),
     Fix("scale_lr_to_ratio", "scale the learning rate toward an update/weight ratio of ~1e-3"),
-    Fix("stop_run", "stop this run: the lecture's rule is to quit early when loss > 3x the original"),
+    Fix("stop_run", "stop this run: a loss above 3x the original will not come back; quit early"),
     Fix("check_lr_zero", "check the learning rate is not 0 (schedulers, param groups)"),
     # --- gradients and numerics
     Fix("clip_gradients", "clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)"),
@@ -102,7 +102,7 @@ _ALL = [
         "judge by per-class recall, not accuracy"),
     Fix("standardize_targets", "standardize the regression targets (subtract the training mean, divide by the std; "
         "undo it for predictions)"),
-    Fix("noisy_weights_regularize", "stronger regularization (weight decay / L2): the lecture's 'noisy weights: "
+    Fix("noisy_weights_regularize", "stronger regularization (weight decay / L2): 'noisy weights: "
         "regularization not strong enough'"),
     Fix("noisy_weights_wait", "train longer (the filters have not formed yet)", ("loss_rose", "ratio_high")),
     # --- process and evaluation

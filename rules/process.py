@@ -108,7 +108,7 @@ class TestSetReuse(Rule):
                 steps = [s for s in self.uses[split] if s is not None]
                 msg = (f"test split {split!r} evaluated {count} times"
                        + (f" (events at steps {', '.join(map(str, steps[:6]))})" if steps else "")
-                       + ": the lecture's rule is to touch the test set once")
+                       + ": touch the test set once, or its score no longer estimates new data")
                 evidence = {"split_id": split, "uses": count, "events": len(self.uses[split]),
                             "steps": steps}
                 step = ev.get("step") if isinstance(ev.get("step"), int) else None

@@ -23,7 +23,7 @@ class Threshold:
     source: str
 
 
-LECTURE = "lecture (seed/000)"
+LECTURE = "CS231n lecture \"Training neural networks\""
 TABLE: dict[str, Threshold] = {
     # --- loss curve
     "explosion_factor": Threshold(

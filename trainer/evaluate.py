@@ -111,5 +111,5 @@ def run(args: argparse.Namespace) -> int:
         if n >= 2:
             print(f"warning: this test split has now been evaluated {n} times. Each look that informs a choice "
                   "is a chance of false discovery: report the first result and choose models on val "
-                  "(the lecture: use the test set once).", file=sys.stderr)
+                  "(use the test set once: a reused test score overestimates).", file=sys.stderr)
     return 0

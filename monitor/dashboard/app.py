@@ -616,7 +616,7 @@ def search_view(root: str, current: str | None) -> None:
     index.refresh()
     frame = index.frame()
     st.markdown("#### Random search: best val accuracy against learning rate and regularization")
-    st.caption("The lecture's coarse-to-fine picture: sample in log space, look where the good runs cluster, "
+    st.caption("The coarse-to-fine picture: sample in log space, look where the good runs cluster, "
                "narrow the range there and search again. Click a point to open its run.")
     has_acc = frame["best_val_acc"].notna() if len(frame) else pd.Series(dtype=bool)
     if not len(frame) or not has_acc.any():
