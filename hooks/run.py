@@ -332,6 +332,8 @@ class Run:
         try:
             os.fsync(self._file.fileno())
         except OSError as exc:  # the same failing disk the writes reported: one warning for both
+            if any(isinstance(k, tuple) and k[:1] == ("disk",) for k in self._warned):
+                return
             self._say(f"could not fsync {runfile.EVENTS} ({type(exc).__name__}: {exc})",
                       key=("disk", getattr(exc, "errno", None)))
 
