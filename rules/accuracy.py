@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict
 from babysit.rules.loss import infer_num_classes
@@ -178,11 +179,18 @@ class Underfitting(_EpochRule):
             reg, dropout = config.get("reg", config.get("weight_decay")), config.get("dropout")
             reg = reg if isinstance(reg, (int, float)) and not isinstance(reg, bool) else None
             dropout = dropout if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else None
-            if isinstance(reg, (int, float)) and reg >= 0.01 or isinstance(dropout, (int, float)) and dropout >= 0.5:
+            heavy = (reg is not None and reg >= 0.01 or dropout is not None and dropout >= 0.5
+                     or _optimizer_weight_decay(ctx.meta) >= self.th["underfit_heavy_wd"])
+            if heavy:
                 note = (f"reg {fmt(reg) if reg is not None else '-'}, "
                         f"dropout {fmt(dropout) if dropout is not None else '-'}")
                 fix[0], fix[1] = (fix[1], note), fix[0]
-            return [self.finding(ctx, "warning", step, msg, evidence, fix, epoch=epoch)]
+            # Without a cause in sight, a plateau with no gap may be the data's own ceiling (label noise):
+            # say so as a note, not a warning; the cause rules (low_capacity, lr, dead units) warn on their own.
+            severity = "warning" if heavy or scaled < self.th["underfit_warn_acc"] else "info"
+            if severity == "info":
+                msg += "; no regularization or other cause in sight: this may be the data's ceiling (noisy labels)"
+            return [self.finding(ctx, severity, step, msg, evidence, fix, epoch=epoch)]
         return []
 
 
@@ -241,3 +249,11 @@ class ChanceAccuracy(_EpochRule):
         if acc is not None and acc > 1.0 / c + min(self.th["chance_margin"], 0.5 / c) + 0.1:
             return self.resolved(ctx, fired, row, f"{fired.evidence.get('which')} accuracy rose to {fmt(acc)}")
         return None
+
+
+def _optimizer_weight_decay(meta: Any) -> float:
+    """The largest weight_decay among the recorded optimizer's param groups (0 when unknown)."""
+    groups = meta_dict(meta, "optimizer").get("param_groups")
+    values = [g.get("weight_decay") for g in groups if isinstance(g, dict)] if isinstance(groups, list) else []
+    values = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return max(values, default=0.0)

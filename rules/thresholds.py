@@ -216,6 +216,18 @@ TABLE: dict[str, Threshold] = {
         "underfitting: train accuracy gained over the last epochs below this",
         "ours",
     ),
+    "underfit_warn_acc": Threshold(
+        0.3,
+        "underfitting: a warning without other evidence only below this scaled train accuracy; above it, and with "
+        "no heavy regularization, it is an info note (the data's own ceiling looks the same: noisy labels)",
+        "ours: healthy runs on label-noisy data plateau with no gap at any accuracy",
+    ),
+    "underfit_heavy_wd": Threshold(
+        0.05,
+        "underfitting: an optimizer weight_decay at or above this counts as heavy regularization (AdamW's "
+        "default 0.01 does not)",
+        "ours",
+    ),
     "underfit_min_epochs": Threshold(
         4,
         "underfitting: epochs of training before judging",
