@@ -196,8 +196,9 @@ class LowCapacity(Rule):
         if len(layers) != 1:
             self.done = bool(layers)  # a hidden layer exists: capacity is not this run's question
             return []
+        # underfitting counts as a note too: it stays a note when it cannot see a cause, and this is one
         symptom = next((ctx.findings[r] for r in ("chance_accuracy", "flat_loss", "underfitting")
-                        if ctx.has(r)), None)
+                        if ctx.has(r, "info" if r == "underfitting" else "warning")), None)
         if symptom is None or any(ctx.has(r) for r in ("lr_too_high", "loss_explosion", "nonfinite_loss",
                                                          "stalled_weights", "frozen_parameters")):
             return []
