@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from babysit.rules.base import Context, Finding, Rule, Table, severity_rank
 from babysit.rules.catalogue import CAUSE_ORDER, CAUSES, RULES
 from babysit.rules.causes import explains, run_facts
 from babysit.rules.coverage import Seen, not_evaluated
-from babysit.rules.fixes import FIXES
+from babysit.rules.fixes import FIXES, fix_text
 from babysit.rules.layers import observe_layers
 from babysit.rules.thresholds import resolve
 
@@ -155,7 +156,7 @@ class OnlineDiagnoser:
     @property
     def findings(self) -> Findings:
         """Every current finding, causes first, with `.not_evaluated` (the rules that could not judge yet)."""
-        return Findings(sort_findings(list(self.ctx.findings.values())), self.not_evaluated())
+        return Findings(sort_findings(_healed_view(self.ctx.findings)), self.not_evaluated())
 
     def rolled_back(self, step: int, rules: tuple[str, ...] = ("nonfinite_loss", "loss_explosion",
                                                                "exploding_gradients", "noisy_loss",
@@ -254,6 +255,37 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
         return (-severity_rank(f.severity), caused, _CAUSE_ORDER.get(f.rule, 99),
                 f.step if f.step is not None else math.inf)
     return sorted(findings, key=key)
+
+
+def _healed_view(findings: dict[str, Finding]) -> list[Finding]:
+    """The findings as a person reads the finished run: a blow-up the hooks healed (rolled back, lr lowered) is
+    history, kept as an info note that points at the `healed` finding, whose fix says what the next run's config
+    should change. A view only: the online rules keep their state (a relapse must still trigger the next heal)."""
+    out = dict(findings)
+    healed = findings.get("healed")
+    attempts = healed.evidence.get("attempts") if healed is not None else None
+    for attempt in attempts if isinstance(attempts, list) else []:
+        step = attempt.get("step") if isinstance(attempt, dict) else None
+        back = attempt.get("rolled_back_to") if isinstance(attempt, dict) else None
+        if not isinstance(step, int):
+            continue
+        for f in list(out.values()):
+            if f.resolved or f.rule not in _UNDONE_BY_ROLLBACK and f.rule != attempt.get("finding"):
+                continue
+            # the finding belongs to the stretch the rollback undid (or triggered the heal itself)
+            if f.step is None or f.step > step or isinstance(back, int) and f.step <= back:
+                continue
+            out[f.rule] = replace(
+                f, severity="info", fix=[fix_text("see_healed")], fix_ids=["see_healed"],
+                message=f"{f.message}; healed at step {step}: rolled back to step {back}, "
+                        f"then {attempt.get('action')}",
+                evidence={**f.evidence, "resolved": True, "healed_at": step})
+    return list(out.values())
+
+
+# what a rollback undoes: findings about the blown-up stretch itself (hooks/heal.py rolls back on these)
+_UNDONE_BY_ROLLBACK = ("nonfinite_loss", "loss_explosion", "exploding_gradients", "noisy_loss", "dead_units",
+                       "lr_too_high")
 
 
 def diagnose(run: Any, thresholds: dict | None = None, now: float | None = None) -> Findings:

@@ -115,6 +115,8 @@ _ALL = [
     Fix("test_once", "evaluate on the test split once, at the very end, and report that number"),
     Fix("fresh_test_split", "if the test set was already used for decisions, hold out a fresh test split"),
     Fix("none_needed", "none needed"),
+    Fix("see_healed", "none needed now: the run healed itself; see the `healed` finding for what to change in the "
+        "config so the next run does not need it"),
     Fix("none_needed_slow_start", "none needed; to start faster: He init, normalization layers, or a higher "
         "learning rate"),
 ]

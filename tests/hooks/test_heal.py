@@ -63,6 +63,12 @@ def test_a_broken_run_heals_to_its_healthy_twin(tmp_path, broken):
     assert status["healed"] == len(events) and status["state"] == "finished"
     found = {f.rule: f for f in diagnose(load_run(tmp_path / "healed"))}
     assert "healed" in found and found["healed"].evidence["heals"] == len(events)
+    # what the heal fixed is history post hoc: a note pointing at `healed`, not a critical "stop this run"
+    fixed = {e["data"]["finding"] for e in events}
+    for rule in fixed & set(found):
+        if found[rule].step is not None and found[rule].step <= events[0]["step"]:
+            assert found[rule].severity == "info" and found[rule].fix_ids == ["see_healed"], found[rule]
+    assert not any(f.severity == "critical" for f in found.values()), [f.rule for f in found.values()]
 
 
 def test_a_healthy_run_is_bit_for_bit_the_same_with_heal(tmp_path):
