@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -23,19 +22,15 @@ def test_shards_are_disjoint_equal_and_cover_the_permutation():
     assert torch.equal(shard(perm, Dist()), perm)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_processes(tmp_path):
     run_dir = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}", "-m", "babysit", "train", "--model", "mlp", "--epochs", "2",
+    # Robust under load: gloo on the loopback interface, and a rendezvous port chosen by torchrun itself
+    # (--standalone) rather than a free port that another process may take between our check and its bind.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "babysit", "train", "--model", "mlp", "--epochs", "2",
             "--lr", "0.1", "--device", "cpu", "--run-dir", str(run_dir), "--no-progress", "--threads", "1"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("run written to") == 1  # rank 0 reports, rank 1 stays quiet
     run = load_run(run_dir)
