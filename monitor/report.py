@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
-import tempfile
 import time
 from html import escape
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from babysit.monitor import runfile
 from babysit.monitor.report_data import (
     DATA,
     REQUIRES,
@@ -121,33 +120,10 @@ def write_report(
     html = build_report(run_data, findings, problems=problems)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _write_replacing(out, html)
+        runfile.write_text_atomic(out, html, mode=0o644)  # replaces a planted symlink, never writes through
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     return out, {"findings": findings, "problems": problems}
-
-
-def _write_replacing(out: Path, text: str) -> None:
-    """Write a new file and rename it over `out`: a symlink planted at `out` (RUN/report.html -> ~/.bashrc) is
-    replaced, never written through, and a reader never sees half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            os.fchmod(f.fileno(), 0o644 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------------- formatting

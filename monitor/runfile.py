@@ -97,11 +97,20 @@ def dumps_line(record: dict) -> str:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    write_text_atomic(path, json.dumps(encode(obj), allow_nan=False, indent=1))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, mode: int | None = None) -> None:
+    """Write a new file beside `path` and rename it over it: a reader sees the old file or the new one, and a
+    symlink planted at `path` is replaced, never written through. `mode` (e.g. 0o644, less the umask) for files
+    meant for others; by default the temporary file's 0o600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(encode(obj), f, allow_nan=False, indent=1)
+            f.write(text)
+            if mode is not None:
+                os.fchmod(f.fileno(), mode & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -109,6 +118,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         except OSError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # --------------------------------------------------------------------------- reading what others wrote

@@ -21,10 +21,10 @@ from babysit.rules.lr_range import DIVERGE, SETTLE, analyze, beta_for, smooth
 from babysit.trainer import losses, regularize
 from babysit.trainer.augment import augment
 from babysit.trainer.config import TrainConfig
-from babysit.trainer.device import autocast, resolve_device
+from babysit.trainer.device import resolve_device
 from babysit.trainer.optim import make_optimizer
 from babysit.trainer.progress import Progress
-from babysit.trainer.train import _check_run_dir, prepare
+from babysit.trainer.train import _check_run_dir, objective, prepare
 from babysit.trainer.transfer import train_mode
 
 from babysit import hooks
@@ -107,12 +107,7 @@ def lr_find(cfg: TrainConfig, start_lr: float = START_LR, end_lr: float = END_LR
             idx = perm[pos:pos + batch]
             pos += batch
             x = augment(splits.x_train[idx], cfg.crop_pad, cfg.flip)
-            with autocast(cfg, device):
-                scores = model(x)
-            loss = loss_fn(scores, splits.y_train[idx])
-            penalty = regularize.penalty(reg_params, cfg.reg, cfg.reg_type, cfg.l1_ratio)
-            if penalty is not None:
-                loss = loss + penalty
+            loss = objective(model, x, splits.y_train[idx], loss_fn, reg_params, cfg, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -31,7 +31,8 @@ from torch import nn
 
 from babysit import hooks
 
-__all__ = ["TrainConfig", "train", "prepare", "evaluate", "resolve_device", "CHECK_EVERY", "TRAIN_EVAL_MAX"]
+__all__ = ["TrainConfig", "train", "prepare", "objective", "evaluate", "resolve_device", "CHECK_EVERY",
+           "TRAIN_EVAL_MAX"]
 
 # Steps between reads of the divergence monitor: one 8-byte device->host copy, i.e. one wait for the GPU to
 # drain, per 50 steps (tens of microseconds per 50 steps of work); an epoch can be thousands of steps long.
@@ -90,6 +91,16 @@ def _divergence(first: torch.Tensor, peak: torch.Tensor, ratio: float, chance: f
     if p > ratio * reference:
         return f"loss {p:.4g} exceeded {ratio:g}x the initial {reference:.4g}: learning rate too high?"
     return None
+
+
+def objective(net, x, y, loss_fn, reg_params, cfg: TrainConfig, device) -> torch.Tensor:
+    """What one step minimizes: the data loss plus the regularization penalty (so the recorded loss is the
+    objective, and cranking the regularization raises it)."""
+    with autocast(cfg, device):
+        scores = net(x)
+    loss = loss_fn(scores, y)
+    penalty = regularize.penalty(reg_params, cfg.reg, cfg.reg_type, cfg.l1_ratio)
+    return loss if penalty is None else loss + penalty
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -152,12 +163,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, device: torch.device) -> dict:
             for i in range(steps_per_epoch):
                 idx = perm[i * batch:(i + 1) * batch]
                 x = augment(splits.x_train[idx], cfg.crop_pad, cfg.flip).contiguous(memory_format=fmt)
-                with autocast(cfg, device):
-                    scores = net(x)
-                loss = loss_fn(scores, splits.y_train[idx])
-                penalty = regularize.penalty(reg_params, cfg.reg, cfg.reg_type, cfg.l1_ratio)
-                if penalty is not None:
-                    loss = loss + penalty
+                loss = objective(net, x, splits.y_train[idx], loss_fn, reg_params, cfg, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
