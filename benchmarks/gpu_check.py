@@ -12,6 +12,8 @@ Three tables:
      fp32, bf16, bf16 + channels_last, and + torch.compile, measured from the run's own step timestamps after
      the first epoch (so compilation and warm-up are excluded).
   3. DDP: the same trainer under torchrun on every GPU present (skipped with one GPU).
+  4. self-healing on the device: the trainer at an lr far too high, with and without --heal (the good state
+     kept in pinned host memory, the CUDA RNG restored): heals, final accuracy, and whether the run finished.
 """
 
 from __future__ import annotations
@@ -151,6 +153,33 @@ def trainer_throughput(device: torch.device, folder: Path, variants: list[dict],
     return rows
 
 
+def _count_heals(run_dir: Path) -> int:
+    from babysit.monitor.reader import load_run
+
+    return sum(1 for e in load_run(run_dir).events if e.get("type") == "event" and e.get("name") == "heal")
+
+
+def heal_on_device(device: torch.device, folder: Path, tmp: Path, lr: float, **common) -> list[dict]:
+    """The trainer at a far too high lr, plain (stops on critical) and with heal; rows for the table."""
+    from babysit.trainer.config import TrainConfig
+    from babysit.trainer.train import train
+
+    rows = []
+    for heal in (False, True):
+        cfg = TrainConfig(dataset=f"folder:{folder}", device=device.type, run_dir=str(tmp / f"heal{int(heal)}"),
+                          progress=False, on_critical="stop", heal=heal, lr=lr, **common)
+        start = time.perf_counter()
+        try:
+            result = train(cfg)
+            error = ""
+        except Exception as e:  # the check reports, it does not stop the other tables
+            result, error = {}, f"{type(e).__name__}: {e}"
+        rows.append({"heal": heal, "heals": _count_heals(Path(cfg.run_dir)), "error": error[:120],
+                     "val_acc": result.get("val_acc", float("nan")), "seconds": time.perf_counter() - start,
+                     "stopped": f"{result.get('state', '')} {result.get('reason') or ''}".strip()})
+    return rows
+
+
 def _ddp(folder: Path, tmp: Path, gpus: int, common: dict) -> dict:
     run_dir = tmp / "ddp"
     argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m", "babysit", "train",
@@ -184,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     else:
         device = torch.device("cuda")
-        overhead_cases = [("convnet", 8, 1, 64, 300, 5, 16), ("resnet", 32, 3, 256, 200, 5, 32)]
+        overhead_cases = [("convnet", 8, 1, 64, 300, 5, 16), ("convnet", 8, 1, 64, 3000, 3, 16),
+                          ("resnet", 32, 3, 256, 200, 5, 32), ("resnet", 32, 3, 256, 1500, 3, 32)]
         images, side, common = 12000, 32, {"model": "resnet", "width": 32, "epochs": 4, "batch_size": 256}
         variants = [{"amp": "off", "channels_last": "off"}, {"amp": "bf16", "channels_last": "off"},
                     {"amp": "bf16", "channels_last": "on"}, {"amp": "bf16", "channels_last": "on", "compile": True}]
@@ -218,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
             r = _ddp(folder, tmp, gpus, common)
             print(f"{gpus} GPUs: " + (f"{r['images_per_s']:.0f} images/s, {r['steps']} steps, {r['seconds']:.1f}s"
                                       if r["ok"] else f"FAILED: {r['error']}"))
+
+        lr = 20.0 if device.type == "cpu" else 3.0
+        print(f"\n4. self-healing on the device (the trainer at lr {lr}, {common})")
+        print(f"{'heal':<6} {'heals':>5} {'val acc':>8} {'wall s':>7}  stopped / error")
+        for row in heal_on_device(device, folder, tmp, lr, **common):
+            print(f"{str(row['heal']):<6} {row['heals']:>5} {row['val_acc']:>8.4f} {row['seconds']:>7.1f}  "
+                  f"{row['stopped']} {row['error']}")
     return 0
 
 
