@@ -24,39 +24,17 @@ transformers is optional: importing this module costs nothing; `BabysitCallback`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from babysit.hooks.run import Run
+from babysit.hooks.integration import RunCallback, number, step_loss, unwrap_optimizer
 
 __all__ = ["BabysitCallback", "HFHooks", "callback_class", "unwrap_optimizer"]  # noqa: F822 - built on first use (__getattr__)
 
 _ARGS = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
          "gradient_accumulation_steps", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "optim", "seed",
          "max_grad_norm", "adam_beta1", "adam_beta2", "fp16", "bf16", "logging_steps", "eval_strategy")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside accelerate's AcceleratedOptimizer (or Lightning's LightningOptimizer): the
-    layer probes hook the optimizer's step, and a wrapper's step hooks never fire."""
-    inner = optimizer
-    for _ in range(3):
-        inner = getattr(inner, "optimizer", None)
-        if isinstance(inner, torch.optim.Optimizer):
-            return inner
-        if inner is None:
-            break
-    return optimizer
 
 
 def _model_loss(output: Any) -> torch.Tensor | None:
@@ -67,61 +45,29 @@ def _model_loss(output: Any) -> torch.Tensor | None:
     return loss.detach().float().mean()  # DataParallel returns one loss per device
 
 
-def _mean(values: list[Any]) -> Any:
-    """Mean of floats or of device tensors (the tensors stay on the device: no sync here)."""
-    if all(isinstance(v, torch.Tensor) for v in values):
-        return torch.stack([v.reshape(()) for v in values]).mean()
-    return sum(float(v) for v in values) / len(values)
-
-
 def _eval_metrics(metrics: Mapping) -> dict[str, float]:
     """eval_loss, eval_accuracy, ... -> val_loss, val_acc, ... (runtime and throughput numbers dropped)."""
     from babysit.monitor.importers.names import epoch_metrics
 
     numbers = {}
     for k, v in metrics.items():
-        x = _number(v)
+        x = number(v)
         if x is None or str(k) == "epoch" or str(k).endswith(("_runtime", "_per_second")):
             continue
         numbers[str(k)] = x
     return {k: v for k, v in epoch_metrics(numbers).items() if not k.startswith("train_")}
 
 
-class HFHooks:
+class HFHooks(RunCallback):
     """Drives a `hooks.Run` from the Hugging Face Trainer's callback events.
 
-    Args:
-        path: the run directory.
-        num_classes: C (default: the model's config.num_labels).
-        config: extra hyperparameters to record (the main TrainingArguments are recorded too).
-        on_critical: as for hooks.Run ("warn", "stop", "raise" or None).
-        watch: record per-layer statistics and first-layer snapshots (`every`, `input_shape`,
-            `snapshot_every` are passed to `Run.watch`).
-        run_kwargs: anything else `hooks.Run` accepts.
+    Args: those of `hooks.integration.RunCallback` (path, num_classes, config, watch, every, input_shape,
+    snapshot_every, and anything `hooks.Run` accepts, on_critical included). num_classes defaults to the
+    model's config.num_labels; the main TrainingArguments are recorded with `config`.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        num_classes: int | None = None,
-        config: dict | None = None,
-        *,
-        on_critical: str | None = "warn",
-        watch: bool = True,
-        every: int | None = None,
-        input_shape: tuple[int, ...] | None = None,
-        snapshot_every: int | None = None,
-        **run_kwargs: Any,
-    ):
-        super().__init__()
-        self.path = path
-        self.num_classes = num_classes
-        self.config = dict(config or {})
-        self.on_critical = on_critical
-        self.watch_model = watch
-        self.watch_kwargs = {"every": every, "input_shape": input_shape, "snapshot_every": snapshot_every}
-        self.run_kwargs = run_kwargs
-        self.run: Run | None = None
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self._step_pending = False  # an optimizer step ended; its loss may still come in on_log
         self._epoch_pending = False  # an epoch ended; its eval metrics may still come in on_evaluate
         self._epoch_losses: list[Any] = []
@@ -156,7 +102,7 @@ class HFHooks:
         self._epoch_pending = False
         metrics = dict(self._val)
         if self._epoch_losses:
-            metrics["train_loss"] = _mean(self._epoch_losses)
+            metrics["train_loss"] = step_loss(self._epoch_losses)  # the epoch's mean step loss
         self._epoch_losses, self._val = [], {}
         self.run.epoch(**metrics)
 
@@ -172,18 +118,10 @@ class HFHooks:
             return control
         config = {k: getattr(args, k) for k in _ARGS if hasattr(args, k)}
         config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in config.items()}
-        config.update(self.config)
-        c = self.num_classes
-        if c is None:
-            labels = getattr(getattr(model, "config", None), "num_labels", None)
-            c = int(labels) if isinstance(labels, int) and labels >= 2 else None
-        # Under torch.distributed, hooks.Run writes from rank 0 only (all_ranks=True: every rank, own dir).
-        self.run = Run(self.path, num_classes=c, config=config, on_critical=self.on_critical, **self.run_kwargs)
-        self.run.global_step = int(getattr(state, "global_step", 0) or 0)  # resumed: keep the step count
-        watched = model if self.watch_model and isinstance(model, torch.nn.Module) else None
-        watch_kwargs = {k: v for k, v in self.watch_kwargs.items() if v is not None}
-        # on_critical="heal" (hooks/heal.py) rolls the scheduler back too; without the model it says so and stops
-        self.run.watch(watched, unwrap_optimizer(optimizer), scheduler=kwargs.get("lr_scheduler"), **watch_kwargs)
+        labels = getattr(getattr(model, "config", None), "num_labels", None)
+        c = int(labels) if isinstance(labels, int) and labels >= 2 else None
+        self._start_run(c, config, int(getattr(state, "global_step", 0) or 0))
+        self._watch(model, optimizer, scheduler=kwargs.get("lr_scheduler"))
         if isinstance(model, torch.nn.Module):
             self._hook = model.register_forward_hook(self._capture, with_kwargs=True)
         return control
@@ -197,16 +135,15 @@ class HFHooks:
         self._flush_step()  # a step left pending (no on_log came): record it before this one
         micro, self._micro = self._micro, []
         if micro:
-            stacked = torch.stack(micro)
-            self._step_loss = stacked.sum() if self._summed else stacked.mean()
+            self._step_loss = step_loss(micro, summed=self._summed)
         self._step_pending = True  # recorded in on_log (which brings grad_norm) or at the next event
         return self._stop(control)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping | None = None, **kwargs: Any) -> Any:
         logs = logs or {}
-        loss = _number(logs.get("loss"))
+        loss = number(logs.get("loss"))
         if loss is not None:
-            grad_norm = _number(logs.get("grad_norm"))
+            grad_norm = number(logs.get("grad_norm"))
             self._flush_step(loss, **({"grad_norm": grad_norm} if grad_norm is not None else {}))
         if any(str(k).startswith("eval_") for k in logs):
             self._val.update(_eval_metrics(logs))
@@ -234,8 +171,7 @@ class HFHooks:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        if self.run is not None and not self.run.closed:
-            self.run.close()
+        self._close()
         return control
 
 

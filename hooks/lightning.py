@@ -18,14 +18,13 @@ whichever of `lightning.pytorch` and `pytorch_lightning` you already imported (e
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from babysit.hooks.huggingface import unwrap_optimizer
-from babysit.hooks.run import Run, StopTraining
+from babysit.hooks.integration import RunCallback, step_loss
+from babysit.hooks.run import StopTraining
 
 __all__ = ["BabysitCallback", "LightningHooks", "callback_class"]  # noqa: F822 - built on first use (__getattr__)
 
@@ -63,41 +62,16 @@ def _numbers(metrics: Mapping) -> dict[str, Any]:
     return out
 
 
-class LightningHooks:
+class LightningHooks(RunCallback):
     """Drives a `hooks.Run` from Lightning's callback hooks.
 
-    Args:
-        path: the run directory.
-        num_classes: C (default: the LightningModule's hparams num_classes / n_classes / num_labels).
-        config: extra hyperparameters to record (the module's hparams are recorded too).
-        on_critical: as for hooks.Run ("warn", "stop", "raise" or None).
-        watch: record per-layer statistics and first-layer snapshots (`every`, `input_shape`,
-            `snapshot_every` are passed to `Run.watch`).
-        run_kwargs: anything else `hooks.Run` accepts (flush_interval, thresholds, all_ranks, ...).
+    Args: those of `hooks.integration.RunCallback` (path, num_classes, config, watch, every, input_shape,
+    snapshot_every, and anything `hooks.Run` accepts, on_critical included). num_classes defaults to the
+    LightningModule's hparams num_classes / n_classes / num_labels; its hparams are recorded with `config`.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        num_classes: int | None = None,
-        config: dict | None = None,
-        *,
-        on_critical: str | None = "warn",
-        watch: bool = True,
-        every: int | None = None,
-        input_shape: tuple[int, ...] | None = None,
-        snapshot_every: int | None = None,
-        **run_kwargs: Any,
-    ):
-        super().__init__()
-        self.path = path
-        self.num_classes = num_classes
-        self.config = dict(config or {})
-        self.on_critical = on_critical
-        self.watch_model = watch
-        self.watch_kwargs = {"every": every, "input_shape": input_shape, "snapshot_every": snapshot_every}
-        self.run_kwargs = run_kwargs
-        self.run: Run | None = None
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self._losses: list[Any] = []  # micro-batch losses of the optimizer step in progress
         self._last_global_step = 0
 
@@ -112,31 +86,22 @@ class LightningHooks:
             hparams = dict(getattr(pl_module, "hparams", None) or {})
         except (TypeError, ValueError):
             pass
-        config = {**hparams, **self.config}
+        config = dict(hparams)
         for key in ("max_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision"):
             value = getattr(trainer, key, None)
-            if isinstance(value, (int, float, str)) and key not in config:
+            if isinstance(value, (int, float, str)) and key not in config and key not in self.config:
                 config[f"trainer.{key}"] = value
-        c = self.num_classes if self.num_classes is not None else num_classes_of(hparams)
-        self.run = Run(self.path, num_classes=c, config=config, on_critical=self.on_critical, **self.run_kwargs)
         self._last_global_step = int(getattr(trainer, "global_step", 0) or 0)
-        self.run.global_step = self._last_global_step  # resumed from a checkpoint: keep its step count
+        self._start_run(num_classes_of(hparams), config, self._last_global_step)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.run is None:
             self.setup(trainer, pl_module, "fit")
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         optimizer = optimizers[0] if optimizers else None
-        optimizer = unwrap_optimizer(optimizer)  # a wrapper's step hooks never fire: probe the real one
-        # on_critical="heal" (hooks/heal.py) rolls these back too; without the module it says so and stops
         configs = getattr(trainer, "lr_scheduler_configs", None) or []
-        heal = {"scheduler": getattr(configs[0], "scheduler", None) if configs else None,
-                "scaler": getattr(getattr(trainer, "precision_plugin", None), "scaler", None)}
-        if self.watch_model and isinstance(pl_module, torch.nn.Module):
-            self.run.watch(pl_module, optimizer, **heal,
-                           **{k: v for k, v in self.watch_kwargs.items() if v is not None})
-        else:
-            self.run.watch(None, optimizer)
+        self._watch(pl_module, optimizer, scheduler=getattr(configs[0], "scheduler", None) if configs else None,
+                    scaler=getattr(getattr(trainer, "precision_plugin", None), "scaler", None))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         run = self.run
@@ -151,14 +116,7 @@ class LightningHooks:
             return  # accumulating gradients: no optimizer step yet
         self._last_global_step = step
         losses, self._losses = self._losses, []
-        if not losses:
-            mean = None
-        elif len(losses) == 1:
-            mean = losses[0]
-        elif all(isinstance(x, torch.Tensor) for x in losses):
-            mean = torch.stack([x.float().reshape(()) for x in losses]).mean()  # stays on the device: no sync
-        else:
-            mean = sum(float(x) for x in losses) / len(losses)
+        mean = step_loss(losses)
         try:
             run.step(loss=mean)
         except StopTraining:
@@ -193,10 +151,6 @@ class LightningHooks:
     def teardown(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self._close()
-
-    def _close(self, state: str | None = None, error: BaseException | None = None) -> None:
-        if self.run is not None and not self.run.closed:
-            self.run.close(state=state, error=error)
 
     # Lightning saves callback state in checkpoints; the run directory is the state worth keeping.
     def state_dict(self) -> dict[str, Any]:
