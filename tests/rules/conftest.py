@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # scenarios.py sits next to the tests
-
-from scenarios import LATENCY  # noqa: E402 - importable only once the path above is set
+# pytest's default (prepend) import mode puts this folder, which is no package, on sys.path for its conftest
+# and test modules: scenarios.py, synth.py and userloops.py import by their plain names.
+from scenarios import LATENCY
 
 
 @pytest.fixture(scope="session")
