@@ -42,9 +42,10 @@ def _quick(cases: list[Case]) -> list[Case]:
     return [c for c in cases if c in picked]
 
 
-def run_all(cases: list[Case], jobs: int, out_root: Path, timeout: float = 300) -> list[dict]:
-    """Run cases in `jobs` spawned worker processes (each imports torch once); results in case order."""
-    tasks = [(c.name, str(out_root / c.name)) for c in cases]
+def run_all(cases: list[Case], jobs: int, out_root: Path, timeout: float = 300,
+            suite: str = "benchmarks.faults") -> list[dict]:
+    """Run cases of `suite` in `jobs` spawned worker processes (each imports torch once); results in case order."""
+    tasks = [(c.name, str(out_root / c.name), suite) for c in cases]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
     if jobs <= 1:
@@ -61,9 +62,9 @@ def run_all(cases: list[Case], jobs: int, out_root: Path, timeout: float = 300) 
                     _progress(r, len(results), len(tasks), t0)
             except mp.TimeoutError:
                 pool.terminate()
-    for name, _ in tasks:
+    for name, *_ in tasks:
         results.setdefault(name, {"name": name, "error": "no result (worker died or timed out)"})
-    return [results[n] for n, _ in tasks]
+    return [results[n] for n, *_ in tasks]
 
 
 def _progress(r: dict, done: int, total: int, t0: float) -> None:

@@ -23,14 +23,15 @@ SEVERITY = {"info": 0, "warning": 1, "critical": 2}
 
 
 # --------------------------------------------------------------------------- running
-def run_case(name: str, out_dir: str) -> dict:
-    """Train case `name` into out_dir/run, diagnose it, and return everything the scorer needs."""
+def run_case(name: str, out_dir: str, suite: str = "benchmarks.faults") -> dict:
+    """Train case `name` of `suite` (a package with a registry module) into out_dir/run, diagnose it, and
+    return everything the scorer needs."""
+    import importlib
+
     import torch
 
-    from benchmarks.faults.registry import get
-
     torch.set_num_threads(1)
-    case = get(name)
+    case = importlib.import_module(f"{suite}.registry").get(name)
     out = Path(out_dir)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -62,7 +63,7 @@ def run_case(name: str, out_dir: str) -> dict:
     return res
 
 
-def run_case_task(task: tuple[str, str]) -> dict:
+def run_case_task(task: tuple[str, ...]) -> dict:
     """run_case for a pool worker (a module-level function, so spawned processes can import it)."""
     return run_case(*task)
 
