@@ -169,28 +169,20 @@ def diagnose(s: Settings, tmp: Path) -> list[Row]:
 
 
 def dashboard(s: Settings, tmp: Path) -> list[Row]:
-    from babysit.monitor.dashboard.synthetic import append_steps, write_run
-
-    from benchmarks.dashboard import FINDING, Clock, first_view, render
+    from benchmarks.dashboard import FINDING, first_view, refreshes
+    from benchmarks.synthetic import write_run
 
     n = s.dashboard_steps
-    _log(f"[dashboard] writing a {n:,}-step run (monitor.dashboard.synthetic)")
+    _log(f"[dashboard] writing a {n:,}-step run (benchmarks/synthetic.py)")
     big = write_run(tmp / "dash-big", steps=n, epochs=100, layer_every=max(n // 1000, 1), snapshots=20,
                     findings=[FINDING])
     first_view(write_run(tmp / "dash-warm", steps=100, epochs=2))  # imports and Altair's schema, as a live app
     _log(f"[dashboard] first view x{s.first_views}")
     views = [first_view(big) for _ in range(s.first_views)]
     state = views[-1][1]
-    refresh, refresh_cpu, last = [], [], n
     _log(f"[dashboard] refresh x{s.dashboard_refreshes}")
-    for _ in range(s.dashboard_refreshes):
-        append_steps(big, last, 100)
-        last += 100
-        with Clock() as clock:
-            state.update()
-            render(state)
-        refresh.append(clock.wall)
-        refresh_cpu.append(clock.cpu)
+    clocks = refreshes(state, big, n, s.dashboard_refreshes)
+    refresh, refresh_cpu = [c.wall for c in clocks], [c.cpu for c in clocks]
     return [Row("dashboard", f"first view, {_k(n)}-step run (read, downsample, chart specs)",
                 [v[0].wall for v in views], fmt_seconds, Target(2.0, "< 2 s"), cpu=[v[0].cpu for v in views]),
             Row("dashboard", f"refresh, +100 steps on the {_k(n)}-step run", refresh, fmt_seconds,

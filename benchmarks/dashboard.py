@@ -4,7 +4,7 @@
 
 Targets (issue 4): a 1,000,000-step run's first view in under 2 s; a refresh with 100 new steps in under
 100 ms; a root with 200 runs listed in under 1 s. Synthetic runs are written in the real record format
-(monitor.dashboard.synthetic, through runfile.dumps_line, 512 steps a line like hooks.Run), with layer
+(benchmarks/synthetic.py, through runfile.dumps_line, 512 steps a line like hooks.Run), with layer
 statistics, epochs and weight snapshots.
 
 "Chart specs" means what the app sends: the Vega-Lite spec of every chart in the Run view (built and
@@ -24,9 +24,10 @@ from pathlib import Path
 
 from babysit.monitor.dashboard import charts
 from babysit.monitor.dashboard.state import RunsIndex, RunState
-from babysit.monitor.dashboard.synthetic import append_steps, write_run
 from babysit.monitor.dashboard.views import run_plans
 from streamlit.dataframe_util import convert_pandas_df_to_arrow_bytes
+
+from benchmarks.synthetic import append_steps, write_run
 
 TARGETS = {"first view": 2.0, "refresh (+100 steps)": 0.100, "runs listed": 1.0}
 FINDING = {"rule": "overfitting", "title": "Overfitting", "severity": "warning", "step": 1500, "epoch": 15,
@@ -64,6 +65,20 @@ def first_view(path: Path) -> tuple[Clock, RunState, int]:
     return clock, state, sent
 
 
+def refreshes(state: RunState, path: Path, last: int, count: int) -> list[Clock]:
+    """`count` refreshes of the Run view, each after 100 more steps appended to the run at `path` (which
+    holds `last` steps)."""
+    clocks = []
+    for _ in range(count):
+        append_steps(path, last, 100)
+        last += 100
+        with Clock() as clock:
+            state.update()
+            render(state)
+        clocks.append(clock)
+    return clocks
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.dashboard", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=1_000_000)
@@ -90,14 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"first view: {first[0] * 1000:.0f} ms wall, {first[1] * 1000:.0f} ms CPU (median of 3; sends "
               f"{sent / 1e3:.0f} kB of Arrow; loss drawn as {len(state.loss.view().x):,} points)")
 
-        clocks, last = [], args.steps
-        for _ in range(args.refreshes):
-            append_steps(big, last, 100)
-            last += 100
-            with Clock() as clock:
-                state.update()
-                render(state)
-            clocks.append(clock)
+        clocks = refreshes(state, big, args.steps, args.refreshes)
         refresh = _median(clocks)
         print(f"refresh (+100 steps): {refresh[0] * 1000:.1f} ms wall, {refresh[1] * 1000:.1f} ms CPU (median of "
               f"{args.refreshes}; slowest {max(c.wall for c in clocks) * 1000:.0f} ms wall)")

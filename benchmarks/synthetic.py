@@ -1,4 +1,5 @@
-"""Synthetic runs in the real on-disk format, for the dashboard's benchmark and tests.
+"""Synthetic runs in the real on-disk format, for the dashboard's benchmark and tests (not shipped: tests
+import it from here, as they import the fault zoo).
 
 Records are written exactly as `hooks.Run` writes them (`runfile.dumps_line`, one line per flush of
 `flush_steps` steps), so reading them exercises the same code paths as a real run, at any size.

@@ -18,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from babysit.monitor.dashboard.synthetic import write_run
+
+from benchmarks.synthetic import write_run
 
 pytestmark = pytest.mark.browser
 

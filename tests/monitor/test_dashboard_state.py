@@ -9,7 +9,8 @@ import pytest
 from babysit.monitor import runfile
 from babysit.monitor.dashboard import state as state_mod
 from babysit.monitor.dashboard.state import RunsIndex, RunState, inside, resolve_run
-from babysit.monitor.dashboard.synthetic import append_steps, write_run
+
+from benchmarks.synthetic import append_steps, write_run
 
 NAN_FINDING = {"rule": "nonfinite_loss", "title": "Loss is NaN", "severity": "critical", "step": 150,
                "epoch": None, "message": "loss became NaN", "evidence": {"lr": 0.5}, "fix": ["lower the lr"]}
