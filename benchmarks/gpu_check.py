@@ -79,8 +79,11 @@ def _loop(model, optimizer, x, y, batch: int, steps: int, device, amp: bool, run
 
 
 def hook_overhead(device: torch.device, model_name: str, side: int, channels: int, batch: int, steps: int,
-                  pairs: int, width: int = 16) -> dict:
-    """Median ratio (hooks / plain) of the loop's wall time over interleaved pairs, plus ms/step plain."""
+                  pairs: int, width: int = 16, watch: bool = True, profile: bool = False) -> dict:
+    """Median ratio (hooks / plain) of the loop's wall time over interleaved pairs, plus ms/step plain.
+
+    watch=False records the loss only (no layer probes, no structure checks): the per-step path alone.
+    profile=True runs the last hooked loop under cProfile and adds the hooks' top functions to the result."""
     from babysit.trainer.config import TrainConfig
     from babysit.trainer.models import build_model
 
@@ -111,14 +114,41 @@ def hook_overhead(device: torch.device, model_name: str, side: int, channels: in
                     timings[variant] = _loop(model, optimizer, x, y, batch, steps, device, amp)
                 else:
                     with hooks.Run(Path(tmp, f"run{i}"), num_classes=10, on_critical="warn") as run:
-                        run.watch(model, optimizer, input_shape=(channels, side, side))
-                        timings[variant] = _loop(model, optimizer, x, y, batch, steps, device, amp, run)
+                        if watch:
+                            run.watch(model, optimizer, input_shape=(channels, side, side))
+                        if profile and i == pairs:
+                            top = _profiled(_loop, model, optimizer, x, y, batch, steps, device, amp, run)
+                        else:
+                            timings[variant] = _loop(model, optimizer, x, y, batch, steps, device, amp, run)
+            if profile and i == pairs:
+                break
             if i > 0:
                 ratios.append(timings["hooks"] / timings["plain"])
                 plain_times.append(timings["plain"])
+    if profile:
+        return {"top": top}
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"median": statistics.median(ratios), "p25": q[0], "p75": q[2],
             "plain_ms": 1e3 * statistics.median(plain_times) / steps}
+
+
+def _profiled(fn, *args) -> list[str]:
+    """The 15 functions of babysit with the most time (their own, and with what they call) during fn(*args)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    total = fn(*args)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, name), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if "babysit" in file or "/hooks/" in file or "/rules/" in file or "/monitor/" in file:
+            rows.append((cumtime, tottime, calls, f"{Path(file).parent.name}/{Path(file).name}:{line} {name}"))
+    rows.sort(reverse=True)
+    return [f"loop {total:.3f}s"] + [f"{c:8.3f}s cum {t:8.3f}s own {n:>8} calls  {where}"
+                                      for c, t, n, where in rows[:15]]
 
 
 def _steps_per_second(run_dir: Path) -> tuple[float, int]:
@@ -199,6 +229,7 @@ def _ddp(folder: Path, tmp: Path, gpus: int, common: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--cpu", action="store_true", help="tiny smoke run on the CPU (checks the script itself)")
+    parser.add_argument("--profile", action="store_true", help="also: run.step alone, and where the hooks' time goes")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.cpu:
@@ -222,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}; torch {torch.__version__}")
 
     print("\n1. hook overhead (same loop, plain vs hooks.Run + watch, bf16 + channels_last on CUDA)")
+    if args.profile:
+        model_name, s, c, batch, steps, pairs, width = overhead_cases[1 if len(overhead_cases) > 1 else 0]
+        r = hook_overhead(device, model_name, s, c, batch, steps, 1, width, watch=False)
+        print(f"{model_name} {steps} steps, run.step only (no watch): hooks/plain {r['median']:.4f}")
+        print(f"where the time goes with watch() ({model_name}, {steps} steps, cProfile):")
+        for line in hook_overhead(device, model_name, s, c, batch, steps, 1, width, profile=True)["top"]:
+            print("  " + line)
     print(f"{'model':<9} {'input':<9} {'batch':>5} {'steps':>5} {'plain ms/step':>13} {'hooks/plain':>11} "
           f"{'p25':>6} {'p75':>6}")
     for model_name, s, c, batch, steps, pairs, width in overhead_cases:
@@ -249,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{gpus} GPUs: " + (f"{r['images_per_s']:.0f} images/s, {r['steps']} steps, {r['seconds']:.1f}s"
                                       if r["ok"] else f"FAILED: {r['error']}"))
 
-        lr = 20.0 if device.type == "cpu" else 3.0
-        print(f"\n4. self-healing on the device (the trainer at lr {lr}, {common})")
+        lr, healing = 20.0, {**common, "model": "convnet"}  # no BatchNorm: lr 20 blows it up on any device
+        print(f"\n4. self-healing on the device (the trainer at lr {lr}, {healing})")
         print(f"{'heal':<6} {'heals':>5} {'val acc':>8} {'wall s':>7}  stopped / error")
-        for row in heal_on_device(device, folder, tmp, lr, **common):
+        for row in heal_on_device(device, folder, tmp, lr, **healing):
             print(f"{str(row['heal']):<6} {row['heals']:>5} {row['val_acc']:>8.4f} {row['seconds']:>7.1f}  "
                   f"{row['stopped']} {row['error']}")
     return 0
