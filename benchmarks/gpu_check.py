@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--cpu", action="store_true", help="tiny smoke run on the CPU (checks the script itself)")
     parser.add_argument("--profile", action="store_true", help="also: run.step alone, and where the hooks' time goes")
+    parser.add_argument("--profile-only", action="store_true", help="only that (a short device call)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.cpu:
@@ -253,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}; torch {torch.__version__}")
 
     print("\n1. hook overhead (same loop, plain vs hooks.Run + watch, bf16 + channels_last on CUDA)")
-    if args.profile:
+    if args.profile or args.profile_only:
         model_name, s, c, batch, steps, pairs, width = overhead_cases[1 if len(overhead_cases) > 1 else 0]
         r = hook_overhead(device, model_name, s, c, batch, steps, 1, width, watch=False)
         print(f"{model_name} {steps} steps, run.step only (no watch): hooks/plain {r['median']:.4f}")
         print(f"where the time goes with watch() ({model_name}, {steps} steps, cProfile):")
         for line in hook_overhead(device, model_name, s, c, batch, steps, 1, width, profile=True)["top"]:
             print("  " + line)
+        if args.profile_only:
+            return 0
     print(f"{'model':<9} {'input':<9} {'batch':>5} {'steps':>5} {'plain ms/step':>13} {'hooks/plain':>11} "
           f"{'p25':>6} {'p75':>6}")
     for model_name, s, c, batch, steps, pairs, width in overhead_cases:
