@@ -1,8 +1,9 @@
 """At most N alerts per rule in any window of seconds; what is held back is summarized once the window frees.
 
 W&B rate-limits alerts per title for the same reason: a NaN hitting 200 runs of a sweep at once is one problem,
-not 200 pages. The watcher asks `allow(rule, run)` before announcing, and every tick `due()` hands it the
-summaries ready to print ("nonfinite_loss: 195 more alert(s) held back ...").
+not 200 pages. `RateLimited` wraps a sink with it: it asks `allow(rule, run)` before passing an alert on, and
+`flush()` (every tick of the watcher) sends the summaries that are due as notes ("nonfinite_loss: 195 more
+alert(s) held back ...").
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["RateLimit"]
+__all__ = ["RateLimit", "RateLimited"]
 
 
 class RateLimit:
@@ -61,3 +63,34 @@ class RateLimit:
         shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
         return (f"{rule}: {len(runs)} more alert(s) held back by the rate limit "
                 f"({self.limit} per {self.window:g} s): {shown}")
+
+
+class RateLimited:
+    """A sink wrapper: alerts go on to `inner` within the rate limit; notes always do (they are few)."""
+
+    def __init__(self, inner: Any, rate: RateLimit):
+        self.inner = inner
+        self.rate = rate
+        self.sent = 0  # alerts passed on
+
+    def emit(self, alert: Any) -> None:
+        if self.rate.allow(alert.rule, alert.run):
+            self.sent += 1
+            self.inner.emit(alert)
+
+    def note(self, text: str) -> None:
+        self.inner.note(text)
+
+    def flush(self, force: bool = False) -> None:
+        """Send the summaries whose window has room again (all of them when `force`)."""
+        for rule, runs in self.rate.due(force):
+            self.inner.note(self.rate.summary(rule, runs))
+
+    def next_due(self) -> float | None:
+        return self.rate.next_due()
+
+    def close(self, deadline: float | None = None) -> None:
+        try:
+            self.flush(force=True)
+        finally:
+            self.inner.close(deadline)

@@ -1,20 +1,20 @@
 """Where `babysit watch` sends an alert: the terminal, the run's findings log, a webhook, a command.
 
 A sink has `emit(alert)`, `note(text)` (a line that is not a finding: a suppression summary) and
-`close(deadline)`. The terminal and the log are written inline (microseconds); the webhook and the command run
-in a background thread behind a bounded queue, so a slow or dead endpoint never delays the watcher or the
-other sinks. The webhook URL is a secret (it is the credential): it is never printed or logged.
+`close(deadline)`; `Fanout` makes several sinks one (the watcher wraps that in the rate limit and --stop-on,
+monitor/ratelimit.py and monitor/watch_stop.py). The terminal and the log are written inline (microseconds);
+the webhook and the command run in a background thread behind a bounded queue, so a slow or dead endpoint never
+delays the watcher or the other sinks. The webhook URL is a secret (it is the credential): it is never printed
+or logged.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import queue
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -22,31 +22,28 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from babysit.monitor import runfile
+from babysit.rules.base import SEVERITIES, severity_rank  # the one scale; re-exported
 
 __all__ = [
     "SEVERITIES",
     "severity_rank",
     "Alert",
     "TerminalSink",
+    "Fanout",
     "FindingsLog",
     "WebhookSink",
     "ExecSink",
     "printable",
 ]
 
-SEVERITIES = ("info", "warning", "critical")
 _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[1;31m"}
 _DIM, _RESET = "\033[2m", "\033[0m"
-
-
-def severity_rank(severity: Any) -> int:
-    """info 0, warning 1, critical 2; anything else counts as info."""
-    return SEVERITIES.index(severity) if severity in SEVERITIES else 0
 
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
@@ -105,12 +102,18 @@ class Alert:
 
     def text(self) -> str:
         """The plain one-line form: `CRITICAL exp1 nonfinite_loss: loss is NaN at step 212 | fix: ...`."""
-        line = (f"{self.severity.upper()} {_one_line(self.run)} {_one_line(self.rule, 200)}: "
+        return self._line(color=False)
+
+    def _line(self, color: bool) -> str:
+        """The one-line form, with ANSI colours for a terminal when `color`."""
+        c, dim, reset = (_COLOURS[self.severity], _DIM, _RESET) if color else ("", "", "")
+        severity = f"{self.severity.upper():<8}" if color else self.severity.upper()  # aligned on a terminal
+        line = (f"{c}{severity}{reset} {_one_line(self.run)} {c}{_one_line(self.rule, 200)}{reset}: "
                 f"{_one_line(self.finding.get('message', ''))}")
         if self.previous:
             line += f" (was {self.previous})"
         if self.first_fix:
-            line += f" | fix: {self.first_fix}"
+            line += f" {dim}|{reset} fix: {self.first_fix}"
         return line
 
     def record(self) -> dict:
@@ -153,18 +156,7 @@ class TerminalSink:
 
     def emit(self, alert: Alert) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(alert.time))
-        if not self.color:
-            self._write(f"{stamp} {alert.text()}")
-            return
-        c = _COLOURS[alert.severity]
-        msg = _one_line(alert.finding.get("message", ""))
-        line = (f"{_DIM}{stamp}{_RESET} {c}{alert.severity.upper():<8}{_RESET} {_one_line(alert.run)} "
-                f"{c}{_one_line(alert.rule, 200)}{_RESET}: {msg}")
-        if alert.previous:
-            line += f" (was {alert.previous})"
-        if alert.first_fix:
-            line += f" {_DIM}|{_RESET} fix: {alert.first_fix}"
-        self._write(line)
+        self._write(f"{_DIM}{stamp}{_RESET} {alert._line(True)}" if self.color else f"{stamp} {alert.text()}")
 
     def note(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
@@ -173,6 +165,38 @@ class TerminalSink:
 
     def close(self, deadline: float | None = None) -> None:
         pass
+
+
+class Fanout:
+    """The sinks as one: each gets every note and the alerts at or above its `min_severity` (default info);
+    one sink failing (one line on stderr) never silences the others."""
+
+    def __init__(self, sinks: Iterable[Any] = (), warn: Callable[[str], None] = lambda text: None):
+        self.sinks = list(sinks)
+        self.warn = warn
+
+    def emit(self, alert: Alert) -> None:
+        rank = severity_rank(alert.severity)
+        for sink in self.sinks:
+            if rank >= severity_rank(getattr(sink, "min_severity", "info")):
+                self._call(sink, sink.emit, alert)
+
+    def note(self, text: str) -> None:
+        for sink in self.sinks:
+            self._call(sink, sink.note, text)
+
+    def _call(self, sink: Any, method: Callable[[Any], None], arg: Any) -> None:
+        try:
+            method(arg)
+        except Exception as exc:  # noqa: BLE001 - one sink failing never silences the others
+            self.warn(f"{type(sink).__name__} failed: {type(exc).__name__}")
+
+    def close(self, deadline: float | None = None) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close(deadline)
+            except Exception:  # noqa: BLE001 - closing is best effort: the others still get their deadline
+                pass
 
 
 class FindingsLog:
@@ -185,18 +209,7 @@ class FindingsLog:
     def write(self, alert: Alert) -> None:
         rec = alert.record()
         rec.pop("run_dir", None)
-        path = alert.run_dir / runfile.FINDINGS
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as e:
-            if e.errno == errno.ELOOP or (e.errno == errno.ENXIO):  # a symlink; a FIFO nobody reads
-                raise OSError(e.errno, f"{runfile.FINDINGS} is not a regular file; not written") from None
-            raise
-        with os.fdopen(fd, "ab") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise OSError(errno.EINVAL, f"{runfile.FINDINGS} is not a regular file; not written")
-            f.write(runfile.dumps_line(rec).encode("utf-8"))
+        runfile.append_findings(alert.run_dir, [rec])  # refuses a symlink or a FIFO with an OSError
 
 
 class _Worker:
