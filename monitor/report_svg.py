@@ -14,10 +14,13 @@ import itertools
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 
 import numpy as np
+from babysit.monitor.dashboard.downsample import SeriesBuffer, nonfinite_runs
+from babysit.monitor.weights_image import Grid, filter_grid
+from babysit.rules.base import fmt
 
 __all__ = [
     "Line",
@@ -84,30 +87,16 @@ class _Scale:
 
 
 def minmax_downsample(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ~2 points per bucket: each bucket's min and max in their original order; a bucket that holds
-    a non-finite value keeps one NaN so the drawn line breaks there. Short series come back unchanged."""
+    """At most ~2 points per bucket: the dashboard's min/max envelope (monitor/dashboard/downsample.py), plus
+    one NaN where each run of non-finite values starts, so the drawn line breaks there. Short series come back
+    unchanged."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = len(y)
-    if n <= 2 * buckets:
+    if len(y) <= 2 * buckets:
         return x, y
-    edges = np.linspace(0, n, buckets + 1).astype(np.int64)
-    keep: list[int] = []
-    finite = np.isfinite(y)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        if hi <= lo:
-            continue
-        seg = y[lo:hi]
-        ok = finite[lo:hi]
-        picks = set()
-        if ok.any():
-            idx = np.flatnonzero(ok)
-            picks.add(lo + int(idx[np.argmin(seg[idx])]))
-            picks.add(lo + int(idx[np.argmax(seg[idx])]))
-        if not ok.all():
-            picks.add(lo + int(np.flatnonzero(~ok)[0]))
-        keep.extend(sorted(picks))
-    keep_arr = np.asarray(keep, dtype=np.int64)
-    return x[keep_arr], y[keep_arr]
+    rows = SeriesBuffer(2 * buckets).extend(x, y).rows()
+    starts = np.asarray([run[0] for run in nonfinite_runs(y)], dtype=np.int64)
+    keep = np.union1d(rows, starts)
+    return x[keep], y[keep]
 
 
 def _nice(x: float) -> float:
@@ -148,6 +137,8 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 
 def fmt_tick(v: float) -> str:
+    """An axis label, not a value: as short as the tick spacing allows (1e-05, 0.002, 12,000), so it differs
+    from the values' `fmt` (significant digits, scientific when tiny or huge, as findings' messages say them)."""
     if v == 0:
         return "0"
     a = abs(v)
@@ -156,12 +147,6 @@ def fmt_tick(v: float) -> str:
         return f"{m}e{int(e)}"
     if a >= 1000:
         return f"{v:,.0f}"
-    return f"{v:.4g}"
-
-
-def _fmt_value(v: float) -> str:
-    if not math.isfinite(v):
-        return "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     return f"{v:.4g}"
 
 
@@ -281,7 +266,7 @@ def line_chart(
             for xv, yv, a, b in zip(x, y, px, py, strict=True):
                 if math.isfinite(a) and math.isfinite(b):
                     out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.6" fill="{ln.color}">'
-                               f'<title>{escape(ln.label)}: {escape(_fmt_value(yv))} at {escape(x_label)} '
+                               f'<title>{escape(ln.label)}: {escape(fmt(yv, 4))} at {escape(x_label)} '
                                f'{escape(fmt_tick(xv))}</title></circle>')
         # Non-finite values (and values a log axis cannot show) as markers on the edge, one per pixel column.
         bad = ~np.isfinite(ln.y) | ((ln.y <= 0) if log_y else False)
@@ -298,7 +283,7 @@ def line_chart(
                 ey = top + ph - 2 if down else top + 2
                 tri = (f"{col - 4},{ey - 6 if down else ey + 6} {col + 4},{ey - 6 if down else ey + 6} {col},{ey}")
                 out.append(f'<polygon class="nonfinite" points="{tri}" fill="{BAD}"><title>{escape(ln.label)}: '
-                           f'{escape(_fmt_value(yv))} at {escape(x_label)} {escape(fmt_tick(xv))}</title></polygon>')
+                           f'{escape(fmt(yv, 4))} at {escape(x_label)} {escape(fmt_tick(xv))}</title></polygon>')
     out.append("</g>")
     if first_bad is not None:
         px = float(sx(first_bad))
@@ -348,88 +333,3 @@ def png_bytes(pixels: np.ndarray, use_pillow: bool = True) -> bytes:
 
 def png_data_uri(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode("ascii")
-
-
-@dataclass
-class Grid:
-    """A picture of a layer's weights: pixels, how it was drawn, and how many values were not finite."""
-
-    pixels: np.ndarray
-    caption: str
-    nonfinite: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def _as_filters(w: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """(n, channels, h, w) filters and how they were read, or None for a plain matrix."""
-    if w.ndim == 4:
-        return w, "filters"
-    if w.ndim == 3:
-        return w[:, None], "filters"
-    if w.ndim == 2:
-        n, d = w.shape
-        side = int(round(math.sqrt(d)))
-        if side * side == d and side >= 3:
-            return w.reshape(n, 1, side, side), f"rows as {side}x{side} images"
-        side = int(round(math.sqrt(d / 3)))
-        if 3 * side * side == d and side >= 3:
-            return w.reshape(n, 3, side, side), f"rows as {side}x{side} RGB images"
-    return None, "matrix"
-
-
-def _normalize(a: np.ndarray) -> np.ndarray:
-    """To [0, 255], each filter on its own range (as CS231n shows filters); NaN/inf set aside."""
-    finite = np.isfinite(a)
-    if not finite.any():
-        return np.zeros(a.shape, dtype=np.uint8)
-    lo, hi = float(a[finite].min()), float(a[finite].max())
-    scaled = (np.where(finite, a, lo) - lo) / ((hi - lo) or 1.0)
-    return np.round(255 * scaled).astype(np.uint8)
-
-
-def filter_grid(w: np.ndarray, max_filters: int = 256, max_side: int = 512) -> Grid:
-    """Filters tiled in a near-square grid (1-pixel gaps), each normalized on its own; a matrix that is not
-    filters as one heat map. Non-finite weights are painted red."""
-    w = np.asarray(w, dtype=float)
-    filters, how = _as_filters(w)
-    nonfinite = int((~np.isfinite(w)).sum())
-    notes = []
-    if filters is None:
-        m = w.reshape(w.shape[0], -1) if w.ndim >= 2 else w.reshape(1, -1)
-        if m.shape[0] > max_side or m.shape[1] > max_side:
-            rows, cols = m.shape
-            notes.append(f"first {min(rows, max_side)} x {min(cols, max_side)} of {rows} x {cols}")
-            m = m[:max_side, :max_side]
-        grey = _normalize(m)
-        rgb = np.stack([grey] * 3, axis=-1)
-        rgb[~np.isfinite(m)] = (214, 39, 40)
-        return Grid(rgb, f"{w.shape[0]} x {int(np.prod(w.shape[1:]))} matrix", nonfinite, notes)
-    n, c, h, wd = filters.shape
-    if n > max_filters:
-        notes.append(f"first {max_filters} of {n} filters")
-        filters = filters[:max_filters]
-        n = max_filters
-    if c == 3:
-        how += " (RGB)"
-        tiles = filters
-    else:
-        if c > 1:
-            how += f" (input channel 1 of {c})"
-        tiles = filters[:, :1]
-    cols = max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / cols)
-    gap = 1
-    out = np.full((rows * (h + gap) + gap, cols * (wd + gap) + gap, 3), 235, dtype=np.uint8)
-    for i in range(n):
-        r, cidx = divmod(i, cols)
-        y0, x0 = gap + r * (h + gap), gap + cidx * (wd + gap)
-        tile = tiles[i]
-        img = np.stack([_normalize(tile[k]) for k in range(tile.shape[0])], axis=-1)
-        if img.shape[-1] == 1:
-            img = np.repeat(img, 3, axis=-1)
-        if tile.shape[0] == 3:  # RGB filters share one range, else the colours lie
-            img = np.moveaxis(_normalize(tile), 0, -1)
-        bad = ~np.isfinite(tile).all(axis=0)
-        img[bad] = (214, 39, 40)
-        out[y0 : y0 + h, x0 : x0 + wd] = img
-    return Grid(out, f"{n} {how}, {h}x{wd}" if how.startswith("filters") else f"{n} {how}", nonfinite, notes)

@@ -23,6 +23,7 @@ from typing import Any
 import altair as alt
 import numpy as np
 import pandas as pd
+from babysit.monitor.weights_image import filter_grid
 
 __all__ = [
     "COLORS",
@@ -526,62 +527,18 @@ def search_chart(*args: Any, **kwargs: Any) -> alt.Chart:
 
 
 # ----------------------------------------------------------------- weights
-_BAD_PIXEL = np.array([1.0, 0.0, 1.0])  # magenta: a NaN/inf weight, impossible to miss
-
-
-def _as_tiles(arr: np.ndarray) -> np.ndarray:
-    """Any first-layer weight array as (N, H, W, 3) tiles, one per output unit."""
-    a = np.asarray(arr, dtype=float)
-    if a.ndim == 1:
-        a = a[None, None, :]
-    if a.ndim == 2:  # a Linear layer's rows: images when they are square (or 3 x square), else strips
-        n, d = a.shape
-        s = math.isqrt(d)
-        s3 = math.isqrt(d // 3) if d % 3 == 0 else 0
-        if s * s == d:
-            a = a.reshape(n, s, s)
-        elif s3 and 3 * s3 * s3 == d:
-            a = a.reshape(n, 3, s3, s3)
-        else:
-            a = a.reshape(n, 1, d)
-    if a.ndim == 3:
-        a = a[:, None]
-    if a.ndim > 4:
-        a = a.reshape(a.shape[0], -1, a.shape[-2], a.shape[-1])
-    n, c, h, w = a.shape
-    if c == 3:
-        return np.moveaxis(a, 1, -1)
-    gray = a[:, 0] if c == 1 else a.mean(axis=1)
-    return np.repeat(gray[..., None], 3, axis=-1)
-
-
 def weight_grid(arr: np.ndarray, *, max_tiles: int = 256, pad: int = 1, target_px: int = 420,
                 background: float = 0.35) -> np.ndarray:
-    """First-layer filters (conv) or templates (linear) as one RGB image in [0, 1], each tile scaled on its own.
+    """First-layer filters (conv) or templates (linear) as one RGB image in [0, 1], each tile scaled on its own
+    (the report's picture, monitor/weights_image.py, scaled up for the page).
 
     Smooth, structured tiles mean a healthy layer; salt-and-pepper tiles mean noise (too high a learning rate,
-    too little regularization, or not trained long enough). NaN/inf weights show as magenta pixels.
+    too little regularization, or not trained long enough). NaN/inf weights show as magenta pixels, impossible
+    to miss (the page says so under the pictures).
     """
-    tiles = _as_tiles(arr)[:max_tiles]
-    n, h, w, _ = tiles.shape
-    bad = ~np.isfinite(tiles)
-    safe = np.where(bad, np.nan, tiles)
-    with np.errstate(invalid="ignore", all="ignore"):
-        lo = np.nanmin(safe.reshape(n, -1), axis=1) if safe.size else np.zeros(n)
-        hi = np.nanmax(safe.reshape(n, -1), axis=1) if safe.size else np.zeros(n)
-    lo, hi = np.nan_to_num(lo), np.nan_to_num(hi)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    scaled = (np.nan_to_num(safe) - lo[:, None, None, None]) / span[:, None, None, None]
-    scaled = np.where((hi > lo)[:, None, None, None], scaled, 0.5)
-    scaled = np.where(bad.any(axis=-1, keepdims=True), _BAD_PIXEL, np.clip(scaled, 0.0, 1.0))
-    cols = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), background)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
-        grid[y0 : y0 + h, x0 : x0 + w] = scaled[i]
+    grid = filter_grid(arr, max_filters=max_tiles, gap=pad, background=round(255 * background),
+                       bad=(255, 0, 255)).pixels
     scale = max(1, target_px // max(grid.shape[0], grid.shape[1]))
     if scale > 1:
         grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    return grid.astype(np.float32)
+    return grid.astype(np.float32) / 255

@@ -192,7 +192,9 @@ class SeriesBuffer:
         self._view = (self.n, x_name, result)
         return result
 
-    def _compute_view(self, x_name: str) -> Downsampled:
+    def rows(self) -> np.ndarray:
+        """The rows the envelope keeps, in order: each bucket's min and max finite rows, and the partial
+        bucket's extremes and last row."""
         nb, w, n = self._nb, self.width, self.n
         idx = np.stack([self._min_i[:nb], self._max_i[:nb]], axis=1)
         idx.sort(axis=1)
@@ -216,8 +218,12 @@ class SeriesBuffer:
             keep = np.ones(len(idx), dtype=bool)
             keep[1:] = idx[1:] != idx[:-1]
             idx = idx[keep]
-        idx = idx[np.isfinite(self._y[idx])]
+        return idx[np.isfinite(self._y[idx])]
 
+    def _compute_view(self, x_name: str) -> Downsampled:
+        nb, w, n = self._nb, self.width, self.n
+        idx = self.rows()
+        done = nb * w
         cnt = self._cnt[:nb]
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.where(cnt > 0, self._sum[:nb] / np.maximum(cnt, 1), np.nan)
