@@ -40,19 +40,12 @@ from babysit.rules.base import fmt as format_number
 
 VIEWS = ["Run", "Runs", "Compare", "Search"]
 REFRESH = {"off": None, "1 s": 1.0, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
-STATE_STYLE = {  # state -> (badge colour, icon)
-    "running": ("green", ":material/play_circle:"),
-    "finished": ("blue", ":material/check_circle:"),
-    "stopped": ("orange", ":material/stop_circle:"),
-    "crashed": ("red", ":material/error:"),
-    "unknown": ("gray", ":material/help:"),
-    "unreadable": ("gray", ":material/block:"),
-}
-SEVERITY_STYLE = {  # severity -> (badge colour, icon)
-    "critical": ("red", ":material/error:"),
-    "warning": ("orange", ":material/warning:"),
-    "info": ("blue", ":material/info:"),
-}
+# A badge's (colour, icon) for a run state and for a finding's severity.
+STATE_STYLE = {word: (colour, f":material/{icon}:") for word, colour, icon in (
+    ("running", "green", "play_circle"), ("finished", "blue", "check_circle"), ("stopped", "orange", "stop_circle"),
+    ("crashed", "red", "error"), ("unknown", "gray", "help"), ("unreadable", "gray", "block"))}
+SEVERITY_STYLE = {word: (colour, f":material/{icon}:") for word, colour, icon in (
+    ("critical", "red", "error"), ("warning", "orange", "warning"), ("info", "blue", "info"))}
 
 # Our own constant CSS (no user data in it): a coloured edge on finding cards, tighter metric cards.
 _CSS = """
@@ -356,18 +349,18 @@ def _not_evaluated_caption(state: RunState) -> None:
                                                      for x in skipped[:8]))
 
 
-def accuracy_section(plan: charts.ChartPlan | None) -> None:
-    st.markdown("#### Accuracy")
-    if plan is None:
-        st.caption("No accuracy yet: it appears after the first `run.epoch(train_acc=..., val_acc=...)`.")
-        return
-    chart(plan)
+# A chart's heading, and what to say when its series is not recorded yet.
+MISSING = {
+    "accuracy": ("Accuracy", "No accuracy yet: it appears after the first `run.epoch(train_acc=..., val_acc=...)`."),
+    "lr": ("Learning rate", "No learning rate recorded: pass the optimizer to `run.watch(model, optimizer)`."),
+}
 
 
-def lr_section(plan: charts.ChartPlan | None) -> None:
-    st.markdown("#### Learning rate")
+def plan_section(kind: str, plan: charts.ChartPlan | None) -> None:
+    title, missing = MISSING[kind]
+    st.markdown(f"#### {title}")
     if plan is None:
-        st.caption("No learning rate recorded: pass the optimizer to `run.watch(model, optimizer)`.")
+        st.caption(missing)
         return
     chart(plan)
 
@@ -477,9 +470,9 @@ def _run_page(state: RunState, name: str) -> None:
             findings_section(state, name)
         left, right = st.columns(2, gap="medium")
         with left:
-            accuracy_section(plans.get("accuracy"))
+            plan_section("accuracy", plans.get("accuracy"))
         with right:
-            lr_section(plans.get("lr"))
+            plan_section("lr", plans.get("lr"))
         layers_tab, weights_tab, details_tab = st.tabs(["Layers", "Weights", "Details"])
         with layers_tab:
             layers_section(state, plans)
