@@ -62,16 +62,25 @@ class LrTooHigh(Rule):
         keep = (ctx.ur_steps >= (ctx.first_step or 1) + 5) & np.isfinite(ctx.ur_values)
         rs, rv = self.ratios.extend(ctx.ur_steps[keep], ctx.ur_values[keep])
         init = ctx.initial_loss
-        if init is None or init <= 0 or not ctx.initial_final or len(x) < self.w or not np.isfinite(x).all():
-            return []  # a NaN is nonfinite_loss's to report; the tail keeps it out for a window
+        if init is None or init <= 0 or not ctx.initial_final or len(x) < self.w:
+            return []
         c, _ = infer_num_classes(ctx)
         ref = math.log(c) if c else init
-        win = self._windows(x, steps, n, ctx, ref, init, c is not None)
-        for k in np.flatnonzero(win["rose"] | win["stuck"]):
+        # beyond 1e6 x its start a loss has exploded whatever its value (NaN and inf included); capped, the
+        # running sums below keep their precision after a 1e25 spike has passed (otherwise later windows read
+        # as 0 and 'rose back'). A window holding a non-finite loss is nonfinite_loss's to report: skipped, the
+        # same whether the NaN came in this batch or an earlier one.
+        finite = np.isfinite(x)
+        cap = 1e6 * max(ref, init)
+        win = self._windows(np.where(finite, np.minimum(x, cap), cap), steps, n, ctx, ref, init, c is not None)
+        bad = np.r_[0, np.cumsum(~finite)]
+        clean = bad[win["ends"] + 1] - bad[win["ends"] + 1 - self.w] == 0
+        for k in np.flatnonzero((win["rose"] | win["stuck"]) & clean):
             end, start = int(steps[win["ends"][k]]), int(steps[win["ends"][k] - self.w + 1])
             inside = rv[(rs >= start) & (rs <= end)]  # the ratio while the loss sits there
             ratio = float(np.median(inside)) if len(inside) else math.nan
             at = {key: float(v[k]) for key, v in win.items() if key != "ends"}
+            at["level"] = float(np.mean(x[win["ends"][k] - self.w + 1 : win["ends"][k] + 1]))  # uncapped
             why = self._evidence(ctx, end, at["peak"], ratio, init, bool(at["rose"]), at["min_before"], at["low"],
                                  at["level"], at["sd"])
             if why:

@@ -233,20 +233,30 @@ class DeadUnits(_LayerRule):
         if not cols:
             return []
         dead = view.stat("dead_frac")
-        units = view.stat("num_units")
-        best = None
+        # the first sustained record (warning, or critical if all but dead) and the first all-dead one, each
+        # over every record of the batch: escalation must not depend on how the records were batched
+        first: dict[str, tuple] = {}
         for c in cols:
             name = view.names[c]
             col = dead[:, c]
             if name not in self.at_init and np.isfinite(col).any():
                 self.at_init[name] = float(col[np.isfinite(col)][0])
             lim = self.limit(name, ctx)
-            i, n = self.sustained(self.streaks.setdefault(name, Streak()), col >= lim, view, "dead_records")
-            if i is not None and (best is None or (i, -col[i]) < (best[0], -dead[best[0], best[1]])):
-                best = (i, c, n, lim)
-        if best is None:
-            return []
-        i, c, n, lim = best
+            ok, runs = self.streaks.setdefault(name, Streak()).feed_all(
+                col >= lim, view.steps, int(self.th["dead_records"]), self.th["sustain_steps"])
+            for key, cond in (("any", ok), ("critical", ok & (col >= 0.99))):
+                i = first_true(cond)
+                if i is not None and (key not in first or (i, -col[i]) < (first[key][0], -dead[first[key][0],
+                                                                                                   first[key][1]])):
+                    first[key] = (i, c, int(runs[i]), lim)
+        found = []
+        for key in ("any", "critical"):
+            if key in first:
+                found += self._report(view, ctx, *first[key])
+        return found
+
+    def _report(self, view: LayerView, ctx: Context, i: int, c: int, n: int, lim: float) -> list[Finding]:
+        dead, units, cols = view.stat("dead_frac"), view.stat("num_units"), view.columns("relu")
         frac = float(dead[i, c])
         severity = "critical" if frac >= 0.99 else "warning"
         if self.severity == severity or self.severity == "critical":

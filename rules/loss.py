@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
-from babysit.rules.window import Tail, first_true, rolling_count, rolling_mean, runs_of
+from babysit.rules.window import Tail, first_true, rolling_mean, runs_of
 
 __all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss"]
 
@@ -108,7 +108,15 @@ class NonfiniteLoss(Rule):
 
 class LossExplosion(Rule):
     """The loss rising above where it started: a warning above `explosion_warn_factor` x the initial loss
-    (healthy runs stay under ~1.1x), critical above `explosion_factor` (the lecture's 3x: quit early)."""
+    (healthy runs stay under ~1.1x), critical above `explosion_factor` (the lecture's 3x: quit early).
+
+    A spike is an explosion only relative to the loss's own noise. The median of `explosion_window` steps
+    above the limit is enough while single steps of the preceding `explosion_noise_history` steps stayed
+    below it. A loss whose single steps already crossed the limit there (batch size 1, a heavy-tailed
+    per-sample loss: a few hard examples in a row) crosses it with a short median by chance, many times in a
+    long run; there the median of `explosion_noisy_window` steps must be above the limit: a level that rose,
+    not a cluster of hard batches.
+    """
 
     id = "loss_explosion"
     title = "Loss rose far above its initial value"
@@ -118,7 +126,9 @@ class LossExplosion(Rule):
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.w = max(int(thresholds["explosion_window"]), 1)
-        self.tail = Tail(self.w - 1, float, np.int64, float)
+        self.h = max(int(thresholds["explosion_noise_history"]), 1)
+        self.long = max(int(thresholds["explosion_noisy_window"]), self.w)
+        self.tail = Tail(max(self.w + self.h, self.long) - 1, float, np.int64, float)
         self.severity: str | None = None
 
     def update(self, batch, ctx: Context) -> list[Finding]:
@@ -129,7 +139,7 @@ class LossExplosion(Rule):
         init = ctx.initial_loss
         if init is None or not ctx.initial_final or init <= 0 or len(x) < self.w:
             return []
-        start = max(len(x) - n - (self.w - 1), 0)  # windows that end on a new step
+        first_end = max(len(x) - n, self.w - 1)  # windows that end on a new step
         levels = [("critical", self.th["explosion_factor"])]
         if self.severity is None:
             levels.append(("warning", self.th["explosion_warn_factor"]))
@@ -140,21 +150,37 @@ class LossExplosion(Rule):
             c = ctx.num_classes
             if c is not None:  # a relative rise from a tiny (fine-tuned) loss is no explosion
                 limit = max(limit, init + self.th["explosion_min_rise"] * math.log(c))
-            above = rolling_count(x > limit, self.w)
-            hit = first_true(above[start:] >= self.w // 2 + 1)
-            if hit is None:
+            ends, w = self._exploded(x > limit, first_end)
+            if not len(ends):
                 continue
             self.severity = severity
-            end = start + hit + self.w - 1
-            window = x[end - self.w + 1 : end + 1]
+            end = int(ends[0])
+            window = x[end - w[0] + 1 : end + 1]
             value, step, lr = float(np.median(window)), int(steps[end]), float(lrs[end])
             msg = (f"loss {fmt(value)} at step {step} is {fmt(value / init, 2)}x the initial {fmt(init)} "
-                   f"(median of {self.w} steps; limit {fmt(factor)}x){_lr_note(lr)}")
+                   f"(median of {int(w[0])} steps; limit {fmt(factor)}x){_lr_note(lr)}")
             evidence = {"step": step, "loss": value, "peak": float(np.nanmax(window)), "initial_loss": init,
                         "ratio": value / init, "factor": factor, "lr": lr}
             fix = list(self.fix) if severity == "critical" else [self.fix[1], self.fix[2]]
             return [self.finding(ctx, severity, step, msg, evidence, fix)]
         return []
+
+    def _exploded(self, above: np.ndarray, first_end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ends (indices into x, from first_end) of windows whose median is above the limit, judged against
+        the noise before them, and each one's window length."""
+        c = np.concatenate([[0], np.cumsum(above, dtype=np.int64)])
+        ends = np.arange(first_end, len(above))
+        if not len(ends):
+            return ends, ends
+        count = lambda lo, hi: c[hi] - c[np.maximum(lo, 0)]  # noqa: E731 - Trues in above[lo:hi]
+        short = count(ends - self.w + 1, ends + 1) >= self.w // 2 + 1
+        lo = np.maximum(ends - self.w + 1 - self.h, 0)
+        seen = ends - self.w + 1 - lo
+        noisy = count(lo, ends - self.w + 1) > self.th["explosion_noise_frac"] * np.maximum(seen, 1)
+        full = ends + 1 >= self.long
+        sustained = full & (count(ends - self.long + 1, ends + 1) >= self.long // 2 + 1)
+        hit = short & (~noisy | sustained)
+        return ends[hit], np.where(noisy, self.long, self.w)[hit]
 
 
 class FlatLoss(Rule):

@@ -46,6 +46,21 @@ TABLE: dict[str, Threshold] = {
         "loss_explosion: steps in the rolling median that must exceed the factor",
         "Lightning SpikeDetection window=10, halved for latency",
     ),
+    "explosion_noise_history": Threshold(
+        200,
+        "loss_explosion: steps before a window whose single losses show the loss's own noise",
+        "ours: long enough to see a heavy tail of hard batches (batch size 1)",
+    ),
+    "explosion_noise_frac": Threshold(
+        0.01,
+        "loss_explosion: more than this fraction of those steps above the limit is a noisy loss",
+        "ours: a 5-step median crosses by chance once single steps cross ~1-2% of the time (binomial)",
+    ),
+    "explosion_noisy_window": Threshold(
+        51,
+        "loss_explosion: steps in the rolling median that must exceed the factor when the loss is noisy",
+        "ours: a level that rose, not a cluster of hard batches; 10x explosion_window",
+    ),
     "init_steps": Threshold(
         5,
         "steps whose median is 'the initial loss' for relative comparisons",

@@ -33,7 +33,13 @@ def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
     """Means of every full window of w values (len(x) - w + 1 of them); NaN-free input expected."""
     if len(x) < w:
         return np.array([], dtype=float)
-    c = np.concatenate([[0.0], np.cumsum(x, dtype=float)])
+    x = np.asarray(x, dtype=float)
+    big = np.abs(x).max() if len(x) else 0.0
+    if big > 1e8 * max(float(np.median(np.abs(x))), 1e-300):
+        # a running sum that once held 1e25 has no digits left for 1.0 (an exploded loss that came back):
+        # sum such windows directly
+        return sliding_window_view(x, w).mean(axis=1)
+    c = np.concatenate([[0.0], np.cumsum(x)])
     return (c[w:] - c[:-w]) / w
 
 
@@ -87,11 +93,21 @@ class Streak:
 
         `min_steps`: the streak must also span this many steps (dense early sampling puts 3 records in 3 steps).
         """
+        ok, runs = self.feed_all(cond, steps, need, min_span, min_steps)
+        i = first_true(ok)
+        return i, (int(runs[i]) if i is not None else self.count)
+
+    def feed_all(self, cond: np.ndarray, steps: np.ndarray, need: int, min_span: float,
+                 min_steps: float = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(whether the streak is sustained at each record, the streak's length there), carrying the streak.
+
+        Every sustained record, not only the first: a rule that escalates on a later record of the same batch
+        then finds the same records whether the run arrives in one batch or in many.
+        """
         cond = np.asarray(cond, dtype=bool)
-        if not len(cond):
-            return None, self.count
-        if not self.count and not cond.any():  # the usual case on a healthy run: nothing to carry
-            return None, 0
+        if not len(cond) or (not self.count and not cond.any()):  # the usual case on a healthy run
+            self.count, self.start = (self.count, self.start) if not len(cond) else (0, None)
+            return np.zeros(len(cond), dtype=bool), np.zeros(len(cond), dtype=np.int64)
         runs = runs_of(cond, self.count)
         idx = np.arange(len(cond))
         start_idx = idx - runs + 1
@@ -101,5 +117,4 @@ class Streak:
         ok = cond & ((runs >= max(need, 1)) | ((runs >= 2) & (span >= min_span))) & (span >= min_steps)
         self.count = int(runs[-1])
         self.start = int(start_step[-1]) if self.count else None
-        i = first_true(ok)
-        return i, (int(runs[i]) if i is not None else self.count)
+        return ok, runs
