@@ -80,6 +80,10 @@ class RunBatch:
     def __len__(self) -> int:
         return len(self.steps) + len(self.epochs) + len(self.layers) + len(self.snapshots) + len(self.events)
 
+    # The format's snapshot loader travels with the records: the rules' engine takes it from the first batch it
+    # is fed (rules never open files), whoever reads the run (diagnose, report, dashboard, watcher, the hooks).
+    load_snapshot = staticmethod(runfile.load_snapshot)
+
 
 @dataclass
 class RunData(RunBatch):

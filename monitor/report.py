@@ -20,26 +20,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from babysit.monitor import runfile
-from babysit.monitor.report_data import (
-    DATA,
-    REQUIRES,
-    SEVERITY_ORDER,
-    data_available,
-    diagnose_all,
-    not_evaluated,
-    rule_catalogue,
-)
+from babysit.monitor.report_data import SEVERITY_ORDER, diagnose_all, not_evaluated, rule_titles
 from babysit.monitor.report_lr_find import lr_find_section
 from babysit.monitor.report_style import CSS as _CSS
 from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
-from babysit.monitor.runfile import decode_float, read_npy
+from babysit.monitor.runfile import decode_float, load_snapshot
 from babysit.monitor.sinks import printable
+from babysit.rules.base import num_classes_of
 
 from babysit.errors import UsageError
 
 # The data (report_data.py) and the stylesheet (report_style.py) live apart; re-exported here as before.
-__all__ = ["configure", "run", "build_report", "write_report", "data_available", "not_evaluated", "diagnose_all",
-           "REQUIRES", "DATA"]
+__all__ = ["configure", "run", "build_report", "write_report", "not_evaluated", "diagnose_all"]
 
 MAX_LAYERS = 12  # lines per layer chart; more is a tangle
 MAX_SNAPSHOTS = 4
@@ -329,8 +321,8 @@ def _findings(findings: list[dict], skipped: list[dict], problems: list[str], n_
         parts.append(f'<div class="problem">{esc(p)}</div>')
     if skipped:
         rows = "".join(
-            f'<tr><td><code>{esc(s["rule"])}</code></td><td>{esc(s["title"])}</td>'
-            f'<td>needs {esc(" — or — ".join(s["alternatives"]))}</td></tr>'
+            f'<tr><td><code>{esc(s.get("rule"))}</code></td><td>{esc(s.get("title"))}</td>'
+            f'<td>{esc(s.get("why"))}</td></tr>'
             for s in skipped
         )
         parts.append(f'<div class="skipped"><h3>Not evaluated for lack of data <span class="count">{len(skipped)}'
@@ -363,20 +355,10 @@ def _col(frame: pd.DataFrame, col: str) -> np.ndarray:
     return frame[col].to_numpy(dtype=float, na_value=np.nan)
 
 
-def _num_classes(meta: dict) -> int | None:
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    c = meta.get("num_classes") or config.get("num_classes")
-    try:
-        c = int(c)  # a float 1e400 (inf) raises OverflowError, a NaN ValueError
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return c if 2 <= c <= 10**9 else None
-
-
 def _charts(run_data: Any) -> str:
     steps, epochs, layers, meta = run_data.steps, run_data.epochs, run_data.layers, run_data.meta or {}
     per_epoch = (meta.get("import") or {}).get("loss_per") == "epoch"
-    c = _num_classes(meta)
+    c = num_classes_of(meta)
     figs = []
 
     loss_lines = []
@@ -463,19 +445,6 @@ def _layer_charts(layers: pd.DataFrame, meta: dict) -> list[str]:
     return [f for f in figs if f]
 
 
-def _load_snapshot(run_dir: Path, rel: str) -> np.ndarray | None:
-    """A snapshot .npy inside the run directory, without pickle; None if absent, outside, or not numbers."""
-    try:
-        root = Path(run_dir).resolve()
-        path = (root / rel).resolve()
-        if not path.is_relative_to(root):
-            return None
-        arr = read_npy(path)  # regular files only, header checked: a FIFO or a 14 PiB claim is refused
-    except (OSError, ValueError, TypeError):
-        return None
-    return arr if np.issubdtype(arr.dtype, np.number) and arr.ndim >= 1 and arr.size else None
-
-
 def _snapshots(run_data: Any) -> str:
     snaps = run_data.snapshots
     if not len(snaps):
@@ -486,7 +455,7 @@ def _snapshots(run_data: Any) -> str:
     tiles, captions = [], []
     for i in pick:
         row = snaps.iloc[i]
-        arr = _load_snapshot(run_data.path, str(row["file"]))
+        arr = load_snapshot(run_data.path, row["file"])
         label = "initialization" if int(row["step"]) == 0 else f"step {int(row['step']):,}"
         if arr is None:
             tiles.append(f'<figure class="snap missing"><div class="nopic">snapshot unreadable</div>'
@@ -604,8 +573,8 @@ def build_report(run_data: Any, findings: list[dict] | None = None, *, problems:
     if findings is None:
         findings, more = diagnose_all(run_data)
         problems = list(problems or []) + more
-    skipped = not_evaluated(run_data)
-    n_rules = len(rule_catalogue())
+    skipped = not_evaluated(run_data, findings)
+    n_rules = len(rule_titles())
     name = (run_data.meta or {}).get("name") or run_data.name
     try:
         from importlib.metadata import version

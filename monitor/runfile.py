@@ -36,6 +36,10 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_SNAPSHOT_BYTES",
     "clean_finding",
+    "clean_findings",
+    "load_snapshot",
+    "append_findings",
+    "inside_run",
 ]
 
 SCHEMA_VERSION = 1
@@ -241,6 +245,67 @@ def read_npy(path: str | os.PathLike, max_bytes: int = MAX_SNAPSHOT_BYTES) -> An
     return arr.reshape(shape, order="F" if fortran else "C").copy()
 
 
+def inside_run(run_dir: str | os.PathLike, rel: Any) -> Path | None:
+    """run_dir/rel when `rel` (read from a file or a URL: untrusted) is a relative path that stays inside the run
+    directory once symlinks are resolved; None otherwise (absolute, '..', NUL or control characters, too long)."""
+    if not isinstance(rel, str) or not rel or len(rel) > 1000 or any(ord(c) < 32 for c in rel):
+        return None
+    if os.path.isabs(rel) or rel.startswith("~") or ".." in Path(rel).parts:
+        return None
+    try:
+        root = Path(run_dir).resolve()
+        path = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an odd name
+        return None
+    return path if path.is_relative_to(root) else None
+
+
+def load_snapshot(run_dir: str | os.PathLike, rel: Any) -> Any:
+    """A snapshot's numeric array (`rel`: its path in the run directory, as the snapshot record gives it), or None.
+
+    The one way anything reads a snapshot (rules, report, dashboard): only from inside the run directory, only a
+    regular file, header checked against the file's size before anything is allocated, never a pickle or an
+    .npz (`read_npy`); an empty or 0-d array is no picture of anything and reads as None too.
+    """
+    path = inside_run(run_dir, rel)
+    if path is None:
+        return None
+    try:
+        arr = read_npy(path)
+    except (OSError, ValueError):
+        return None
+    return arr if arr.ndim >= 1 and arr.size else None
+
+
+def append_findings(run_dir: str | os.PathLike, findings: list[dict], source: str | None = None) -> None:
+    """Append findings to the run's findings.jsonl, one write(2) per line (concurrent writers interleave whole
+    lines), with `source` ("hooks", "watch") set on each when given.
+
+    Only to a regular file inside the run: a findings.jsonl that is a symlink (to ~/.bashrc, say) is never
+    written through and a FIFO never waited on. Any failure is an OSError with a one-line message, for the caller
+    to report its way (the hooks warn and train on, the watcher notes it).
+    """
+    lines = [dumps_line(f if source is None else {**f, "source": source}).encode("utf-8") for f in findings]
+    path = Path(run_dir) / FINDINGS
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
+            raise OSError(e.errno, f"{FINDINGS} is not a regular file; not written") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{FINDINGS} is not a regular file; not written")
+        for line in lines:
+            view = memoryview(line)
+            while view:  # a regular file takes it whole; a short write (a full disk) goes on or raises
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 FINDING_SEVERITIES = ("info", "warning", "critical")
 
 
@@ -268,3 +333,8 @@ def clean_finding(f: dict) -> dict:
     for key in ("step", "epoch"):
         out[key] = _finite_number(f.get(key))
     return out
+
+
+def clean_findings(records: Any) -> list[dict]:
+    """The dict lines of a findings log (RunData.findings, a tailer's), each through `clean_finding`."""
+    return [clean_finding(f) for f in records or () if isinstance(f, dict)]

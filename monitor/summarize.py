@@ -15,8 +15,9 @@ import os
 import warnings
 from pathlib import Path
 
+from babysit.monitor import runfile
 from babysit.monitor.reader import CHUNK_BYTES, RunBatch, RunData, RunTailer, is_run_dir, load_run
-from babysit.rules import Finding, OnlineDiagnoser, diagnose
+from babysit.rules import Finding, OnlineDiagnoser, diagnose, findings_of_run
 from babysit.rules.engine import RuleWarning
 
 __all__ = ["summarize_run", "load_and_diagnose", "KEPT_POINTS"]
@@ -77,6 +78,8 @@ def load_and_diagnose(
 ) -> tuple[RunData, list[Finding], list[str]]:
     """A babysit run streamed (bounded memory), anything `load_any` reads whole; then (run, findings, problems).
 
+    findings: the findings of the run as every view shows them (rules.findings_of_run: this diagnosis, plus what
+    was recorded during training that it does not reproduce, with a healed blow-up shown as history).
     problems: the messages of rules that raised and were switched off (also warned as RuleWarning).
     """
     path = Path(path)
@@ -89,6 +92,7 @@ def load_and_diagnose(
 
             run = load_any(path, mapping=mapping, num_classes=num_classes)
             findings = diagnose(run, thresholds, now=now)
+    findings = findings_of_run(findings, runfile.clean_findings(run.findings))
     problems = []
     for w in caught:
         if issubclass(w.category, RuleWarning):

@@ -9,7 +9,7 @@ Torch-free. Three callers get the same results from the same data:
 
 from babysit.rules.base import Context, Finding, Rule
 from babysit.rules.catalogue import CAUSES, RULES
-from babysit.rules.engine import OnlineDiagnoser, RuleWarning, diagnose, sort_findings
+from babysit.rules.engine import OnlineDiagnoser, RuleWarning, diagnose, findings_of_run, sort_findings
 from babysit.rules.thresholds import TABLE, THRESHOLDS
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Rule",
     "Context",
     "diagnose",
+    "findings_of_run",
     "OnlineDiagnoser",
     "THRESHOLDS",
     "TABLE",

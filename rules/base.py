@@ -8,6 +8,7 @@ A rule is a small stateful object: `update(batch, ctx)` looks only at the record
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,17 +16,51 @@ import numpy as np
 from babysit.rules.fixes import resolve_fixes
 
 __all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian", "meta_dict",
-           "meta_layers"]
+           "meta_layers", "num_classes_of", "CLASS_KEYS"]
 
+# The one severity scale: every part of babysit (rules, report, dashboard, watcher, sinks) ranks with these.
 SEVERITIES = ("info", "warning", "critical")
 
 
-def severity_rank(severity: str) -> int:
-    """info < warning < critical; unknown strings rank below info."""
+def severity_rank(severity: Any) -> int:
+    """info 0 < warning 1 < critical 2; anything else (unknown strings, None) -1, below info."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+# Names a config or hyperparameter dict uses for the number of classes, in the order they are looked up.
+CLASS_KEYS = ("num_classes", "n_classes", "num_labels", "nclasses", "classes", "n_labels")
+MAX_CLASSES = 10**9
+
+
+def _class_count(v: Any) -> int | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, str):
+        v = v.strip()
+        if not v.isdigit() or len(v) > 10:
+            return None
     try:
-        return SEVERITIES.index(severity)
-    except ValueError:
-        return -1
+        c = int(v) if isinstance(v, str) or float(v).is_integer() else None  # 10.0 counts, 10.5 does not
+    except (TypeError, ValueError, OverflowError):  # a list, NaN, 1e400
+        return None
+    return c if c is not None and 2 <= c <= MAX_CLASSES else None
+
+
+def num_classes_of(meta: Any) -> int | None:
+    """The number of classes C a run's meta (or a plain config / hyperparameter dict) names, or None.
+
+    meta["num_classes"] first (what `Run(num_classes=...)` records), then the same and the usual aliases
+    (`CLASS_KEYS`: n_classes, num_labels, ...) in meta itself and in meta["config"]. Whole numbers 2..1e9 only:
+    a bool, a fraction, NaN or 1e400 reads as unknown.
+    """
+    if not isinstance(meta, dict):
+        return None
+    for where in (meta, meta_dict(meta, "config")):
+        for key in CLASS_KEYS:
+            c = _class_count(where.get(key))
+            if c is not None:
+                return c
+    return None
 
 
 @dataclass
@@ -43,6 +78,8 @@ class Finding:
     fix_ids: list[str] = field(default_factory=list)  # parallel to fix: ids in rules/fixes.py
     caused_by: list[str] = field(default_factory=list)  # rule ids of findings that explain this one
     root_cause: str | None = None  # the most fundamental of them (its fix leads this finding's fixes)
+    recorded: bool = False  # read from findings.jsonl (recorded during training), not found by this diagnosis
+    source: str | None = None  # who recorded it ("hooks", "watch"), for a recorded finding
 
     @property
     def resolved(self) -> bool:
@@ -50,7 +87,31 @@ class Finding:
         return bool(self.evidence.get("resolved"))
 
     def to_dict(self) -> dict:
-        return _plain(asdict(self))
+        d = _plain(asdict(self))
+        for key in ("recorded", "source"):  # only where they say something: the log's lines stay as they were
+            if not d[key]:
+                del d[key]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Finding:
+        """A finding from a findings.jsonl line (cleaned by the reader: runfile.clean_finding), marked recorded."""
+        def texts(v: Any) -> list[str]:
+            return [str(x) for x in v] if isinstance(v, list) else []
+
+        def whole(v: Any) -> int | None:
+            return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+        fix = d.get("fix")
+        source = d.get("source")
+        return cls(rule=str(d.get("rule", "?")), title=str(d.get("title") or d.get("rule", "?")),
+                   severity=str(d.get("severity", "info")), step=whole(d.get("step")), epoch=whole(d.get("epoch")),
+                   message=str(d.get("message", "")),
+                   evidence=dict(d["evidence"]) if isinstance(d.get("evidence"), dict) else {},
+                   fix=[fix] if isinstance(fix, str) else texts(fix), fix_ids=texts(d.get("fix_ids")),
+                   caused_by=texts(d.get("caused_by")),
+                   root_cause=d["root_cause"] if isinstance(d.get("root_cause"), str) else None,
+                   recorded=True, source=source if isinstance(source, str) else None)
 
 
 def meta_dict(meta: Any, key: str) -> dict:
@@ -180,6 +241,8 @@ class Context:
     findings: dict = field(default_factory=dict)  # rule id -> current Finding
     initial_final: bool = False  # True once the initial loss no longer changes
     run_dir: Any = None  # pathlib.Path of the run directory when known (snapshots are relative to it)
+    # rel path -> numpy array or None: the engine's snapshot loader (rules never open files themselves)
+    load_snapshot: Callable[[str], Any] = field(default=lambda rel: None, repr=False)
     # the step records of the current update, as numpy arrays (set by the engine before rules run)
     new_step: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
     new_loss: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
@@ -230,14 +293,7 @@ class Context:
 
     @property
     def num_classes(self) -> int | None:
-        c = self.meta.get("num_classes")
-        if c is None:
-            c = meta_dict(self.meta, "config").get("num_classes")
-        try:
-            c = int(c)
-        except (TypeError, ValueError):
-            return None
-        return c if c >= 2 else None
+        return num_classes_of(self.meta)
 
     @property
     def starts_trained(self) -> bool:

@@ -94,6 +94,11 @@ def _why(need: str, seen: Seen, ctx: Context) -> str | None:
             "optimizer) records it)"
     if name == "snapshots":
         return None if seen.snapshots else "no first-layer weight snapshots"
+    if name in ("process", "test_ledger"):  # what only the hooks record: an imported log (CSV, TensorBoard) has neither
+        if not (isinstance(ctx.meta, dict) and ctx.meta.get("source")):
+            return None
+        return ("no process status (only a babysit run records one)" if name == "process"
+                else "no test-evaluation ledger (only a babysit run records one)")
     return None  # an unknown need never hides a rule
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from babysit.rules.fixes import FIXES, fix_text
 from babysit.rules.layers import observe_layers
 from babysit.rules.thresholds import resolve
 
-__all__ = ["OnlineDiagnoser", "diagnose", "Findings", "RuleWarning", "sort_findings"]
+__all__ = ["OnlineDiagnoser", "diagnose", "findings_of_run", "Findings", "RuleWarning", "sort_findings"]
 
 
 class RuleWarning(RuntimeWarning):
@@ -44,10 +45,15 @@ class OnlineDiagnoser:
         *,
         run_dir: str | Path | None = None,
         rules: list[type[Rule]] | None = None,
+        snapshot_loader: Callable[[Path, str], Any] | None = None,
     ):
         self.thresholds = resolve(thresholds)
         meta = meta if meta is not None else {}  # by reference: hooks.Run adds the model summary at watch()
         self.ctx = Context(meta=meta, thresholds=self.thresholds)
+        # Rules never open files: snapshots come through the format's loader (monitor.runfile.load_snapshot),
+        # handed in here or brought by the reader's batches (RunBatch.load_snapshot).
+        self.snapshot_loader = snapshot_loader
+        self.ctx.load_snapshot = self._load_snapshot
         meta_path = meta.get("path") if isinstance(meta, dict) else None
         self.ctx.run_dir = Path(run_dir) if run_dir is not None else (
             Path(meta_path) if isinstance(meta_path, str) and meta_path else None)
@@ -65,6 +71,9 @@ class OnlineDiagnoser:
         path = getattr(batch, "path", None)
         if ctx.run_dir is None and path is not None and str(path) not in ("", "."):
             ctx.run_dir = Path(path)
+        if self.snapshot_loader is None:
+            loader = getattr(batch, "load_snapshot", None)
+            self.snapshot_loader = loader if callable(loader) else None
         if isinstance(getattr(batch, "meta", None), dict) and batch.meta:
             ctx.meta = {**batch.meta, **{k: v for k, v in ctx.meta.items() if v is not None}}
         steps = Table(batch.steps)
@@ -148,6 +157,16 @@ class OnlineDiagnoser:
         if old is None or severity_rank(f.severity) > severity_rank(old.severity) or (f.resolved and not old.resolved):
             self.ctx.findings[f.rule] = f
             self._own[f.rule] = (f, f.message, list(f.fix_ids), list(f.fix))
+
+    def _load_snapshot(self, rel: str) -> np.ndarray | None:
+        """A snapshot array of this run (`rel`: its path in the run directory), or None when it cannot be had."""
+        if self.snapshot_loader is None or self.ctx.run_dir is None:
+            return None
+        try:
+            arr = self.snapshot_loader(Path(self.ctx.run_dir), str(rel))
+        except (OSError, ValueError):
+            return None
+        return arr if isinstance(arr, np.ndarray) else None
 
     def not_evaluated(self) -> list[dict]:
         """The rules that could not judge this run so far, and why: [{"rule", "why"}]."""
@@ -286,6 +305,26 @@ def _healed_view(findings: dict[str, Finding]) -> list[Finding]:
 # what a rollback undoes: findings about the blown-up stretch itself (hooks/heal.py rolls back on these)
 _UNDONE_BY_ROLLBACK = ("nonfinite_loss", "loss_explosion", "exploding_gradients", "noisy_loss", "dead_units",
                        "lr_too_high")
+
+
+def findings_of_run(fresh: list[Finding] | None, recorded: Any = ()) -> Findings:
+    """The findings of a run as `babysit diagnose`, the report and the dashboard all show them.
+
+    `fresh`: a diagnosis of the run (its `.not_evaluated` is kept); `recorded`: findings.jsonl's lines, cleaned
+    (monitor.runfile.clean_findings). A rule the diagnosis found speaks for itself; for any other rule the log's
+    most severe (then latest) line is added, marked `recorded` (the log keeps every escalation). Then what a heal
+    undid becomes history (`_healed_view`), for recorded findings as for fresh ones.
+    """
+    current = {f.rule: f for f in fresh or ()}
+    kept: dict[str, Finding] = {}
+    for d in recorded or ():
+        if not isinstance(d, dict):
+            continue
+        f = Finding.from_dict(d)
+        old = kept.get(f.rule)
+        if f.rule not in current and (old is None or severity_rank(f.severity) >= severity_rank(old.severity)):
+            kept[f.rule] = f
+    return Findings(sort_findings(_healed_view({**current, **kept})), getattr(fresh, "not_evaluated", None))
 
 
 def diagnose(run: Any, thresholds: dict | None = None, now: float | None = None) -> Findings:

@@ -17,6 +17,7 @@ class StalledRun(Rule):
     id = "stalled_run"
     title = "Run stalled or crashed"
     fix = ("check_process", "check_dataloader", "check_ranks")
+    needs = ("process",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
@@ -83,6 +84,7 @@ class TestSetReuse(Rule):
     id = "test_set_reuse"
     title = "Test set evaluated more than once"
     fix = ("val_for_decisions", "test_once", "fresh_test_split")
+    needs = ("test_ledger",)
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)

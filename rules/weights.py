@@ -3,13 +3,12 @@
 Trained first-layer filters are smooth (edges, blobs, strokes); random init is white noise. Roughness is the
 high-frequency energy of each filter: the mean squared difference between neighbouring pixels over 4x the
 filter's variance, 1 for white noise and near 0 for a smooth filter. Snapshots are .npy files listed in the
-snapshots frame, loaded without pickle.
+snapshots frame, loaded by the engine's loader (`ctx.load_snapshot`: the run format's, without pickle).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
@@ -88,24 +87,10 @@ class NoisyWeights(Rule):
         self.latest: tuple[int, str] | None = None
         self.progress = Progress(thresholds)  # for the train accuracy
 
-    def _load(self, ctx: Context, rel: str) -> np.ndarray | None:
-        if ctx.run_dir is None:
-            return None
-        path = Path(ctx.run_dir) / rel
-        try:
-            resolved = path.resolve()
-            if not resolved.is_relative_to(Path(ctx.run_dir).resolve()):
-                return None  # a snapshot path must stay inside the run directory
-            if not resolved.is_file():
-                return None  # a FIFO would block the diagnosis forever; a device never end
-            # mmap: a header that claims 14 PiB fails here (the file is smaller) instead of allocating them
-            arr = np.load(resolved, mmap_mode="r", allow_pickle=False)
-            if not isinstance(arr, np.ndarray) or arr.nbytes > (256 << 20):
-                return None  # an .npz, or a snapshot far bigger than a first layer
-            arr = np.array(arr)
-        except (OSError, ValueError):
-            return None
-        return arr if np.issubdtype(arr.dtype, np.number) else None
+    @staticmethod
+    def _load(ctx: Context, rel: str) -> np.ndarray | None:
+        arr = ctx.load_snapshot(rel)  # the format's loader: inside the run, header checked, no pickle
+        return arr if isinstance(arr, np.ndarray) and np.issubdtype(arr.dtype, np.number) else None
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         self.progress.feed(ctx)

@@ -23,6 +23,7 @@ from babysit.monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
 from babysit.monitor.fastread import FastRunTailer
 from babysit.monitor.reader import LineTailer, RunBatch, RunReadError, find_runs, read_meta, read_status
 from babysit.monitor.sinks import printable
+from babysit.rules.base import SEVERITIES, num_classes_of, severity_rank  # re-exported: the dashboard's scale
 
 __all__ = [
     "RunState",
@@ -32,6 +33,7 @@ __all__ = [
     "inside",
     "run_name",
     "worst_finding",
+    "findings_view",
     "severity_rank",
     "config_value",
     "LAYER_POINTS",
@@ -42,16 +44,12 @@ __all__ = [
 
 LAYER_POINTS = 400  # per layer and statistic: small multiples need fewer points than the main charts
 LAYER_CHART_STATS = ("g_norm", "update_ratio", "dead_frac", "saturated_frac", "w_norm", "zero_grad_frac")
-SEVERITIES = ("info", "warning", "critical")
 
 try:  # the rule engine is optional here: without it the dashboard shows the findings the run recorded
     from babysit.rules import OnlineDiagnoser as _OnlineDiagnoser
+    from babysit.rules import findings_of_run as _findings_of_run
 except Exception:  # noqa: BLE001 - a rules package that fails to import must not take the dashboard down
-    _OnlineDiagnoser = None
-
-
-def severity_rank(severity: Any) -> int:
-    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+    _OnlineDiagnoser = _findings_of_run = None
 
 
 def worst_finding(findings: list[dict]) -> dict | None:
@@ -62,6 +60,27 @@ def worst_finding(findings: list[dict]) -> dict | None:
         if r >= rank:
             best, rank = f, r
     return best
+
+
+def findings_view(recorded: list, diagnoser: Any = None, source: str | None = None) -> list[dict]:
+    """The findings of a run as dicts: `diagnoser`'s current ones (tagged `source`) and the recorded lines it did
+    not reproduce, through the engine's `findings_of_run`; the recorded lines as they are without an engine."""
+    recorded = runfile.clean_findings(recorded)
+    if _findings_of_run is None:
+        return recorded
+    fresh = []
+    if diagnoser is not None:
+        try:
+            fresh = diagnoser.findings
+        except Exception:  # noqa: BLE001 - a rule bug costs the dashboard's own findings, not the recorded ones
+            fresh = []
+    out = []
+    for f in _findings_of_run(fresh, recorded):
+        d = f.to_dict()
+        if source is not None and not d.get("recorded"):
+            d.setdefault("source", source)
+        out.append(d)
+    return out
 
 
 def config_value(config: Any, *names: str) -> float | None:
@@ -150,7 +169,6 @@ class RunState:
         self.events: list[dict] = []
         self.diagnoser = None
         self.diagnoser_error: str | None = None
-        self.online_findings: list[dict] = []
         self.version = 0  # bumps whenever new data arrived; lets callers skip work
         self.polled_at = 0.0
         self._rate: tuple[float, int] | None = None  # (time, step) at the previous update, for steps/s
@@ -246,16 +264,11 @@ class RunState:
     def _diagnose(self, batch: RunBatch) -> None:
         if self.diagnoser is None:
             return
-        try:
-            new = self.diagnoser.update(batch, status=self.status)
+        try:  # the current findings are read from the diagnoser when shown (findings())
+            self.diagnoser.update(batch, status=self.status)
         except Exception as exc:  # noqa: BLE001 - a rule bug must not take the dashboard down
             self.diagnoser = None
             self.diagnoser_error = f"{type(exc).__name__}: {exc}"
-            return
-        for f in new or []:
-            d = f.to_dict() if hasattr(f, "to_dict") else dict(f)
-            d.setdefault("source", "dashboard")
-            self.online_findings.append(d)
 
     # ----------------------------------------------------------------- views
     @property
@@ -271,14 +284,13 @@ class RunState:
             return self._epochs
 
     def findings(self) -> list[dict]:
-        """Recorded findings (findings.jsonl) plus the dashboard's own diagnosis, newest first.
+        """The run's findings as `babysit diagnose` and the report show them, newest first.
 
-        The dashboard's findings fill gaps only: a rule at a severity the run already recorded is not repeated.
+        The dashboard's own diagnosis plus what the run recorded (findings.jsonl) that it did not find, with a
+        healed blow-up shown as history (rules.findings_of_run). Without the rule engine: the recorded ones.
         """
         with self.lock:
-            recorded = [runfile.clean_finding(f) for f in self.tailer.findings if isinstance(f, dict)]
-            seen = {(f.get("rule"), f.get("severity")) for f in recorded}
-            merged = recorded + [f for f in self.online_findings if (f.get("rule"), f.get("severity")) not in seen]
+            merged = findings_view(self.tailer.findings, self.diagnoser, "dashboard")
         order = {id(f): i for i, f in enumerate(merged)}
 
         def key(f: dict) -> tuple:
@@ -291,8 +303,7 @@ class RunState:
         return self.loss.first_finite()
 
     def num_classes(self) -> int | None:
-        c = self.meta.get("num_classes")
-        return c if isinstance(c, int) and not isinstance(c, bool) and c > 1 else None
+        return num_classes_of(self.meta)
 
     def layer_frame(self, stat: str, lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
         """Long-form (step, layer, value) of one statistic, downsampled per layer, in layer order."""
@@ -321,14 +332,7 @@ class RunState:
 
     def load_snapshot(self, record: dict) -> np.ndarray | None:
         """A snapshot's array, read without pickle, and only from inside this run's directory."""
-        target = inside(self.path, str(record.get("file", "")))
-        if target is None:
-            return None
-        try:
-            arr = runfile.read_npy(target)  # regular files only, header checked: a FIFO or a 14 PiB claim is refused
-        except (OSError, ValueError):
-            return None
-        return arr if isinstance(arr, np.ndarray) and arr.dtype.kind in "fiub" else None
+        return runfile.load_snapshot(self.path, record.get("file"))
 
 
 class RunSummary:
@@ -428,7 +432,8 @@ class RunSummary:
         return max(times) if times else None
 
     def row(self) -> dict:
-        worst = worst_finding(self.findings)
+        findings = findings_view(self.findings)  # the table and the run's page agree: a healed blow-up is history
+        worst = worst_finding(findings)
         config = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
         error = self.error
         return {
@@ -441,7 +446,7 @@ class RunSummary:
             "last_val_acc": self.last_val_acc,
             "worst_severity": worst.get("severity") if worst else None,
             "worst_finding": (worst.get("title") or worst.get("rule")) if worst else None,
-            "findings": len(self.findings),
+            "findings": len(findings),
             "started": self.status.get("start_time") or self.meta.get("start_time"),
             "updated": self.updated,
             "lr": config_value(config, "lr", "learning_rate"),

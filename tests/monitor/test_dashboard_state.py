@@ -9,6 +9,7 @@ import pytest
 from babysit.monitor import runfile
 from babysit.monitor.dashboard import state as state_mod
 from babysit.monitor.dashboard.state import RunsIndex, RunState, inside, resolve_run
+from babysit.rules import Finding
 
 from benchmarks.synthetic import append_steps, write_run
 
@@ -44,15 +45,16 @@ def test_layer_frames_are_per_layer_and_skip_missing_statistics(tmp_path):
     assert zoom["step"].between(250, 450).all() and len(zoom) == 3 * 2
 
 
-def test_findings_are_newest_first_and_the_dashboards_own_fill_gaps_only(tmp_path, monkeypatch):
+def test_findings_are_the_dashboards_diagnosis_plus_what_it_did_not_reproduce_newest_first(tmp_path, monkeypatch):
     class FakeDiagnoser:
         def __init__(self, meta, thresholds=None):
-            self.meta = meta
+            self.meta, self.findings = meta, []
 
         def update(self, batch, status=None):
-            if not len(batch.steps):
-                return []
-            return [dict(NAN_FINDING, source=None), dict(NAN_FINDING, rule="flat_loss", severity="warning", step=10)]
+            if len(batch.steps):
+                self.findings = [Finding("nonfinite_loss", "Loss is NaN", "critical", 150, None, "fresh"),
+                                 Finding("flat_loss", "Flat", "warning", 10, None, "flat")]
+            return self.findings
 
     monkeypatch.setattr(state_mod, "_OnlineDiagnoser", FakeDiagnoser)
     path = write_run(tmp_path / "r", steps=200, findings=[OLD_FINDING, NAN_FINDING])
@@ -62,7 +64,9 @@ def test_findings_are_newest_first_and_the_dashboards_own_fill_gaps_only(tmp_pat
     found = st.findings()
     assert [(f["rule"], f["step"]) for f in found] == [("nonfinite_loss", 150), ("flat_loss", 10),
                                                       ("init_loss_mismatch", 1)]
-    assert found[1]["source"] == "dashboard"
+    # a rule the dashboard found speaks for itself; the log fills the gaps, marked as recorded
+    assert found[0]["message"] == "fresh" and found[0]["source"] == "dashboard" and "recorded" not in found[0]
+    assert found[2]["recorded"] is True
 
 
 def test_a_broken_rule_engine_does_not_take_the_dashboard_down(tmp_path, monkeypatch):

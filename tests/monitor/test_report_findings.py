@@ -1,0 +1,68 @@
+"""The findings of a run are one thing: `babysit diagnose`, the report and the dashboard show the same ones.
+
+A healed run is the hard case: the hooks recorded a critical blow-up in findings.jsonl, then rolled back and
+healed. Every view must show that blow-up as history (info, pointing at the `healed` finding), not as critical.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+
+import pytest
+from babysit.monitor import runfile
+from babysit.monitor.cli import main
+from babysit.monitor.dashboard.state import RunsIndex, RunState
+from babysit.monitor.report import write_report
+from babysit.rules import Finding, findings_of_run
+
+from benchmarks.heal import Setup, scenario
+
+
+@pytest.fixture(scope="module")
+def healed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("healed") / "r"
+    res = scenario(Setup(fault="lr_high", factor=30, steps=300), path, heal=True)
+    assert res.heals, "the scenario healed"
+    return path
+
+
+def _severities(findings) -> dict[str, str]:
+    return {f["rule"]: f["severity"] for f in findings}
+
+
+def test_a_healed_run_shows_the_same_findings_in_diagnose_the_report_and_the_dashboard(healed, tmp_path):
+    recorded = runfile.clean_findings(json.loads(x) for x in (healed / runfile.FINDINGS).read_text().splitlines())
+    critical = {f["rule"] for f in recorded if f["severity"] == "critical"}
+    assert critical, "the hooks recorded the blow-up as critical: the case this test is about"
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main(["diagnose", str(healed), "--json"])
+    diagnosed = _severities(json.loads(out.getvalue())["findings"])
+    _, data = write_report(healed, tmp_path / "report.html")
+    reported = _severities(data["findings"])
+    state = RunState(healed)
+    state.update()
+    shown = _severities(state.findings())
+
+    assert diagnosed == reported == shown
+    assert "healed" in diagnosed and "critical" not in diagnosed.values()
+    for rule in critical:  # the recorded blow-up is history in every view
+        assert diagnosed.get(rule, "info") == "info", rule
+    row = RunsIndex(healed.parent).refresh()[0].row()  # the runs table reads only the log: the same verdict
+    assert row["worst_severity"] != "critical"
+
+
+def test_recorded_findings_fill_gaps_only_and_keep_their_most_severe_line():
+    fresh = [Finding("flat_loss", "Flat", "warning", 50, 1, "fresh")]
+    log = [{"rule": "flat_loss", "severity": "critical", "step": 40, "message": "old", "source": "hooks"},
+           {"rule": "custom", "severity": "info", "step": 1, "message": "a"},
+           {"rule": "custom", "severity": "warning", "step": 2, "message": "b", "source": "watch"},
+           {"rule": "custom", "severity": "info", "step": 3, "message": "c"},
+           "not a dict"]
+    found = {f.rule: f for f in findings_of_run(fresh, runfile.clean_findings(log))}
+    assert found["flat_loss"].message == "fresh" and not found["flat_loss"].recorded
+    assert found["custom"].message == "b" and found["custom"].recorded and found["custom"].source == "watch"
+    assert found["custom"].to_dict()["recorded"] is True and "recorded" not in found["flat_loss"].to_dict()
