@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from babysit.rules.base import fmt
 
 __all__ = ["Healer", "start_healer", "HEALABLE", "POLICY", "WARMUP_STEPS"]
 
@@ -261,8 +262,8 @@ class Healer:
             self.run._on_critical({
                 "rule": "loss_explosion", "severity": "critical", "step": self.run.global_step,
                 "message": f"relapse after the heal at step {self.incident[-1]['step']}: smoothed loss "
-                           f"{_fmt(level)} is {_fmt(level / self._best)}x its best level {_fmt(self._best)} since "
-                           f"then (initial {_fmt(init)})"})
+                           f"{fmt(level)} is {fmt(level / self._best)}x its best level {fmt(self._best)} since "
+                           f"then (initial {fmt(init)})"})
             return False
         self._judge()
         return urgent or self._ripe()
@@ -381,8 +382,8 @@ class Healer:
         self._seen_findings = len(self.run.findings)
         self.run.log_event("heal", **event)
         self.run._status["healed"] = len(self.heals)
-        what = {"lr_x0.1": f"lr {_fmt(lr_before)} -> {_fmt(self._lr())}",
-                "clip_grad_norm": f"gradient norm clipped at {_fmt(clip)}",
+        what = {"lr_x0.1": f"lr {fmt(lr_before)} -> {fmt(self._lr())}",
+                "clip_grad_norm": f"gradient norm clipped at {fmt(clip)}",
                 "warmup": f"lr warmup over {self.warmup} steps"}[action]
         print(f"babysit: healed {rule} at step {step} (attempt {attempt}/{self.max_heals}): rolled back to step "
               f"{self._good.step}, {what}", file=sys.stderr)
@@ -398,7 +399,7 @@ class Healer:
         if not self.incident:
             return head
         tries = "; ".join(f"{a['attempt']}. step {a['step']}: {a['finding']}, rolled back to step "
-                          f"{a['rolled_back_to']}, {a['action']} (lr {_fmt(a['lr_before'])} -> {_fmt(a['lr_after'])})"
+                          f"{a['rolled_back_to']}, {a['action']} (lr {fmt(a['lr_before'])} -> {fmt(a['lr_after'])})"
                           for a in self.incident)
         return f"{head} -- not healed after {len(self.incident)} attempts: {tries}"
 
@@ -461,13 +462,6 @@ class Healer:
         if self._warm_lrs is not None:
             self._post_step(self.optimizer, (), {})
         self._warm_left = 0
-
-
-def _fmt(x: Any) -> str:
-    try:
-        return f"{float(x):.3g}"
-    except (TypeError, ValueError):
-        return str(x)
 
 
 def start_healer(run: Any, model: Any, optimizer: Any, scheduler: Any = None, scaler: Any = None,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
+from babysit.rules.base import fmt
 from babysit.trainer.options import add_train_options, config_from_args
 
 from babysit.errors import UsageError
@@ -30,10 +30,6 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     run_dir = args.run_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -48,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 reports
     for note in result.get("notes", []):
         print(note)
-    print(f"train acc {_fmt(result.get('train_acc'))}  val acc {_fmt(result.get('val_acc'))}"
-          f"  best val acc {_fmt(result.get('best_val_acc'))}  ({result['steps']} steps, {result['state']})")
+    names = ("train_acc", "val_acc", "best_val_acc", "probe_train_acc", "probe_val_acc")
+    acc = {k: fmt(result.get(k), 4) for k in names}
+    print(f"train acc {acc['train_acc']}  val acc {acc['val_acc']}  best val acc {acc['best_val_acc']}"
+          f"  ({result['steps']} steps, {result['state']})")
     if "probe_val_acc" in result:
-        print(f"linear probe: train acc {result['probe_train_acc']:.4f}  val acc {result['probe_val_acc']:.4f}")
+        print(f"linear probe: train acc {acc['probe_train_acc']}  val acc {acc['probe_val_acc']}")
     for f in result["findings"]:
         print(f"  {f.get('severity')}: {f.get('rule')}: {f.get('message')}")
     if result.get("reason"):
