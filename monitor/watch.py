@@ -1,8 +1,9 @@
 """`babysit watch [RUNS_ROOT | RUN ...]`: alert while runs train, on the terminal, a webhook or a command.
 
-The engine is monitor/watcher.py, the alert destinations monitor/sinks.py; this module only turns the
-command line into them and runs the loop until Ctrl-C (status 0) or, with --once, evaluates what is
-present and exits like `babysit diagnose` (0 clean, 1 something reached --fail-on, 2 bad input).
+The engine is monitor/watcher.py (observe -> diagnose -> announce -> sinks), the alert destinations
+monitor/sinks.py; this module only turns the command line into them and runs the loop until Ctrl-C (status 0)
+or, with --once, evaluates what is present and exits like `babysit diagnose` (0 clean, 1 something reached
+--fail-on, 2 bad input).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 from babysit.errors import UsageError
 
-__all__ = ["configure", "run", "parse_threshold"]
+__all__ = ["configure", "run"]
 
 DRAIN_ON_EXIT_S = 2.0  # Ctrl-C: a dead webhook may delay the exit by at most this
 DRAIN_ONCE_S = 15.0  # --once: the alerts are the point of the call, wait longer for them
@@ -40,18 +41,6 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
-
-
-def parse_threshold(text: str) -> tuple[str, float]:
-    """`name=value` from the command line; the value is a number."""
-    name, sep, raw = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise UsageError(f"--threshold wants NAME=VALUE, not {text!r}")
-    try:
-        return name, float(raw)
-    except ValueError:
-        raise UsageError(f"threshold {name} must be a number, not {raw.strip()!r}") from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -94,18 +83,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _thresholds(items: list[str]) -> dict | None:
+    """--threshold NAME=VALUE, each checked by the rules (a typo never leaves a default silently in place)."""
     if not items:
         return None
-    values = dict(parse_threshold(t) for t in items)
+    from babysit.rules.thresholds import parse_assignment  # the rules package loads in 0.5 s: only when asked
+
     try:
-        from babysit.rules.thresholds import resolve
-    except ImportError:
-        return values
-    try:
-        resolve(values)  # unknown names and non-numbers are errors: a typo never leaves a default in place
+        return dict(parse_assignment(t) for t in items)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return values
 
 
 def _sinks(args: argparse.Namespace) -> list:
