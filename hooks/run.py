@@ -39,6 +39,7 @@ RULES_YOUNG_SECONDS = 10.0
 EPOCH_RULES_BUDGET = 0.003
 # Extra flushes (and so rule evaluations) at these steps: the first losses are judged within the first steps.
 EARLY_FLUSH_STEPS = (10, 100)
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class StopTraining(RuntimeError):
@@ -157,6 +158,7 @@ class Run:
         self._scalars: dict[str, list[Any]] = {}
         self._pending: list[dict] = []  # non-step records waiting for the next flush
         self._last_flush = time.monotonic()
+        self._next_flush = self._last_flush + self.flush_interval
         self._last_status = -math.inf
         self._undiagnosed: list[dict] = []  # written records the online rules have not seen yet
         self._rules_start = time.monotonic()
@@ -437,7 +439,12 @@ class Run:
         """Count one optimizer step and record its loss (tensor or float) and learning rate(s).
 
         A value that is not a number is dropped with one warning naming it (a vector: its mean is recorded);
-        None means "not passed". A step whose loss is None (or dropped) records no row.
+        None means "not passed". A step whose loss is None (or dropped) records no row. `lr=` is the step's
+        learning rate (the lr column; without it, the watched optimizer's first group's).
+
+        The per-step cost is the whole point (microseconds, against a training step of a millisecond or
+        less): a tensor stays on its device, detached (no host sync: the flush moves every value in one
+        transfer), and the common values (0-dim float tensors, floats) skip the checks of hooks/values.py.
         """
         self.global_step += 1
         if not self.enabled:
@@ -455,32 +462,47 @@ class Run:
                 self._pending.extend(records)
         if self._healer is not None:  # heal: a candidate good state every heal_every steps
             self._guard("heal", self._healer.after_step, self.global_step)
-        if (len(self._steps) >= self.flush_steps or time.monotonic() - self._last_flush >= self.flush_interval
+        if (len(self._steps) >= self.flush_steps or time.monotonic() >= self._next_flush
                 or self.global_step in EARLY_FLUSH_STEPS):
             self._flush(force=False)
 
+    def _fast(self, where: str, name: str, value: Any) -> Any:
+        """`_value` for the values a loop passes every step: a 0-dim float tensor (kept on its device,
+        detached so the autograd graph is freed) or a float; anything else takes the checked path."""
+        kind = type(value)
+        if kind is torch.Tensor and value.ndim == 0 and value.dtype in _FLOAT_DTYPES:
+            return value.detach()
+        if kind is float:
+            return value
+        return self._value(where, name, value)
+
     def _record_step(self, loss: Any, scalars: dict[str, Any]) -> None:
-        value = self._value("run.step", "loss", loss)
+        value = self._fast("run.step", "loss", loss)
         if value is None:
             return
-        row = {}
-        for name, v in scalars.items():
-            name = self._name("run.step", name)
-            x = self._value("run.step", name, v)
-            if x is not None:
-                row[name] = x
-        lr = self._lr()
-        # Every value converted first, then the whole row appended: a bad value never shifts another column.
+        lr = scalars.pop("lr", None)  # the lr column, not a scalar named lr (which readers would shadow)
+        lr = self._lr() if lr is None else self._step_lr(lr)
         n = len(self._steps)
+        if scalars:
+            row = {}
+            clean = self._clean_names
+            for name, v in scalars.items():
+                if name not in clean:
+                    name = self._name("run.step", name)
+                x = self._fast("run.step", name, v)
+                if x is not None:
+                    row[name] = x
+            # Every value converted first, then the whole row appended: a bad value never shifts a column.
+            columns = self._scalars
+            for name, x in row.items():
+                column = columns.get(name)
+                if column is None:
+                    column = columns[name] = [math.nan] * n
+                column.append(x)
         self._steps.append(self.global_step)
         self._times.append(time.time())
         self._losses.append(value)
         self._lrs.append(lr)
-        for name, x in row.items():
-            column = self._scalars.get(name)
-            if column is None:
-                column = self._scalars[name] = [math.nan] * n
-            column.append(x)
         for column in self._scalars.values():
             if len(column) <= n:
                 column.append(math.nan)
@@ -492,10 +514,18 @@ class Run:
         if self._optimizer is None:
             return math.nan
         try:
-            lr, _ = _values.scalar(self._optimizer.param_groups[0].get("lr", math.nan))
+            lr = self._optimizer.param_groups[0].get("lr", math.nan)
         except (IndexError, AttributeError, TypeError):
             return math.nan
-        return math.nan if lr is None else lr
+        return lr if type(lr) is float else self._step_lr(lr, "the optimizer's lr")
+
+    def _step_lr(self, lr: Any, name: str = "lr") -> Any:
+        x = self._fast("run.step", name, lr)
+        if isinstance(x, torch.Tensor):
+            # A tensor lr (capturable optimizers, schedulers) changes in place: keep this step's value. A
+            # device copy, no sync.
+            x = x.clone()
+        return math.nan if x is None else x
 
     def epoch(self, **metrics: Any) -> None:
         """Record end-of-epoch metrics; `train_loss`, `train_acc`, `val_loss`, `val_acc` are known to rules."""
@@ -516,7 +546,12 @@ class Run:
             "metrics": values,
         }
         self._pending.append(record)
-        self._flush(force=False, epoch_end=True)
+        # An epoch's record goes out with the next flush; it is one now when the rules will look at it (their
+        # schedule), when heal judges it, or when the flush is due anyway. Tiny epochs (every few dozen steps)
+        # would otherwise pay a write per epoch.
+        if (self._healer is not None or time.monotonic() >= self._next_flush
+                or (self._diagnoser is not None and self._rules_due(epoch_end=True))):
+            self._flush(force=False, epoch_end=True)
 
     def log_event(self, name: str, **data: Any) -> None:
         """A free-form event (e.g. a test-set evaluation) in the log; shown by the dashboard."""
@@ -541,10 +576,9 @@ class Run:
 
     def _flush(self, force: bool, epoch_end: bool = False) -> None:
         """The records always; status.json and the online rules when `force`, a first non-finite loss or
-        their schedule (STATUS_INTERVAL, RULES_BUDGET) say so: both cost milliseconds, a step microseconds.
-        The rules' floor: every flush while the run is young (RULES_YOUNG_SECONDS), and each epoch end while
-        they fit in EPOCH_RULES_BUDGET."""
+        their schedule (STATUS_INTERVAL, `_rules_due`) say so: both cost milliseconds, a step microseconds."""
         self._last_flush = time.monotonic()
+        self._next_flush = self._last_flush + self.flush_interval
         if not self.enabled:
             return
         if self._file is not None and self._gone():
@@ -558,18 +592,28 @@ class Run:
             return
         if self._diagnoser is not None:
             self._undiagnosed.extend(records)
-            due = time.monotonic() - self._rules_start >= (self._rules_spent + self._rules_cost) / RULES_BUDGET
+            due = self._rules_due(epoch_end)
             if self._healer is not None:  # heal: judge candidates; a blow-up runs the rules at once
                 due = bool(self._guard("heal", self._healer.observe, records)) or due
-            now = time.monotonic()
-            elapsed = now - self._rules_start
-            young = elapsed < RULES_YOUNG_SECONDS and (not epoch_end or now - self._rules_last >= self.flush_interval)
-            epoch_due = epoch_end and self._rules_spent + self._rules_cost <= EPOCH_RULES_BUDGET * elapsed
-            if self._undiagnosed and (force or nonfinite or due or young or epoch_due):
+            if self._undiagnosed and (force or nonfinite or due):
                 self._guard("online rules", self._diagnose_pending)
         self._guard("stop check", self._check_stop_file)
         if nonfinite:
             self._fsynced_nonfinite = True
+
+    def _rules_due(self, epoch_end: bool) -> bool:
+        """The online rules' schedule: within RULES_BUDGET of the run's time; at every flush while the run is
+        young (RULES_YOUNG_SECONDS; an epoch end's flush adds a call only flush_interval after the last), so
+        on_critical acts within one flush of a critical condition however short the run; later at an epoch
+        end while their total stays within EPOCH_RULES_BUDGET (tiny epochs then share it)."""
+        now = time.monotonic()
+        elapsed = now - self._rules_start
+        spent = self._rules_spent + self._rules_cost
+        if elapsed * RULES_BUDGET >= spent:
+            return True
+        if elapsed < RULES_YOUNG_SECONDS and (not epoch_end or now - self._rules_last >= self.flush_interval):
+            return True
+        return epoch_end and spent <= EPOCH_RULES_BUDGET * elapsed
 
     def _take_records(self) -> list[dict] | None:
         try:
@@ -652,8 +696,7 @@ class Run:
                 self._on_critical(f)
 
     def _write_finding(self, finding: dict) -> None:
-        with open(self.path / runfile.FINDINGS, "ab") as f:
-            f.write(runfile.dumps_line(finding).encode("utf-8"))
+        runfile.append_findings(self.path, [finding])  # a regular file inside the run, one write per line
 
     def _on_critical(self, finding: dict) -> None:
         message = f"babysit: {finding.get('rule')}: {finding.get('message')}"
@@ -682,7 +725,7 @@ class Run:
 
     def _check_stop_file(self) -> None:
         stop = self.path / runfile.STOP
-        if not self.should_stop and stop.exists():
+        if not self.should_stop and os.path.exists(stop):
             try:
                 reason = runfile.read_json(stop).get("reason", "stop requested")
             except (ValueError, OSError, AttributeError):

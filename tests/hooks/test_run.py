@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import time
 import warnings
 
@@ -209,3 +210,111 @@ def test_all_ranks_writes_each_rank_into_its_own_directory(tmp_path, monkeypatch
     with hooks.Run(tmp_path / "run", on_critical=None, all_ranks=True) as run:
         run.step(loss=1.0)
     assert load_run(tmp_path / "run" / "rank2").steps["loss"].tolist() == [1.0]
+
+
+# ---------------------------------------------------------------------------------------------- the per-step path
+def test_deferred_losses_and_scalars_are_recorded_exactly_in_order(run_dir):
+    """Tensors stay on the device until the flush: what is written is still each step's own value."""
+    model, x, y = _model_and_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    seen, accs = [], []
+    with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=3600, flush_steps=37) as run:
+        run.watch(model, opt)
+        for step in range(1, 301):
+            idx = torch.randint(0, len(x), (32,))
+            logits = model(x[idx])
+            loss = nn.functional.cross_entropy(logits, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            acc = (logits.argmax(1) == y[idx]).float().mean()
+            kind = step % 4  # a float32 tensor, a Python float, a float64 tensor, a bfloat16 tensor
+            value = [loss, loss.item(), loss.double(), loss.bfloat16()][kind]
+            seen.append(float(value.detach()) if isinstance(value, torch.Tensor) else value)
+            # acc: a tensor on even steps, a float on every third, absent otherwise
+            extra = {"acc": acc} if step % 2 == 0 else {"acc": acc.item()} if step % 3 == 0 else {}
+            accs.append(float(acc) if extra else math.nan)
+            run.step(loss=value, **extra)
+    data = load_run(run_dir)
+    assert data.steps["step"].tolist() == list(range(1, 301))
+    assert data.steps["loss"].tolist() == pytest.approx(seen, rel=0, abs=0)
+    assert data.steps["acc"].tolist() == pytest.approx(accs, rel=1e-7, nan_ok=True)
+    assert data.steps["lr"].eq(0.1).all()
+
+
+def test_lr_passed_to_step_is_the_lr_column_without_a_watched_optimizer(run_dir):
+    with hooks.Run(run_dir, on_critical=None) as run:
+        for step in range(1, 21):
+            run.step(loss=1.0 / step, lr=0.01 * step if step != 7 else None)
+    data = load_run(run_dir)
+    lr = data.steps["lr"].tolist()
+    assert lr[:6] == pytest.approx([0.01 * s for s in range(1, 7)])
+    assert math.isnan(lr[6])  # lr=None: not passed, and no optimizer to read it from
+    assert lr[7:] == pytest.approx([0.01 * s for s in range(8, 21)])
+    lines = (run_dir / runfile.EVENTS).read_text().splitlines()
+    assert not any("lr" in (json.loads(line).get("scalars") or {}) for line in lines)  # not a second lr
+
+
+def test_lr_passed_to_step_wins_over_the_watched_optimizer(run_dir):
+    model, x, y = _model_and_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with hooks.Run(run_dir, on_critical=None) as run:
+        run.watch(model, opt)
+        _train(run, model, x, y, 5, opt=opt)  # no lr= : the optimizer's
+        run.step(loss=0.5, lr=torch.tensor(0.025))
+    assert load_run(run_dir).steps["lr"].tolist() == pytest.approx([0.1] * 5 + [0.025])
+
+
+def test_a_tensor_lr_changed_in_place_is_recorded_per_step(run_dir):
+    """Capturable optimizers hold lr as a tensor that schedulers update in place: each step keeps its own."""
+    model, x, y = _model_and_data()
+    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01))
+    with hooks.Run(run_dir, on_critical=None, flush_interval=3600) as run:
+        run.watch(model, opt)
+        for _ in range(30):
+            _train(run, model, x, y, 1, opt=opt)
+            opt.param_groups[0]["lr"].mul_(0.5)
+    lr = load_run(run_dir).steps["lr"].to_numpy()
+    assert lr == pytest.approx([0.01 * 0.5**k for k in range(30)], rel=1e-6)
+
+
+def test_tiny_epochs_are_all_written_without_a_write_per_epoch(run_dir, monkeypatch):
+    """An epoch every 4 steps: its record goes out with the next flush (the rules are off here), in order."""
+    writes = []
+    original = hooks.Run._write_lines
+
+    def counted(self, records, fsync=False):
+        writes.append(len(records))
+        return original(self, records, fsync)
+
+    monkeypatch.setattr(hooks.Run, "_write_lines", counted)
+    model, x, y = _model_and_data()
+    with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=3600, flush_steps=100) as run:
+        _train(run, model, x, y, 400, every_epoch=4)
+    data = load_run(run_dir)
+    assert data.epochs["epoch"].tolist() == list(range(1, 101))
+    assert data.epochs["step"].tolist() == list(range(4, 401, 4))
+    assert len(writes) <= 400 // 100 + 2 + 1  # flush_steps, the early flushes (steps 10, 100), close
+
+
+def test_a_nan_tensor_loss_is_caught_within_one_flush_when_the_rules_budget_is_spent(run_dir, monkeypatch):
+    """Past the young phase and out of budget, the rules still run at once on the first non-finite loss."""
+    monkeypatch.setattr(run_module, "RULES_YOUNG_SECONDS", 0.0)
+    monkeypatch.setattr(run_module, "RULES_BUDGET", 1e-9)
+    monkeypatch.setattr(run_module, "EPOCH_RULES_BUDGET", 1e-9)
+    model, x, y = _model_and_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    flush_steps = 16
+    with hooks.Run(run_dir, num_classes=3, on_critical="stop", flush_interval=3600, flush_steps=flush_steps) as run:
+        run.watch(model, opt)
+        for step in range(1, 301):
+            loss = nn.functional.cross_entropy(model(x[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.step(loss=loss * math.nan if step >= 150 else loss)  # a NaN tensor, never looked at per step
+            if run.should_stop:
+                break
+    assert run.should_stop and "nonfinite_loss" in (run.stop_reason or ""), run.stop_reason
+    assert 150 <= step <= 150 + flush_steps
+    assert load_run(run_dir).status["state"] == "stopped"
