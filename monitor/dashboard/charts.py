@@ -36,13 +36,6 @@ __all__ = [
     "plan_compare_loss",
     "plan_compare_accuracy",
     "plan_search",
-    "loss_chart",
-    "accuracy_chart",
-    "lr_chart",
-    "layer_chart",
-    "compare_loss_chart",
-    "compare_accuracy_chart",
-    "search_chart",
     "limit_intervals",
     "weight_grid",
 ]
@@ -290,13 +283,6 @@ def _marker_layers(severity: str) -> list[alt.Chart]:
     ]
 
 
-def loss_chart(*args: Any, **kwargs: Any) -> alt.LayerChart:
-    return plan_loss(*args, **kwargs).chart()
-
-
-loss_chart.__doc__ = plan_loss.__doc__
-
-
 # ----------------------------------------------------------------- accuracy
 def plan_accuracy(epochs: pd.DataFrame, *, chance: float | None = None, height: int = 280) -> ChartPlan:
     """Train and val accuracy per epoch with the gap between them shaded (big gap: overfitting; none: underfit).
@@ -344,13 +330,6 @@ def _accuracy_structure(*, gap: bool, chance: bool, height: int) -> alt.LayerCha
     return alt.layer(*layers).properties(height=height)
 
 
-def accuracy_chart(*args: Any, **kwargs: Any) -> alt.LayerChart:
-    return plan_accuracy(*args, **kwargs).chart()
-
-
-accuracy_chart.__doc__ = plan_accuracy.__doc__
-
-
 # ----------------------------------------------------------------- learning rate
 def plan_lr(points: pd.DataFrame, *, log_scale: bool | None = None, domain: tuple[float, float] | None = None,
             height: int = 280) -> ChartPlan:
@@ -373,13 +352,6 @@ def _lr_structure(*, log_scale: bool, domain, height: int) -> alt.Chart:
                 axis=alt.Axis(format="~g")),
         tooltip=[alt.Tooltip("step:Q", format=","), alt.Tooltip("lr:Q", format=".3g")],
     ).properties(height=height)
-
-
-def lr_chart(*args: Any, **kwargs: Any) -> alt.Chart:
-    return plan_lr(*args, **kwargs).chart()
-
-
-lr_chart.__doc__ = plan_lr.__doc__
 
 
 # ----------------------------------------------------------------- layers
@@ -442,13 +414,6 @@ def _layers_structure(*, title: str, log_scale: bool, band, reference, y_domain,
     return chart
 
 
-def layer_chart(*args: Any, **kwargs: Any) -> alt.FacetChart:
-    return plan_layers(*args, **kwargs).chart()
-
-
-layer_chart.__doc__ = plan_layers.__doc__
-
-
 # ----------------------------------------------------------------- several runs
 def plan_compare_loss(frame: pd.DataFrame, *, log_scale: bool = False, height: int = 340) -> ChartPlan:
     """Smoothed loss of several runs (columns run, step, loss), one colour per run."""
@@ -466,10 +431,6 @@ def _compare_loss_structure(*, log_scale: bool, height: int) -> alt.Chart:
     ).properties(height=height)
 
 
-def compare_loss_chart(*args: Any, **kwargs: Any) -> alt.Chart:
-    return plan_compare_loss(*args, **kwargs).chart()
-
-
 def plan_compare_accuracy(frame: pd.DataFrame, *, height: int = 340) -> ChartPlan:
     """Train (dashed) and val (solid) accuracy per epoch of several runs (columns run, epoch, split, acc)."""
     return ChartPlan(_compare_accuracy_structure, _params(height=int(height)), {"runs": _finite(frame, "acc")})
@@ -485,10 +446,6 @@ def _compare_accuracy_structure(*, height: int) -> alt.Chart:
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("split:N"),
                  alt.Tooltip("acc:Q", format=".2%")],
     ).properties(height=height)
-
-
-def compare_accuracy_chart(*args: Any, **kwargs: Any) -> alt.Chart:
-    return plan_compare_accuracy(*args, **kwargs).chart()
 
 
 # ----------------------------------------------------------------- search
@@ -520,10 +477,6 @@ def _search_structure(*, x: str, x_title: str, height: int) -> alt.Chart:
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip(f"{x}:Q", title=x_title, format=".3g"),
                  alt.Tooltip("best_val_acc:Q", title="best val acc", format=".2%"), alt.Tooltip("state:N")],
     ).add_params(pick).properties(height=height)
-
-
-def search_chart(*args: Any, **kwargs: Any) -> alt.Chart:
-    return plan_search(*args, **kwargs).chart()
 
 
 # ----------------------------------------------------------------- weights

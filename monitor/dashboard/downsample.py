@@ -48,9 +48,6 @@ class Downsampled:
     def frame(self, x: str = "step", y: str = "value") -> pd.DataFrame:
         return pd.DataFrame({x: self.x, y: self.y})
 
-    def mean_frame(self, x: str = "step", y: str = "value") -> pd.DataFrame:
-        return pd.DataFrame({x: self.mean_x, y: self.mean_y})
-
 
 def _kind_codes(y: np.ndarray) -> np.ndarray:
     codes = np.zeros(len(y), dtype=np.int8)

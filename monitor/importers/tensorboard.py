@@ -30,7 +30,7 @@ import pandas as pd
 from babysit.monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
 from babysit.monitor.reader import RunReadError
 
-__all__ = ["load_tensorboard", "is_tensorboard", "event_files", "read_events", "layer_of_tag"]
+__all__ = ["load_tensorboard", "event_files", "read_events", "layer_of_tag"]
 
 _SPLITS = {"train", "training", "validation", "valid", "val", "eval", "evaluation", "test"}
 _MAX_RECORD = 256 << 20  # a length field beyond this is garbage, not a record
@@ -53,10 +53,6 @@ def event_files(path: str | os.PathLike, max_depth: int = 3) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth else []
         found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_event_file(f))
     return sorted(found)
-
-
-def is_tensorboard(path: str | os.PathLike) -> bool:
-    return bool(event_files(path))
 
 
 # --------------------------------------------------------------------------- protobuf wire format

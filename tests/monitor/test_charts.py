@@ -33,7 +33,7 @@ def _loss_frames(n: int = 50, peak: float | None = None):
 
 def test_loss_chart_draws_raw_smoothed_and_the_reference_levels():
     points, smooth = _loss_frames(peak=9.0)
-    spec = charts.loss_chart(points, smooth, initial_loss=2.3, ln_c=math.log(10)).to_dict()
+    spec = charts.plan_loss(points, smooth, initial_loss=2.3, ln_c=math.log(10)).chart().to_dict()
     data = spec["datasets"]
     assert {r["series"] for r in data["loss"]} == {"raw", "smoothed"}
     assert len(data["loss"]) == 100
@@ -49,7 +49,7 @@ def test_loss_chart_draws_raw_smoothed_and_the_reference_levels():
 
 def test_a_healthy_curve_is_not_squashed_by_the_danger_line():
     points, smooth = _loss_frames()
-    spec = charts.loss_chart(points, smooth, initial_loss=2.3).to_dict()
+    spec = charts.plan_loss(points, smooth, initial_loss=2.3).chart().to_dict()
     assert "3× initial" not in {r["series"] for r in spec["datasets"]["refs"]}
     assert "6.9" in spec["datasets"]["danger"][0]["label"]  # said in words at the top edge instead
 
@@ -58,7 +58,7 @@ def test_loss_chart_marks_nonfinite_steps_and_never_plots_them():
     points, smooth = _loss_frames()
     points.loc[10, "loss"] = np.nan
     nonfinite = pd.DataFrame({"start": [11.0, 30.0], "end": [11.0, 40.0], "kind": ["NaN", "+inf"], "count": [1, 11]})
-    spec = charts.loss_chart(points, smooth, nonfinite, initial_loss=2.3).to_dict()
+    spec = charts.plan_loss(points, smooth, nonfinite, initial_loss=2.3).chart().to_dict()
     assert spec["datasets"]["nonfinite"] == [
         {"start": 11.0, "end": 11.0, "kind": "NaN", "count": 1},
         {"start": 30.0, "end": 40.0, "kind": "+inf", "count": 11},
@@ -71,15 +71,15 @@ def test_loss_chart_marks_nonfinite_steps_and_never_plots_them():
 
 def test_log_scale_drops_nonpositive_values_and_sets_a_log_axis():
     points = pd.DataFrame({"step": [1.0, 2.0, 3.0], "loss": [1.0, 0.0, -1.0]})
-    spec = charts.loss_chart(points, None, log_scale=True).to_dict()
+    spec = charts.plan_loss(points, None, log_scale=True).chart().to_dict()
     assert [r["loss"] for r in spec["datasets"]["loss"]] == [1.0]
     assert spec["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
 
 
 def test_focusing_on_a_finding_sets_the_step_range_and_draws_a_marker():
     points, smooth = _loss_frames()
-    spec = charts.loss_chart(points, smooth, domain=(10, 30),
-                             marker={"step": 20, "severity": "critical", "label": "Loss is NaN"}).to_dict()
+    spec = charts.plan_loss(points, smooth, domain=(10, 30),
+                            marker={"step": 20, "severity": "critical", "label": "Loss is NaN"}).chart().to_dict()
     assert spec["layer"][0]["encoding"]["x"]["scale"]["domain"] == [10.0, 30.0]
     assert spec["datasets"]["marker"] == [{"step": 20.0, "label": "Loss is NaN"}]
     marker = [lyr for lyr in _layers(spec) if lyr.get("data", {}).get("name") == "marker" and _mark(lyr) == "rule"]
@@ -88,7 +88,7 @@ def test_focusing_on_a_finding_sets_the_step_range_and_draws_a_marker():
 
 def test_accuracy_chart_shades_the_gap_between_train_and_val():
     epochs = pd.DataFrame({"epoch": [1, 2, 3], "train_acc": [0.5, 0.8, 0.99], "val_acc": [0.45, 0.6, 0.62]})
-    spec = charts.accuracy_chart(epochs, chance=0.1).to_dict()
+    spec = charts.plan_accuracy(epochs, chance=0.1).chart().to_dict()
     gap = spec["datasets"]["gap"]
     assert [round(r["gap"], 2) for r in gap] == [0.05, 0.2, 0.37]
     area = [lyr for lyr in _layers(spec) if _mark(lyr) == "area"][0]
@@ -98,13 +98,13 @@ def test_accuracy_chart_shades_the_gap_between_train_and_val():
 
 
 def test_accuracy_chart_with_val_only_has_no_gap():
-    spec = charts.accuracy_chart(pd.DataFrame({"epoch": [1, 2], "val_acc": [0.3, 0.4]})).to_dict()
+    spec = charts.plan_accuracy(pd.DataFrame({"epoch": [1, 2], "val_acc": [0.3, 0.4]})).chart().to_dict()
     assert "gap" not in spec["datasets"] and len(spec["datasets"]["acc"]) == 2
 
 
 def test_lr_chart_goes_log_when_the_rate_spans_decades():
-    flat = charts.lr_chart(pd.DataFrame({"step": [1.0, 2.0], "lr": [0.1, 0.1]})).to_dict()
-    decayed = charts.lr_chart(pd.DataFrame({"step": [1.0, 2.0, 3.0], "lr": [0.1, 0.01, 0.001]})).to_dict()
+    flat = charts.plan_lr(pd.DataFrame({"step": [1.0, 2.0], "lr": [0.1, 0.1]})).chart().to_dict()
+    decayed = charts.plan_lr(pd.DataFrame({"step": [1.0, 2.0, 3.0], "lr": [0.1, 0.01, 0.001]})).chart().to_dict()
     assert flat["encoding"]["y"]["scale"]["type"] == "linear"
     assert decayed["encoding"]["y"]["scale"]["type"] == "log"
     assert decayed["mark"]["interpolate"] == "step-after"
@@ -113,7 +113,8 @@ def test_lr_chart_goes_log_when_the_rate_spans_decades():
 def test_layer_chart_is_small_multiples_with_the_healthy_update_ratio_band():
     frame = pd.DataFrame({"step": [1.0, 2.0] * 2, "layer": ["conv1", "conv1", "fc", "fc"],
                           "value": [1e-3, 2e-3, 5e-4, 0.0]})
-    spec = charts.layer_chart(frame, title="update ratio", log_scale=True, band=(1e-4, 1e-2), reference=1e-3).to_dict()
+    plan = charts.plan_layers(frame, title="update ratio", log_scale=True, band=(1e-4, 1e-2), reference=1e-3)
+    spec = plan.chart().to_dict()
     assert spec["facet"]["field"] == "layer" and spec["facet"]["sort"] == {"field": "order", "op": "min"}
     assert [(r["layer"], r["order"]) for r in spec["datasets"]["layers"]][::2] == [("conv1", 0), ("fc", 1)]
     assert len(spec["datasets"]["layers"]) == 3  # the zero cannot sit on a log axis
@@ -128,17 +129,17 @@ def test_layer_chart_is_small_multiples_with_the_healthy_update_ratio_band():
 
 def test_compare_charts_colour_by_run():
     loss = pd.DataFrame({"run": ["a", "a", "b"], "step": [1.0, 2.0, 1.0], "loss": [1.0, 0.5, np.nan]})
-    spec = charts.compare_loss_chart(loss).to_dict()
+    spec = charts.plan_compare_loss(loss).chart().to_dict()
     assert spec["encoding"]["color"]["field"] == "run" and len(spec["datasets"]["runs"]) == 2
     acc = pd.DataFrame({"run": ["a", "b"], "epoch": [1, 1], "split": ["val", "train"], "acc": [0.5, 0.6]})
-    spec = charts.compare_accuracy_chart(acc).to_dict()
+    spec = charts.plan_compare_accuracy(acc).chart().to_dict()
     assert spec["encoding"]["strokeDash"]["field"] == "split"
 
 
 def test_search_chart_is_log_x_with_a_click_selection_on_run():
     frame = pd.DataFrame({"run": ["a", "b", "c"], "lr": [1e-3, 1e-1, 0.0], "best_val_acc": [0.5, 0.9, 0.7],
                           "state": ["finished"] * 3})
-    spec = charts.search_chart(frame, "lr", x_title="learning rate", current="b").to_dict()
+    spec = charts.plan_search(frame, "lr", x_title="learning rate", current="b").chart().to_dict()
     assert spec["encoding"]["x"]["scale"]["type"] == "log"
     assert spec["params"][0]["name"] == "pick" and spec["params"][0]["select"]["fields"] == ["run"]
     assert [(r["run"], r["current"]) for r in spec["datasets"]["points"]] == [("a", False), ("b", True)]
