@@ -79,7 +79,7 @@ class LightningHooks(RunCallback):
     def setup(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
         if self.run is not None or stage not in (None, "fit"):
             return
-        from babysit.monitor.importers.series import num_classes_of
+        from babysit.rules.base import num_classes_of
 
         hparams = {}
         try:

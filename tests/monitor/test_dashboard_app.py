@@ -19,7 +19,8 @@ from babysit import hooks  # noqa: E402
 from benchmarks.synthetic import write_run  # noqa: E402
 
 NAN_RUN = "nan<b>x</b>"
-NAN_FINDING = {"rule": "nonfinite_loss", "title": "Loss is **NaN** <script>alert(1)</script>", "severity": "critical",
+# a rule the dashboard's own diagnosis does not reproduce: the recorded line is what it shows
+NAN_FINDING = {"rule": "custom_nan_check", "title": "Loss is **NaN** <script>alert(1)</script>", "severity": "critical",
                "step": 150, "epoch": None, "message": "loss became NaN <img src=x onerror=alert(1)>",
                "evidence": {"lr": 0.5}, "fix": ["lower the [learning rate](http://evil.example)"]}
 
