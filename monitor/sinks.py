@@ -40,6 +40,7 @@ __all__ = [
     "WebhookSink",
     "ExecSink",
     "printable",
+    "warn_line",
 ]
 
 _COLOURS = {"info": "\033[36m", "warning": "\033[33m", "critical": "\033[1;31m"}
@@ -59,6 +60,16 @@ def printable(text: Any) -> str:
         s = s.encode("utf-8", "surrogateescape" if _escapable(s) else "backslashreplace").decode("utf-8",
                                                                                                   "backslashreplace")
     return s.translate(_CONTROL)
+
+
+def warn_line(text: Any, stream: IO[str] | None = None) -> None:
+    """`babysit watch: <text>` as one printable line on stderr (or `stream`): the watcher's own troubles.
+    A closed or broken stream is not an error: the watcher goes on."""
+    line = f"babysit watch: {printable(' '.join(str(text).split()))}"
+    try:
+        print(line, file=stream if stream is not None else sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _escapable(s: str) -> bool:
@@ -235,10 +246,7 @@ class _Worker:
                 self.warn(f"{self.name} is not keeping up; dropping alerts for it (the terminal still has them)")
 
     def warn(self, text: str) -> None:
-        try:
-            print(f"babysit watch: {text}", file=self.errors, flush=True)
-        except (OSError, ValueError):
-            pass
+        warn_line(text, self.errors)
 
     def _loop(self) -> None:
         while True:

@@ -117,12 +117,9 @@ def _sinks(args: argparse.Namespace) -> list:
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """warnings.showwarning for the command line: a rule that broke is one line, not a source excerpt."""
-    from babysit.monitor.sinks import printable
+    from babysit.monitor.sinks import warn_line
 
-    try:
-        print(f"babysit watch: warning: {printable(' '.join(str(message).split()))}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
+    warn_line(f"warning: {message}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from babysit.monitor.ratelimit import RateLimit, RateLimited
 from babysit.monitor.reader import RunReadError, RunTailer, read_status
-from babysit.monitor.sinks import Fanout, FindingsLog, printable
+from babysit.monitor.sinks import Fanout, FindingsLog, warn_line
 from babysit.monitor.watch_announce import Announcer, LogQueue, News
 from babysit.monitor.watch_diagnose import STALL_RULE, RunDiagnosis, Unreadable, stall_thresholds
 from babysit.monitor.watch_observe import Observe, WatchError, discover, split_targets
@@ -143,11 +143,6 @@ class Watcher:
         return self.observe.backstop
 
     @property
-    def announced_count(self) -> int:
-        """Alerts that got past the rate limit."""
-        return self.rate.sent
-
-    @property
     def corrupt_lines(self) -> int:
         """Log lines skipped as corrupt so far, over all runs."""
         return sum(r.tailer.corrupt_lines for r in self.runs.values())
@@ -157,10 +152,7 @@ class Watcher:
         return max((r.news.worst() for r in self.runs.values()), default=-1)
 
     def warn(self, text: str) -> None:
-        try:
-            print(f"babysit watch: {printable(' '.join(str(text).split()))}", file=self.errors, flush=True)
-        except (OSError, ValueError):
-            pass
+        warn_line(text, self.errors)
 
     # ----------------------------------------------------------------- runs
     def start(self) -> None:

@@ -6,6 +6,7 @@ real training and watcher processes are in test_watch_process.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -421,11 +422,19 @@ def test_stalled_run_is_reported_after_stall_after(tmp_path):
 # --------------------------------------------------------------------------- observers
 
 
-def run_in_thread(w: Watcher) -> tuple[threading.Thread, threading.Event]:
+@contextlib.contextmanager
+def looping(w: Watcher):
+    """The watcher's loop in a thread, stopped and the watcher closed on the way out."""
     stop = threading.Event()
     t = threading.Thread(target=w.run_forever, args=(stop,), daemon=True)
     t.start()
-    return t, stop
+    try:
+        yield
+    finally:
+        stop.set()
+        w.wake()
+        t.join(10)
+        w.close()
 
 
 @pytest.mark.parametrize("polling", [False, True])
@@ -436,17 +445,11 @@ def test_new_runs_under_the_root_are_picked_up(tmp_path, polling):
     w = watcher([root], rec, polling=polling, poll_interval=0.1, backstop=3600)
     w.start()
     assert w.mode == ("polling" if polling else "inotify")
-    t, stop = run_in_thread(w)
-    try:
+    with looping(w):
         run = make_run(root / "group" / "new")
         append_losses(run, [2.3, math.nan])
         assert wait_for(lambda: rec.alerts), "no alert for a run created after the watcher started"
         assert rec.rules() == [("group/new", "nonfinite_loss", "critical")]
-    finally:
-        stop.set()
-        w.wake()
-        t.join(10)
-        w.close()
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EMFILE])
@@ -465,16 +468,10 @@ def test_inotify_refusal_falls_back_to_polling(tmp_path, monkeypatch, code):
     assert w.mode == "polling"
     message = errors.getvalue()
     assert message.count("\n") == 1 and "inotify" in message and "falling back to polling every 0.1 s" in message
-    t, stop = run_in_thread(w)
-    try:
+    with looping(w):
         append_losses(run, [2.3, math.nan])
         assert wait_for(lambda: rec.alerts), "polling fallback never delivered the alert"
         assert rec.rules() == [("a", "nonfinite_loss", "critical")]
-    finally:
-        stop.set()
-        w.wake()
-        t.join(10)
-        w.close()
 
 
 def test_an_idle_watcher_stays_idle(tmp_path):
@@ -487,8 +484,7 @@ def test_an_idle_watcher_stays_idle(tmp_path):
     real_tick, real_poll = w.tick, w.runs[str(run)].tailer.poll
     w.tick = lambda full=False: ticks.append(1) or real_tick(full)
     w.runs[str(run)].tailer.poll = lambda: polls.append(1) or real_poll()
-    t, stop = run_in_thread(w)
-    try:
+    with looping(w):
         w.tick(full=True)  # reads status.json and friends
         time.sleep(0.5)
         ticks.clear()
@@ -497,11 +493,6 @@ def test_an_idle_watcher_stays_idle(tmp_path):
         assert polls == [] and len(ticks) <= 1
         append_losses(run, [2.2])  # and it still wakes for real data
         assert wait_for(lambda: polls)
-    finally:
-        stop.set()
-        w.wake()
-        t.join(10)
-        w.close()
 
 
 # --------------------------------------------------------------------------- sinks

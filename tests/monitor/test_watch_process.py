@@ -14,13 +14,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from babysit.monitor import runfile
 from babysit.monitor.reader import load_run
+from test_watch import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,14 +70,8 @@ def _env() -> dict:
     return env
 
 
-def wait_for(cond, timeout: float = 90.0, every: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    return cond()
+def wait_for(cond, timeout: float = 90.0):
+    return _wait_for(cond, timeout)  # real processes on a busy machine: longer than the in-process tests
 
 
 class WatchProcess:
