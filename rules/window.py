@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["Tail", "Streak", "rolling_mean", "rolling_count", "rolling_median", "first_true", "runs_of"]
+__all__ = ["Tail", "Streak", "rolling_mean", "first_true", "runs_of"]
 
 
 class Tail:
@@ -41,20 +41,6 @@ def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
         return sliding_window_view(x, w).mean(axis=1)
     c = np.concatenate([[0.0], np.cumsum(x)])
     return (c[w:] - c[:-w]) / w
-
-
-def rolling_count(mask: np.ndarray, w: int) -> np.ndarray:
-    """How many of each full window of w values are True."""
-    if len(mask) < w:
-        return np.array([], dtype=np.int64)
-    c = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
-    return c[w:] - c[:-w]
-
-
-def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
-    if len(x) < w:
-        return np.array([], dtype=float)
-    return np.median(sliding_window_view(x, w), axis=1)
 
 
 def first_true(mask: np.ndarray) -> int | None:
