@@ -318,9 +318,20 @@ def _finite_number(v: Any) -> int | float | None:
         return None
 
 
+MAX_EVIDENCE_DEPTH = 16  # a rule's evidence nests two or three levels; copying 900 levels overflows the stack
+
+
+def _shallow(evidence: dict) -> dict:
+    """Evidence with any value nested deeper than MAX_EVIDENCE_DEPTH replaced by a note (the rest kept)."""
+    if not _depth_exceeds(evidence, MAX_EVIDENCE_DEPTH):
+        return evidence
+    return {k: "(nested too deep)" if _depth_exceeds(v, MAX_EVIDENCE_DEPTH - 1) else v for k, v in evidence.items()}
+
+
 def clean_finding(f: dict) -> dict:
     """A finding read from findings.jsonl (anyone may have written it) with the types every consumer relies on:
-    text rule/severity/title/message, a list of text fixes, a dict of evidence, finite step/epoch or None.
+    text rule/severity/title/message, a list of text fixes, a dict of evidence (nested at most
+    MAX_EVIDENCE_DEPTH levels), finite step/epoch or None.
     Other keys are kept as they are."""
     sev = f.get("severity")
     fix = f.get("fix")
@@ -329,7 +340,7 @@ def clean_finding(f: dict) -> dict:
     out = {**f, "rule": str(f.get("rule", "?"))[:200], "severity": sev if sev in FINDING_SEVERITIES else "info",
            "title": title[:500] if isinstance(title, str) else None, "message": str(f.get("message", ""))[:4000],
            "fix": [str(x)[:2000] for x in fixes[:10]],
-           "evidence": f.get("evidence") if isinstance(f.get("evidence"), dict) else {}}
+           "evidence": _shallow(f.get("evidence")) if isinstance(f.get("evidence"), dict) else {}}
     for key in ("step", "epoch"):
         out[key] = _finite_number(f.get(key))
     return out
