@@ -62,11 +62,16 @@ def _fresh(model_name: str, data, init):
     return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
-def _loop(model, optimizer, data, batches, on_step=None, on_epoch=None, epoch_steps: int = 16) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this thread) for the training steps, with a validation pass every
-    `epoch_steps` steps (an epoch of digits) as in the reference trainer."""
+def _loop(model, optimizer, data, batches, on_step=None, on_epoch=None, epoch_steps: int = 16,
+          tail_from: int | None = None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this thread, wall seconds from step `tail_from` on) for the training steps,
+    with a validation pass every `epoch_steps` steps (an epoch of digits) as in the reference trainer."""
     start, cpu = time.perf_counter(), time.thread_time()
+    tail_from = tail_from or len(batches) // 2 + 1
+    tail = start
     for i, idx in enumerate(batches, 1):
+        if i == tail_from:
+            tail = time.perf_counter()
         loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,7 +86,8 @@ def _loop(model, optimizer, data, batches, on_step=None, on_epoch=None, epoch_st
             model.train()
             if on_epoch is not None:
                 on_epoch(val_loss, val_acc)
-    return time.perf_counter() - start, time.thread_time() - cpu
+    end = time.perf_counter()
+    return end - start, time.thread_time() - cpu, end - tail
 
 
 def _plain(model_name, data, batches, init, tmp: Path) -> tuple[float, float, dict]:
@@ -89,24 +95,41 @@ def _plain(model_name, data, batches, init, tmp: Path) -> tuple[float, float, di
     return _loop(model, optimizer, data, batches), 0.0, {}
 
 
-def _hooks(model_name, data, batches, init, tmp: Path) -> tuple[tuple[float, float], float, dict]:
+class _Clock:
+    """Seconds and calls of one of the run's methods, wrapped on the instance (a few hundred calls a run)."""
+
+    def __init__(self, run: hooks.Run, name: str):
+        self.seconds, self.calls = 0.0, 0
+        inner = getattr(run, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+                self.calls += 1
+
+        setattr(run, name, timed)
+
+
+def _hooks(model_name, data, batches, init, tmp: Path) -> tuple[tuple[float, float, float], float, dict]:
     model, optimizer = _fresh(model_name, data, init)
     t0 = time.perf_counter()
     run = hooks.Run(tmp / f"run{time.monotonic_ns()}", num_classes=data.num_classes, config={"lr": 0.05})
     run.watch(model, optimizer, input_shape=data.input_shape)
     fixed = time.perf_counter() - t0
+    flushes, rules = _Clock(run, "_flush"), _Clock(run, "_diagnose_pending")
     probe = run._probe
-    probe_start = probe.seconds if probe is not None else 0.0
-    inside = probe_inside = 0.0  # seconds inside run.step, and the probes' share of them
+    sampling = _Clock(probe, "after_step") if probe is not None else None
+    probe_start = (probe.seconds, probe.hook_seconds) if probe is not None else (0.0, 0.0)
+    inside = 0.0  # seconds inside run.step and run.epoch
 
     def on_step(loss):
-        nonlocal inside, probe_inside
-        before = probe.seconds if probe is not None else 0.0
+        nonlocal inside
         t = time.perf_counter()
         run.step(loss=loss)
         inside += time.perf_counter() - t
-        if probe is not None:
-            probe_inside += probe.seconds - before
 
     def on_epoch(val_loss, val_acc):
         nonlocal inside
@@ -115,11 +138,18 @@ def _hooks(model_name, data, batches, init, tmp: Path) -> tuple[tuple[float, flo
         inside += time.perf_counter() - t
 
     seconds = _loop(model, optimizer, data, batches, on_step, on_epoch)
-    # Timed directly: run.step, plus the probes' forward and optimizer hooks (which run outside run.step).
-    hooks_outside = (probe.seconds - probe_start - probe_inside) if probe is not None else 0.0
-    probe_seconds = probe.seconds - probe_start if probe is not None else 0.0
-    extra = {"samples": probe.samples if probe is not None else 0, "timed": inside + hooks_outside,
-             "probe": probe_seconds}
+    # Timed directly: run.step and run.epoch, plus the probes' forward and optimizer hooks (outside run.step).
+    outside = probe.hook_seconds - probe_start[1] if probe is not None else 0.0
+    in_probe = sampling.seconds if sampling is not None else 0.0
+    parts = {  # where the time inside the hooks went (seconds; counts)
+        "record": inside - flushes.seconds - in_probe,  # the per-step (and per-epoch) path itself
+        "flush": flushes.seconds - rules.seconds, "flushes": flushes.calls,
+        "rules": rules.seconds, "rule_calls": rules.calls,
+        "probe": in_probe + outside, "samples": probe.samples if probe is not None else 0,
+        "us_per_step": 1e6 * (inside - flushes.seconds - in_probe) / len(batches),
+    }
+    probe_seconds = probe.seconds - probe_start[0] if probe is not None else 0.0
+    extra = {"samples": parts["samples"], "timed": inside + outside, "probe": probe_seconds, "parts": parts}
     t0 = time.perf_counter()
     run.close()
     return seconds, fixed + time.perf_counter() - t0, extra
@@ -180,8 +210,10 @@ def measure(rounds: int, steps: int, model_name: str = "convnet", batch_size: in
             tensorboard: bool = True, out=sys.stdout) -> dict:
     """Run the interleaved comparison.
 
-    Returns {"hooks": {"wall": summary, "cpu": summary, "fixed_ms": ...}, "tensorboard": ..., ...} where a
-    summary holds the median and quartiles of the per-round ratios variant/plain.
+    Returns {"hooks": {"wall": summary, "cpu": summary, "tail": summary, "timed": summary, "fixed_ms": ...},
+    "tensorboard": ..., "plain_step_ms", "layer_samples", "probe_share", "parts"} where a summary holds the
+    median and quartiles of the per-round ratios variant/plain ("tail": the second half of the steps, past
+    the young phase on long runs), and "parts" the median share of the hooks' wall time spent per part.
     """
     torch.set_num_threads(1)  # steadier timings on a shared 2-core machine; the ratio is what matters
     warnings.simplefilter("once")
@@ -194,12 +226,15 @@ def measure(rounds: int, steps: int, model_name: str = "convnet", batch_size: in
             variants["tensorboard"] = _tensorboard
         except ImportError:
             print("tensorboard is not installed: skipping the SummaryWriter comparison", file=out)
-    wall: dict[str, list[float]] = {"plain": [], **{k: [] for k in variants}}
-    cpu: dict[str, list[float]] = {"plain": [], **{k: [] for k in variants}}
+    names = ["plain", *variants]
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    tail: dict[str, list[float]] = {k: [] for k in names}
     fixed: dict[str, list[float]] = {k: [] for k in variants}
     samples: list[int] = []
     timed: dict[str, list[float]] = {k: [] for k in variants}  # wall / (wall - time measured inside the logging)
     probe_share: list[float] = []  # per hooks timing: the layer probes' part of the wall time
+    parts: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="babysit-overhead-") as tmp:
         tmp = Path(tmp)
         for _name, fn in [("plain", _plain), *variants.items()]:  # warm up: first calls, allocator, caches
@@ -210,9 +245,10 @@ def measure(rounds: int, steps: int, model_name: str = "convnet", batch_size: in
             rng.shuffle(order)  # every variant in every position alike: no variant always runs second
             for name, fn in order:
                 gc.collect()  # the previous variant's garbage is not this one's to collect
-                (seconds, cpu_seconds), once, extra = fn(model_name, data, batches, init, tmp)
+                (seconds, cpu_seconds, tail_seconds), once, extra = fn(model_name, data, batches, init, tmp)
                 wall[name].append(seconds)
                 cpu[name].append(cpu_seconds)
+                tail[name].append(tail_seconds)
                 if name != "plain":
                     fixed[name].append(once)
                 if "timed" in extra:
@@ -220,21 +256,45 @@ def measure(rounds: int, steps: int, model_name: str = "convnet", batch_size: in
                 if "samples" in extra:
                     samples.append(extra["samples"])
                     probe_share.append(extra["probe"] / seconds)
+                    parts.append({k: v / seconds if k in _SHARES else v for k, v in extra["parts"].items()})
             print(f"round {i + 1:2d}/{rounds}: plain {wall['plain'][-1]:.3f}s  "
                   + "  ".join(f"{k} {wall[k][-1]:.3f}s ({wall[k][-1] / wall['plain'][-1]:.3f})" for k in variants),
                   file=out)
     result: dict = {}
     for name in variants:
         result[name] = {
-            "wall": _summary([v / p for v, p in zip(wall[name], wall["plain"], strict=True)]),
-            "cpu": _summary([v / p for v, p in zip(cpu[name], cpu["plain"], strict=True)]),
-            "timed": _summary(timed[name]),
-            "fixed_ms": 1e3 * statistics.median(fixed[name]),
+            clock: _summary([v / p for v, p in zip(series[name], series["plain"], strict=True)])
+            for clock, series in (("wall", wall), ("cpu", cpu), ("tail", tail))
         }
+        result[name]["timed"] = _summary(timed[name])
+        result[name]["fixed_ms"] = 1e3 * statistics.median(fixed[name])
     result["plain_step_ms"] = 1e3 * statistics.median(wall["plain"]) / steps
     result["layer_samples"] = statistics.median(samples) if samples else 0
     result["probe_share"] = statistics.median(probe_share) if probe_share else 0.0
+    result["parts"] = {k: statistics.median(p[k] for p in parts) for k in parts[0]} if parts else {}
     return result
+
+
+_SHARES = ("record", "flush", "rules", "probe")  # parts measured in seconds, reported as shares of the loop
+CLOCKS = {
+    "wall": "wall-clock ratio to the plain loop of the same round",
+    "cpu": "this thread's CPU time, the same ratio",
+    "tail": "wall clock of the second half of the steps only (past the young phase on a long run)",
+    "timed": "time measured inside the logging calls (run.step/epoch and the probes' hooks; the SummaryWriter "
+             "calls) over the rest of the loop",
+}
+
+
+def _parts_line(r: dict, steps: int) -> str:
+    """Where the hooks' time went, as shares of the loop's wall time (medians over rounds)."""
+    p = r.get("parts") or {}
+    if not p:
+        return ""
+    return (f"inside the hooks, share of the loop: per-step path {100 * p['record']:.2f}% "
+            f"({p['us_per_step']:.1f} us/step), "
+            f"flushes {100 * p['flush']:.2f}% ({p['flushes']:.0f}), online rules {100 * p['rules']:.2f}% "
+            f"({p['rule_calls']:.0f} calls), layer probes and snapshots {100 * p['probe']:.2f}% "
+            f"({p['samples']:.0f} samples)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="6 rounds of 100 steps")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 20)")
     parser.add_argument("--steps", type=int, help="training steps per timing (default 300)")
-    parser.add_argument("--model", default="convnet", choices=["convnet", "mlp"])
+    parser.add_argument("--model", default="convnet", choices=["convnet", "mlp"],
+                        help="convnet (about 4 ms a step on one CPU thread) or mlp (about 1 ms: a fast, GPU-like "
+                        "step, where the hooks' fixed cost per step matters most)")
     parser.add_argument("--no-tensorboard", action="store_true", help="skip the SummaryWriter comparison")
     parser.add_argument("--lengths", help="comma-separated run lengths in steps, measured one after the other and "
                         "shown side by side (e.g. 200,5000)")
@@ -261,17 +323,14 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, 1 thread")
     result = measure(rounds, steps, args.model, tensorboard=not args.no_tensorboard)
     print(f"\nplain: {result['plain_step_ms']:.2f} ms/step; the hooks took {result['layer_samples']:.0f} layer "
-          f"samples per {steps} steps; the layer probes took {100 * result['probe_share']:.2f}% of the time")
-    print("clock: wall = wall-clock ratio to the plain loop of the same round; cpu = this thread's CPU time;\n"
-          "       timed = time measured inside the logging calls (run.step/epoch and the probes' hooks;\n"
-          "       the SummaryWriter calls), over the rest of the loop")
+          f"samples per {steps} steps")
+    print(_parts_line(result, steps))
+    print("clock: " + "\n       ".join(f"{k} = {v}" for k, v in CLOCKS.items()))
     print(f"{'variant':<12} {'clock':<5} {'median ratio':>12} {'p25':>7} {'p75':>7} {'once (ms)':>10}")
     for name in ("hooks", "tensorboard"):
         if name in result:
             r = result[name]
-            for clock in ("wall", "cpu", "timed"):
-                if clock not in r:
-                    continue
+            for clock in CLOCKS:
                 c = r[clock]
                 once = f"{r['fixed_ms']:>10.1f}" if clock == "wall" else ""
                 print(f"{name:<12} {clock:<5} {c['median']:>12.4f} {c['p25']:>7.4f} {c['p75']:>7.4f} {once}")
@@ -288,18 +347,26 @@ def _by_length(lengths: list[int], rounds: int, model: str, tensorboard: bool) -
     for steps in lengths:
         print(f"\n--- {steps} steps")
         rows.append((steps, measure(rounds, steps, model, tensorboard=tensorboard)))
-    print("\nmedian ratio to the plain loop (p25-p75); timed = inside the logging calls")
-    header = f"{'steps':>6} {'plain ms/step':>13} {'layer samples':>13}"
     variants = [v for v in ("hooks", "tensorboard") if v in rows[0][1]]
+    print(f"\n{model}: median ratio to the plain loop (p25-p75) over {rounds} rounds; inside = time inside the "
+          "logging calls as a share of the loop; tail = the second half of the steps\n")
+    head = "| steps | plain ms/step | layer samples |"
+    rule = "|---:|---:|---:|"
     for v in variants:
-        header += f" {v + ' wall':>24} {v + ' cpu':>16} {v + ' timed':>16}"
-    print(header)
+        head += f" {v} wall | {v} cpu | {v} tail | {v} inside |"
+        rule += "---:|---:|---:|---:|"
+    print(head)
+    print(rule)
     for steps, r in rows:
-        line = f"{steps:>6} {r['plain_step_ms']:>13.2f} {r['layer_samples']:>13.0f}"
+        line = f"| {steps} | {r['plain_step_ms']:.2f} | {r['layer_samples']:.0f} |"
         for v in variants:
-            w, c, t = r[v]["wall"], r[v]["cpu"], r[v]["timed"]
-            line += f" {w['median']:>9.4f} ({w['p25']:.3f}-{w['p75']:.3f}) {c['median']:>16.4f} {t['median']:>16.4f}"
+            w, c, t, i = (r[v][k] for k in ("wall", "cpu", "tail", "timed"))
+            line += (f" {w['median']:.3f} ({w['p25']:.3f}-{w['p75']:.3f}) | {c['median']:.3f} |"
+                     f" {t['median']:.3f} ({t['p25']:.3f}-{t['p75']:.3f}) | {100 * (1 - 1 / i['median']):.2f}% |")
         print(line)
+    print()
+    for steps, r in rows:
+        print(f"{steps} steps: {_parts_line(r, steps)}")
     return 0
 
 

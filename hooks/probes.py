@@ -15,7 +15,7 @@ Sampling has a floor, because problems start early and short runs must not be bl
 FLOOR_DENSE steps is sampled, then steps spaced by a factor FLOOR_GROWTH (12, 14, 17, 20, ... 492, ...) up
 to step FLOOR_END: a 60-step run gets 21 samples, a 500-step run 36, at a fixed cost that a long run
 amortizes. Beyond the floor sampling is time-budgeted by default: a sample is taken when the probes' total
-cost (snapshots and the floor included) stays under `budget` (0.3%) of the wall time since `watch()`, and
+cost (snapshots and the floor included) stays under `budget` (0.2%) of the wall time since `watch()`, and
 never more often than every `min_every` steps. Pass `every=N` for a fixed schedule (every multiple of N)
 instead of the budget; the floor applies to both (`floor=False` turns it off). At close, `final_records`
 adds the run's last state (weights and the last gradients still held), so sampling reaches the end.
@@ -47,7 +47,7 @@ __all__ = [
     "SIGMOID_SATURATED",
 ]
 
-DEFAULT_BUDGET = 0.003  # adaptive sampling: probe time <= 0.3% of wall time
+DEFAULT_BUDGET = 0.002  # adaptive sampling: probe time <= 0.2% of wall time
 MIN_EVERY = 10  # adaptive sampling: at most one sample per this many steps
 FLOOR_DENSE = 10  # the floor: every one of the first this many steps ...
 FLOOR_GROWTH = 1.15  # ... then each sample this factor after the previous one ...
@@ -222,6 +222,7 @@ class LayerProbe:
         self.samples = 0  # sampled steps so far
         self.last_sampled = 0  # the last sampled step
         self.seconds = 0.0  # wall time the probes took so far (hooks, statistics, snapshots)
+        self.hook_seconds = 0.0  # the part of it inside the model's forward and the optimizer's step
         self.disabled = False
 
         root = type(model).__name__
@@ -384,7 +385,9 @@ class LayerProbe:
                 act.observe(output)
             except Exception as exc:  # noqa: BLE001 - an error here would break the user's forward pass
                 self._fail(f"the forward hook of {act.name}", exc)
-            self._cost += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self._cost += dt
+            self.hook_seconds += dt
 
         return _not_compiled(hook)
 
@@ -408,7 +411,9 @@ class LayerProbe:
                     layer.before_norm = _norm(layer.before)
         except Exception as exc:  # noqa: BLE001 - an error here would break optimizer.step()
             self._fail("the optimizer pre-step hook", exc)
-        self._cost += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self._cost += dt
+        self.hook_seconds += dt
 
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.disabled or self._stepped:
@@ -430,7 +435,9 @@ class LayerProbe:
                     layer.before = layer.before_norm = None
         except Exception as exc:  # noqa: BLE001 - an error here would break optimizer.step()
             self._fail("the optimizer post-step hook", exc)
-        self._cost += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self._cost += dt
+        self.hook_seconds += dt
 
     # ----------------------------------------------------------------- statistics
     def _collect(self, step: int) -> dict:

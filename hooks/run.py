@@ -28,7 +28,9 @@ __all__ = ["Run", "StopTraining"]
 
 # Online rules cost milliseconds per call (frames, every rule): they run when the time they took so far plus
 # their last cost fits in this fraction of the run's time, at once on the first non-finite loss, and at close.
-RULES_BUDGET = 0.002
+# The steady state's 1% is shared: rules <= 0.2% (with epoch ends), layer probes <= 0.2% (hooks/probes.py),
+# run.step and the flushes the rest (benchmarks/overhead.py measures each part).
+RULES_BUDGET = 0.0015
 # status.json (an atomic rename: about a millisecond on ext4) is rewritten at most this often, and at close.
 STATUS_INTERVAL = 5.0
 # The floor under the rules' budget: while the run is this young (seconds since Run()) they run at every
@@ -36,7 +38,7 @@ STATUS_INTERVAL = 5.0
 # one flush of a critical condition however short the run. Later they also run at a run.epoch() when their
 # total stays within EPOCH_RULES_BUDGET of the run's time (tiny epochs then share it).
 RULES_YOUNG_SECONDS = 10.0
-EPOCH_RULES_BUDGET = 0.003
+EPOCH_RULES_BUDGET = 0.002
 # Extra flushes (and so rule evaluations) at these steps: the first losses are judged within the first steps.
 EARLY_FLUSH_STEPS = (10, 100)
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -56,33 +58,46 @@ def _materialize(records: list[dict]) -> None:
     """Replace every tensor leaf in records by a float, in one host transfer per device (the only sync).
 
     float64 tensors travel as float64 (a second transfer on that device), everything else as float32.
+    A flush holds hundreds of step values: this is its main cost, so the step columns (flat lists, built by
+    run.step) are scanned without the general walk, and "step" and "time" (Python numbers) not at all.
     """
     leaves: list[tuple[Any, Any, torch.Tensor]] = []
+    tensor = torch.Tensor
 
     def collect(container: Any) -> None:
         items = container.items() if isinstance(container, dict) else enumerate(container)
         for key, value in items:
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, tensor):
                 leaves.append((container, key, value))
             elif isinstance(value, (dict, list)):
                 collect(value)
 
     for rec in records:
-        collect(rec)
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, (_, _, t) in enumerate(leaves):
-        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # float32 would turn 1e308 into inf
-        groups.setdefault((t.device, dtype), []).append(i)
-    for (_, dtype), idx in groups.items():
+        if rec.get("type") != "steps":
+            collect(rec)
+            continue
+        for column in (rec["loss"], rec["lr"], *rec.get("scalars", {}).values()):
+            leaves.extend((column, i, v) for i, v in enumerate(column) if type(v) is tensor)
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list, list, list]] = {}
+    f32, f64 = torch.float32, torch.float64  # dtypes are singletons: `is` compares them
+    for container, key, t in leaves:
+        dtype = t.dtype
+        wide = f64 if dtype is f64 else f32  # float32 would turn 1e308 into inf
+        group = groups.get((t.device, wide))
+        if group is None:
+            group = groups[(t.device, wide)] = ([], [], [])
+        group[0].append(t)
+        # stack as-is what is already a scalar of that dtype: per-leaf ops cost microseconds
+        group[1].append(t if dtype is wide and t.ndim == 0 else None)
+        group[2].append((container, key))
+    for (_, dtype), (tensors, ready, places) in groups.items():
         try:
-            with torch.no_grad():  # stack as-is what is already a scalar of that dtype: per-leaf ops cost us
-                scalars = [leaves[i][2] for i in idx]
-                scalars = [t if t.dtype == dtype and t.dim() == 0 else t.reshape(()).to(dtype) for t in scalars]
-                values = torch.stack(scalars).tolist()
+            with torch.no_grad():
+                values = torch.stack([r if r is not None else t.reshape(()).to(dtype)
+                                      for t, r in zip(tensors, ready, strict=True)]).tolist()
         except Exception:  # noqa: BLE001 - one odd tensor (not a scalar) costs only itself: NaN, not the flush
-            values = [_one_float(leaves[i][2], dtype) for i in idx]
-        for i, v in zip(idx, values, strict=True):
-            container, key, _ = leaves[i]
+            values = [_one_float(t, dtype) for t in tensors]
+        for (container, key), v in zip(places, values, strict=True):
             container[key] = v
 
 
