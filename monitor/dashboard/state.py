@@ -175,7 +175,7 @@ class RunState:
         self.steps_per_s: float | None = None
         if diagnose and _OnlineDiagnoser is not None:
             try:
-                self.diagnoser = _OnlineDiagnoser(meta=dict(self.tailer.meta))
+                self.diagnoser = _OnlineDiagnoser(meta=dict(self.tailer.meta), run_dir=self.path)  # snapshots
             except Exception as exc:  # noqa: BLE001
                 self.diagnoser_error = f"{type(exc).__name__}: {exc}"
 

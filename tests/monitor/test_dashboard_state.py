@@ -47,7 +47,7 @@ def test_layer_frames_are_per_layer_and_skip_missing_statistics(tmp_path):
 
 def test_findings_are_the_dashboards_diagnosis_plus_what_it_did_not_reproduce_newest_first(tmp_path, monkeypatch):
     class FakeDiagnoser:
-        def __init__(self, meta, thresholds=None):
+        def __init__(self, meta, thresholds=None, run_dir=None):
             self.meta, self.findings = meta, []
 
         def update(self, batch, status=None):
@@ -71,7 +71,7 @@ def test_findings_are_the_dashboards_diagnosis_plus_what_it_did_not_reproduce_ne
 
 def test_a_broken_rule_engine_does_not_take_the_dashboard_down(tmp_path, monkeypatch):
     class Broken:
-        def __init__(self, meta, thresholds=None):
+        def __init__(self, meta, thresholds=None, run_dir=None):
             pass
 
         def update(self, batch, status=None):
@@ -187,3 +187,14 @@ def test_the_fast_step_parser_gives_the_readers_exact_results(tmp_path):
     a, b = fast.poll(), slow.poll()
     pd.testing.assert_frame_equal(a.steps, b.steps, check_exact=True)
     assert list(a.steps["step"]) == [1209, 1210] and a.steps["grad_norm"].iloc[1] == 1.5
+
+
+def test_the_dashboards_rules_read_snapshots_through_the_format(tmp_path):
+    st = RunState(write_run(tmp_path / "r", steps=300, snapshots=3))
+    st.update()
+    record = st.snapshots[-1]
+    arr = st.load_snapshot(record)
+    assert arr is not None and arr.size
+    # the reader's batches hand the engine the format's loader: the rules see the same array, read the same way
+    assert np.array_equal(st.diagnoser.ctx.load_snapshot(record["file"]), arr)
+    assert st.diagnoser.ctx.load_snapshot("../" + record["file"]) is None
