@@ -151,6 +151,8 @@ def render_text(data: RunData, findings: list[Finding]) -> str:
                 where.append(f"step {f.step}")
             if f.epoch is not None:
                 where.append(f"epoch {f.epoch}")
+            if getattr(f, "recorded", False):  # from findings.jsonl: this diagnosis did not find it again
+                where.append("recorded during training")
             lines.append(f"  [{f.rule}] {f.title}" + (f" ({', '.join(where)})" if where else ""))
             lines.append(f"    {f.message}")
             shown = {k: v for k, v in f.evidence.items() if k not in _HIDDEN_EVIDENCE and not _empty(v)}

@@ -18,6 +18,7 @@ from babysit.monitor.report import write_report
 from babysit.rules import Finding, findings_of_run
 
 from benchmarks.heal import Setup, scenario
+from benchmarks.synthetic import write_run
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,16 @@ def test_recorded_findings_fill_gaps_only_and_keep_their_most_severe_line():
     assert found["flat_loss"].message == "fresh" and not found["flat_loss"].recorded
     assert found["custom"].message == "b" and found["custom"].recorded and found["custom"].source == "watch"
     assert found["custom"].to_dict()["recorded"] is True and "recorded" not in found["flat_loss"].to_dict()
+
+
+def test_diagnose_shows_what_the_run_recorded_and_its_exit_status_follows(tmp_path, capsys):
+    custom = {"rule": "custom_check", "title": "Custom", "severity": "critical", "step": 5, "epoch": None,
+              "message": "seen by a check of the user's", "evidence": {}, "fix": [], "source": "hooks"}
+    path = write_run(tmp_path / "r", steps=200, findings=[custom])
+    assert main(["diagnose", str(path)]) == 1  # --fail-on critical: the recorded critical counts
+    text = capsys.readouterr().out
+    assert "[custom_check] Custom (step 5, recorded during training)" in text
+    assert main(["diagnose", str(path), "--json"]) == 1
+    (shown,) = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["rule"] == "custom_check"]
+    assert shown["severity"] == "critical" and set(shown) == {"rule", "severity", "step", "epoch", "message",
+                                                              "evidence", "fix", "fix_ids", "caused_by", "root_cause"}
