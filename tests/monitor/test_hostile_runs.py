@@ -30,9 +30,7 @@ from babysit.monitor import runfile
 from babysit.monitor.cli import main
 from babysit.monitor.reader import _pid_alive, effective_state, read_meta, read_status
 from babysit.monitor.sinks import Alert, ExecSink, FindingsLog, printable
-
-sys.path.insert(0, str(Path(__file__).parent))
-from hostile_corpus import CASES, GOOD, HUGE_SHAPE, NON_UTF8, _npy_header, build_corpus, good_run  # noqa: E402
+from hostile_corpus import CASES, GOOD, HUGE_SHAPE, NON_UTF8, _npy_header, build_corpus, good_run
 
 REPO = Path(__file__).resolve().parents[2]
 NON_UTF8_NAME = os.fsdecode(NON_UTF8)
