@@ -9,8 +9,9 @@ import math
 from collections import deque
 from typing import Any
 
-from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict
+from babysit.rules.base import Context, Finding, fmt, meta_dict
 from babysit.rules.loss import infer_num_classes
+from babysit.rules.once import OnceRule
 
 __all__ = ["Overfitting", "Underfitting", "ChanceAccuracy"]
 
@@ -38,18 +39,15 @@ def _epoch_rows(ctx: Context) -> list[dict]:
     return rows
 
 
-class _EpochRule(Rule):
+class _EpochRule(OnceRule):
     """Keeps the last epochs' metrics; accuracies given in percent are scaled to [0, 1]."""
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.history: deque[dict] = deque(maxlen=_HISTORY)
         self.percent = False
-        self.done = False
 
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if self.done:
-            return []
+    def examine(self, batch, ctx: Context) -> list[Finding]:
         out: list[Finding] = []
         for row in _epoch_rows(ctx):
             for k in ("train_acc", "val_acc"):

@@ -15,10 +15,12 @@ import re
 
 import numpy as np
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
+from babysit.rules.loss import REGRESSION_LOSSES
+from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail
 
-__all__ = ["DoubleSoftmax", "OutputActivation", "FrozenParameters", "SkippedOptimizerSteps", "Progress", "number",
-           "train_accuracy", "since_start"]
+__all__ = ["DoubleSoftmax", "LossMismatch", "OutputActivation", "FrozenParameters", "SkippedOptimizerSteps",
+           "Progress", "number", "train_accuracy", "since_start"]
 
 
 def number(x) -> float | None:
@@ -116,7 +118,7 @@ def softmax_floor(c: int) -> float:
     return math.log1p((c - 1) / math.e)
 
 
-class DoubleSoftmax(Rule):
+class DoubleSoftmax(OnceRule):
     id = "double_softmax"
     title = "Probabilities fed to a loss that expects logits"
     fix = ("logits_to_loss",)
@@ -124,7 +126,6 @@ class DoubleSoftmax(Rule):
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
-        self.done = False
         self.progress = Progress(thresholds)
 
     def update(self, batch, ctx: Context) -> list[Finding]:
@@ -169,6 +170,50 @@ class DoubleSoftmax(Rule):
         return [self.finding(ctx, "warning", since_start(ctx), msg, evidence, fix)]
 
 
+class LossMismatch(OnceRule):
+    """The loss function does not fit what it is given: nll_loss on raw scores that are not log-probabilities
+    (the log_softmax was forgotten: the 'loss' is -score[y], unbounded below), or a regression loss (MSE, L1,
+    Huber) regressing class indices with one output per sample while the run declares C >= 3 classes.
+
+    From the first batch the hooks saw the loss called on (meta first_batch: `loss_fn`, `loss_input` with
+    `log_probs`, min/max, shape; `targets`). Log-probabilities are never positive and their rows' exp sums
+    to 1; probabilities are double_softmax's.
+    """
+
+    id = "loss_mismatch"
+    title = "The loss function does not match the model's output"
+    fix = ("log_softmax_before_nll", "classification_loss")
+    needs = ("meta.first_batch",)
+
+    def examine(self, batch, ctx: Context) -> list[Finding]:
+        fb = meta_dict(ctx.meta, "first_batch")
+        fn = str(fb.get("loss_fn") or "")
+        inp = fb.get("loss_input") if isinstance(fb.get("loss_input"), dict) else {}
+        tgt = fb.get("targets") if isinstance(fb.get("targets"), dict) else {}
+        lo, hi = number(inp.get("min")), number(inp.get("max"))
+        found = None
+        if fn == "nll_loss" and inp.get("log_probs") is False and inp.get("rows_sum_to_one") is not True:
+            where = f"values up to {fmt(hi)}" if hi is not None and hi > 0 else "rows whose exp does not sum to 1"
+            found = (f"nll_loss got raw scores, not log-probabilities ({where}; range [{fmt(lo)}, {fmt(hi)}]): "
+                     "it computes -score[y], which the net can push to -infinity", ["log_softmax_before_nll"])
+        c = ctx.num_classes
+        shape = inp.get("shape") if isinstance(inp.get("shape"), list) else []
+        one_output = len(shape) == 1 or (len(shape) == 2 and shape[-1] == 1)
+        t_lo, t_hi = number(tgt.get("min")), number(tgt.get("max"))
+        if (found is None and fn in REGRESSION_LOSSES and c is not None and c >= 3 and one_output
+                and t_lo is not None and t_hi is not None and 0 <= t_lo and t_hi <= c - 1 and t_hi >= 2):
+            found = (f"{fn} regresses the class index: the model gives one number per sample "
+                     f"(loss input shape {shape}) for targets {fmt(t_lo)}..{fmt(t_hi)} of a {c}-class run",
+                     ["classification_loss"])
+        if found is None:
+            return []
+        self.done = True
+        msg, fix = found
+        evidence = {"loss_fn": fn, "loss_input_min": lo, "loss_input_max": hi, "loss_input_shape": shape,
+                    "log_probs": inp.get("log_probs"), "targets_min": t_lo, "targets_max": t_hi, "num_classes": c}
+        return [self.finding(ctx, "warning", since_start(ctx), msg, evidence, fix)]
+
+
 class Gradless:
     """Weight layers that never receive a gradient (a .detach() in forward, a branch the loss never uses).
 
@@ -208,7 +253,7 @@ _SQUASH = {"Sigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0), "Hardtanh": (-1.0, 1.0), 
            "ReLU": (0.0, math.inf), "ReLU6": (0.0, 6.0), "Softplus": (0.0, math.inf)}
 
 
-class OutputActivation(Rule):
+class OutputActivation(OnceRule):
     """A ReLU, sigmoid or tanh after the last layer, before cross_entropy: the logits are clipped or squashed."""
 
     id = "output_activation"
@@ -216,13 +261,7 @@ class OutputActivation(Rule):
     fix = ("remove_output_activation",)
     needs = ("meta.first_batch",)
 
-    def __init__(self, thresholds: dict):
-        super().__init__(thresholds)
-        self.done = False
-
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if self.done:
-            return []
+    def examine(self, batch, ctx: Context) -> list[Finding]:
         fb = meta_dict(ctx.meta, "first_batch")
         head = str(meta_dict(meta_dict(ctx.meta, "model"), "head").get("type") or "")
         if fb.get("loss_fn") != "cross_entropy" or head not in _SQUASH:

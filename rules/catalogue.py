@@ -11,7 +11,7 @@ after them. To add a rule: import it, append it to RULES, and name it in CAUSES 
 from __future__ import annotations
 
 from babysit.rules.accuracy import ChanceAccuracy, Overfitting, Underfitting
-from babysit.rules.bugs import DoubleSoftmax, FrozenParameters, OutputActivation, SkippedOptimizerSteps
+from babysit.rules.bugs import DoubleSoftmax, FrozenParameters, LossMismatch, OutputActivation, SkippedOptimizerSteps
 from babysit.rules.causes import LowCapacity, LrTooHigh
 from babysit.rules.data import BadLabels, UnnormalizedInput
 from babysit.rules.heal import Healed
@@ -48,6 +48,7 @@ RULES = [
     LrTooHigh,
     LowCapacity,
     DoubleSoftmax,
+    LossMismatch,
     OutputActivation,
     FrozenParameters,
     SkippedOptimizerSteps,
@@ -62,7 +63,7 @@ RULE_IDS = [r.id for r in RULES]
 # symptom -> the findings that explain it, most fundamental first. When one is present (rules/causes.py
 # `explains` agrees) the symptom names it and leads with its fix. Ids of rules that are not in RULES (another
 # module's bug checks) are simply never present.
-_BUGS = ["frozen_parameters", "skipped_optimizer_steps", "double_softmax", "output_activation"]
+_BUGS = ["frozen_parameters", "skipped_optimizer_steps", "double_softmax", "loss_mismatch", "output_activation"]
 _DEAD_NET = ["nonfinite_loss", "stalled_weights", "dead_units", "saturated_activations", "vanishing_gradients"]
 _DATA = ["bad_labels", "unnormalized_input"]
 CAUSES: dict[str, list[str]] = {
@@ -70,7 +71,7 @@ CAUSES: dict[str, list[str]] = {
     "chance_accuracy": [*_BUGS, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA, "low_capacity", "flat_loss"],
     "underfitting": ["chance_accuracy", *_BUGS, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA,
                      "low_capacity", "flat_loss", "update_ratio"],
-    "init_loss_mismatch": ["double_softmax", *_DATA],
+    "init_loss_mismatch": ["double_softmax", "loss_mismatch", *_DATA],
     "dead_units": ["lr_too_high"],
     "saturated_activations": ["unnormalized_input"],
     "vanishing_gradients": ["dead_units", "saturated_activations"],

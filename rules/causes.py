@@ -16,6 +16,7 @@ import numpy as np
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers, row_nanmedian
 from babysit.rules.layers import layer_view
 from babysit.rules.loss import infer_num_classes
+from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail, rolling_mean
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -185,7 +186,7 @@ def weight_layers(meta: dict) -> list[dict]:
     return [x for x in meta_layers(meta) if any(t in str(x.get("type", "")) for t in _WEIGHT_TYPES)]
 
 
-class LowCapacity(Rule):
+class LowCapacity(OnceRule):
     """A model without a hidden layer (one weight layer: a linear classifier) whose loss stays near chance while
     the optimizer works normally: the classes are not linearly separable, the cause is capacity."""
 
@@ -194,13 +195,7 @@ class LowCapacity(Rule):
     fix = ("more_capacity",)
     needs = ("meta.model", "num_classes", "steps>=flat_window")
 
-    def __init__(self, thresholds: dict):
-        super().__init__(thresholds)
-        self.done = False
-
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if self.done:
-            return []
+    def examine(self, batch, ctx: Context) -> list[Finding]:
         layers = weight_layers(ctx.meta)
         if len(layers) != 1:
             self.done = bool(layers)  # a hidden layer exists: capacity is not this run's question

@@ -15,8 +15,10 @@ __all__ = ["UnnormalizedInput", "BadLabels"]
 
 NORM_LAYERS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm", "RMSNorm")
 # what inputs at the wrong scale typically cause: with one of these live the note becomes a warning
+# (init_loss_mismatch: inputs in the thousands give the first layer, and so the logits, values in the
+# thousands: the first loss lands far above ln C, the lecture's first sanity check)
 TROUBLE = ("saturated_activations", "dead_units", "flat_loss", "loss_explosion", "nonfinite_loss",
-           "exploding_gradients", "vanishing_gradients", "chance_accuracy", "update_ratio")
+           "exploding_gradients", "vanishing_gradients", "chance_accuracy", "update_ratio", "init_loss_mismatch")
 
 
 def _trouble(ctx: Context) -> list[str]:
@@ -202,6 +204,10 @@ class BadLabels(Rule):
         no_better = baseline is not None and recent >= self.th["target_fit"] * baseline
         if learning and not no_better:
             return None  # a regression on raw-scale targets that fits them is a choice
+        # a net that starts at the mean (bias set to it, or after its first steps) neither falls far nor beats
+        # the mean until it has had time to learn: judged after flat_window steps more than the other bug checks
+        if ctx.last_step - (ctx.first_step or 0) < self.th["bug_min_steps"] + self.th["flat_window"]:
+            return None
         how = (f"the loss {fmt(recent)} is no better than predicting their mean ({fmt(baseline)})" if no_better
                else f"the loss does not fall: {self.progress.note(ctx)}")
         msg = (f"regression targets have mean {fmt(m)} and std {fmt(s)} (min {fmt(number(t.get('min')))}, max "

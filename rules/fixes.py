@@ -79,6 +79,10 @@ _ALL = [
     Fix("check_num_classes", "check num_classes matches the data"),
     Fix("check_label_leak", "if the net is not pretrained, check that labels do not leak into the inputs"),
     Fix("logits_to_loss", "pass raw logits to cross_entropy (no softmax or log_softmax before it)"),
+    Fix("log_softmax_before_nll", "apply log_softmax before nll_loss (or pass the raw logits to cross_entropy, "
+        "which does both)"),
+    Fix("classification_loss", "for classes, give the model C outputs and use cross_entropy on the class indices "
+        "(accuracy from argmax), not a regression loss on the index"),
     Fix("remove_output_activation", "remove the activation after the last layer: cross_entropy needs raw logits "
         "(a ReLU clips them at 0, a sigmoid or tanh squashes them into a narrow range)"),
     Fix("more_data", "more training data or data augmentation (random crops, flips)"),

@@ -10,7 +10,9 @@ import math
 
 import numpy as np
 import pandas as pd
-from babysit.rules.base import Context, Finding, Rule, Table, fmt, meta_dict, meta_layers, row_nanmedian
+from babysit.rules.base import Context, Finding, Table, fmt, meta_dict, meta_layers, row_nanmedian
+from babysit.rules.loss import batch_size
+from babysit.rules.once import OnceRule
 from babysit.rules.window import Streak, first_true
 
 __all__ = ["LayerView", "layer_view", "UpdateRatio", "DeadUnits", "SaturatedActivations",
@@ -98,10 +100,8 @@ def _trainable_columns(view: LayerView, ctx: Context) -> list[int]:
     return keep or cols
 
 
-class _LayerRule(Rule):
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if getattr(self, "done", False):
-            return []
+class _LayerRule(OnceRule):
+    def examine(self, batch, ctx: Context) -> list[Finding]:
         view = layer_view(batch, ctx)
         if view is None:
             return []
@@ -131,7 +131,6 @@ class UpdateRatio(_LayerRule):
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.low, self.high = Streak(), Streak()
-        self.done = False
         self.recent_loss = math.nan
 
     def update(self, batch, ctx: Context) -> list[Finding]:
@@ -192,15 +191,6 @@ class _Sub:
         self.steps = steps
 
 
-def _batch_size(ctx: Context) -> int | None:
-    config = meta_dict(ctx.meta, "config")
-    for key in ("batch_size", "batch", "bs"):
-        v = config.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
-            return int(v)
-    return None
-
-
 class DeadUnits(_LayerRule):
     """Most units of a ReLU layer never fire on the probe batch, sustained over records.
 
@@ -223,7 +213,7 @@ class DeadUnits(_LayerRule):
 
     def limit(self, name: str, ctx: Context) -> float:
         lim = self.th["dead_frac"]
-        bs = _batch_size(ctx)
+        bs = batch_size(ctx)
         if bs is not None and bs < 8:
             lim = max(lim, self.th["dead_frac_small_batch"])
         return max(lim, min(self.th["dead_frac_small_batch"], self.at_init.get(name, 0.0) + 0.3))
@@ -313,7 +303,6 @@ class SaturatedActivations(_LayerRule):
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.streaks: dict[str, Streak] = {}
-        self.done = False
 
     def check(self, view: LayerView, ctx: Context) -> list[Finding]:
         cols = [c for c in view.columns("tanh") + view.columns("sigmoid") if not _output_activation(view, c, ctx)]
@@ -352,7 +341,6 @@ class VanishingGradients(_LayerRule):
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.streak = Streak()
-        self.done = False
 
     def check(self, view: LayerView, ctx: Context) -> list[Finding]:
         cols = _trainable_columns(view, ctx)
@@ -364,6 +352,11 @@ class VanishingGradients(_LayerRule):
             ratio = first / last
         finite = np.isfinite(g).all(axis=1)
         tiny = finite & (np.where(finite[:, None], g, np.inf).max(axis=1) < self.th["vanishing_abs"])
+        bs = batch_size(ctx)
+        if bs is not None and bs <= self.th["tiny_batch"]:
+            # the probe's gradient is the last batch's: one example the net already fits has a gradient of ~0 in
+            # every layer. Only the first-vs-last ratio (depth attenuation) says the gradients vanish there.
+            tiny[:] = False
         small = np.isfinite(ratio) & (last > 0) & (ratio < self.th["vanishing_ratio"])
         i, n = self.sustained(self.streak, small | tiny, view, "vanishing_records")
         if i is None:

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
+from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail, first_true, rolling_mean, runs_of
 
-__all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss"]
+__all__ = ["NonfiniteLoss", "LossExplosion", "FlatLoss", "InitLossMismatch", "NoisyLoss", "infer_num_classes",
+           "loss_kind", "batch_size", "REGRESSION_LOSSES", "CATEGORICAL_LOSSES"]
 
 
 def _lr_note(lr: float) -> str:
@@ -23,7 +25,20 @@ def _cfg(ctx: Context, *names: str):
     return None
 
 
-class NonfiniteLoss(Rule):
+def batch_size(ctx: Context) -> int | None:
+    """The batch size from the config, else from the first batch the hooks saw (meta first_batch shape[0])."""
+    bs = _cfg(ctx, "batch_size", "batch", "bs")
+    if isinstance(bs, (int, float)) and not isinstance(bs, bool) and bs > 0:
+        return int(bs)
+    fb = meta_dict(ctx.meta, "first_batch")
+    for key in ("inputs", "targets"):
+        shape = meta_dict(fb, key).get("shape")
+        if isinstance(shape, list) and shape and isinstance(shape[0], int) and not isinstance(shape[0], bool):
+            return shape[0] if shape[0] > 0 else None
+    return None
+
+
+class NonfiniteLoss(OnceRule):
     id = "nonfinite_loss"
     title = "Loss, weights or gradients are NaN/inf"
     fix = ("lower_lr_10x", "check_data_finite", "clip_gradients", "guard_loss_math")
@@ -31,12 +46,9 @@ class NonfiniteLoss(Rule):
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
-        self.done = False
         self.last_finite: tuple[int, float] | None = None
 
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if self.done:
-            return []
+    def examine(self, batch, ctx: Context) -> list[Finding]:
         found = self._steps(ctx) or self._epochs(batch, ctx) or self._layers(batch, ctx)
         if found:
             self.done = True
@@ -114,8 +126,9 @@ class LossExplosion(Rule):
     above the limit is enough while single steps of the preceding `explosion_noise_history` steps stayed
     below it. A loss whose single steps already crossed the limit there (batch size 1, a heavy-tailed
     per-sample loss: a few hard examples in a row) crosses it with a short median by chance, many times in a
-    long run; there the median of `explosion_noisy_window` steps must be above the limit: a level that rose,
-    not a cluster of hard batches.
+    long run; there the level is the mean of `explosion_noisy_window` steps (the expected loss the optimizer
+    minimizes: a median would hide a growing tail of confidently wrong examples, the mark of steps too large)
+    and it must be above the limit: a level that rose, not a cluster of hard batches.
     """
 
     id = "loss_explosion"
@@ -150,36 +163,41 @@ class LossExplosion(Rule):
             c = ctx.num_classes
             if c is not None:  # a relative rise from a tiny (fine-tuned) loss is no explosion
                 limit = max(limit, init + self.th["explosion_min_rise"] * math.log(c))
-            ends, w = self._exploded(x > limit, first_end)
+            ends, w = self._exploded(x, limit, first_end)
             if not len(ends):
                 continue
             self.severity = severity
             end = int(ends[0])
             window = x[end - w[0] + 1 : end + 1]
-            value, step, lr = float(np.median(window)), int(steps[end]), float(lrs[end])
+            noisy = int(w[0]) != self.w
+            value = float(np.mean(window) if noisy else np.median(window))
+            step, lr = int(steps[end]), float(lrs[end])
             msg = (f"loss {fmt(value)} at step {step} is {fmt(value / init, 2)}x the initial {fmt(init)} "
-                   f"(median of {int(w[0])} steps; limit {fmt(factor)}x){_lr_note(lr)}")
+                   f"({'mean' if noisy else 'median'} of {int(w[0])} steps"
+                   f"{': single steps are noisy' if noisy else ''}; limit {fmt(factor)}x){_lr_note(lr)}")
             evidence = {"step": step, "loss": value, "peak": float(np.nanmax(window)), "initial_loss": init,
                         "ratio": value / init, "factor": factor, "lr": lr}
             fix = list(self.fix) if severity == "critical" else [self.fix[1], self.fix[2]]
             return [self.finding(ctx, severity, step, msg, evidence, fix)]
         return []
 
-    def _exploded(self, above: np.ndarray, first_end: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ends (indices into x, from first_end) of windows whose median is above the limit, judged against
-        the noise before them, and each one's window length."""
-        c = np.concatenate([[0], np.cumsum(above, dtype=np.int64)])
-        ends = np.arange(first_end, len(above))
+    def _exploded(self, x: np.ndarray, limit: float, first_end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ends (indices into x, from first_end) of windows above the limit, judged against the noise before
+        them, and each one's window length."""
+        ends = np.arange(first_end, len(x))
         if not len(ends):
             return ends, ends
-        count = lambda lo, hi: c[hi] - c[np.maximum(lo, 0)]  # noqa: E731 - Trues in above[lo:hi]
-        short = count(ends - self.w + 1, ends + 1) >= self.w // 2 + 1
+        c = np.concatenate([[0], np.cumsum(x > limit, dtype=np.int64)])
+        count = lambda lo, hi: c[hi] - c[np.maximum(lo, 0)]  # noqa: E731 - steps above the limit in x[lo:hi]
+        short = count(ends - self.w + 1, ends + 1) >= self.w // 2 + 1  # the median of the short window
         lo = np.maximum(ends - self.w + 1 - self.h, 0)
-        seen = ends - self.w + 1 - lo
-        noisy = count(lo, ends - self.w + 1) > self.th["explosion_noise_frac"] * np.maximum(seen, 1)
+        noisy = count(lo, ends - self.w + 1) > self.th["explosion_noise_frac"] * np.maximum(ends - self.w + 1 - lo, 1)
+        # the mean of the long window; capped (inf, 1e30) so the running sum keeps its precision, NaN left out
+        capped = np.minimum(np.where(np.isnan(x), 0.0, x), 1e6 * max(limit, 1e-12))
+        s = np.concatenate([[0.0], np.cumsum(capped)])
         full = ends + 1 >= self.long
-        sustained = full & (count(ends - self.long + 1, ends + 1) >= self.long // 2 + 1)
-        hit = short & (~noisy | sustained)
+        level = (s[ends + 1] - s[np.maximum(ends + 1 - self.long, 0)]) / self.long
+        hit = np.where(noisy, full & (level > limit), short)
         return ends[hit], np.where(noisy, self.long, self.w)[hit]
 
 
@@ -308,11 +326,27 @@ class FlatLoss(Rule):
         return [resolved]
 
 
+REGRESSION_LOSSES = ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss")
+CATEGORICAL_LOSSES = ("cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits")
+
+
+def loss_kind(ctx: Context) -> str | None:
+    """'regression' or 'categorical' from the loss function the hooks saw (meta first_batch.loss_fn), else None."""
+    fn = str(meta_dict(ctx.meta, "first_batch").get("loss_fn") or "")
+    return "regression" if fn in REGRESSION_LOSSES else "categorical" if fn in CATEGORICAL_LOSSES else None
+
+
 def infer_num_classes(ctx: Context) -> tuple[int | None, str]:
-    """C from meta (num_classes) or, as a guess, from the last linear layer's output size."""
+    """C from meta (num_classes) or, as a guess, from the last linear layer's output size.
+
+    No guess for a regression loss (MSE, L1, Huber): ln(C) chance is the loss of a uniform guess under a
+    categorical loss and means nothing there (a 1-output regression head is not a 2-class classifier).
+    """
     c = ctx.num_classes
     if c is not None:
         return c, "meta"
+    if loss_kind(ctx) == "regression":
+        return None, ""
     for layer in reversed(meta_layers(ctx.meta)):
         shape = meta_dict(layer, "params").get("weight")
         if (isinstance(shape, list) and len(shape) == 2 and isinstance(shape[0], (int, float))
@@ -322,7 +356,7 @@ def infer_num_classes(ctx: Context) -> tuple[int | None, str]:
     return None, ""
 
 
-class InitLossMismatch(Rule):
+class InitLossMismatch(OnceRule):
     """The first loss, computed before any update, should be about ln(C) with regularization off."""
 
     id = "init_loss_mismatch"
@@ -333,11 +367,8 @@ class InitLossMismatch(Rule):
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.first: tuple[int, float] | None = None
-        self.done = False
 
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if self.done:
-            return []
+    def examine(self, batch, ctx: Context) -> list[Finding]:
         if self.first is None and len(ctx.new_loss):
             finite = np.flatnonzero(np.isfinite(ctx.new_loss))
             if not len(finite):
@@ -354,6 +385,9 @@ class InitLossMismatch(Rule):
         has_acc = self.has_acc
         if c is None or (source == "model" and not has_acc):
             return []  # a guessed C is trusted only once accuracies show this is a classifier
+        if loss_kind(ctx) == "regression":
+            self.done = True  # ln(C) is the start of a categorical loss; MSE on class ids is loss_mismatch's
+            return []
         self.done = True
         step, loss = self.first
         expected = math.log(c)
@@ -410,8 +444,8 @@ class NoisyLoss(Rule):
         if not k or init is None or init <= 0:
             return []
         xs, ss = x[: k * self.w].reshape(k, self.w), s[: k * self.w].reshape(k, self.w)
-        bs = _cfg(ctx, "batch_size", "batch", "bs")
-        small = isinstance(bs, (int, float)) and not isinstance(bs, bool) and 0 < bs <= self.th["noisy_small_batch"]
+        bs = batch_size(ctx)
+        small = bs is not None and 0 < bs <= self.th["noisy_small_batch"]
         relax = self.th["noisy_small_batch_relax"] if small else 1.0  # a known tiny batch explains the noise
         d = np.diff(xs, axis=1)
         spread = np.zeros(k)
@@ -441,7 +475,7 @@ class NoisyLoss(Rule):
                 earlier, last3 = self.medians[0], self.medians[-3:]
                 improving = (earlier > 0 and self.medians[-1] < (1 - self.th["noisy_improving"]) * earlier
                              and last3[0] > last3[1] > last3[2])
-                bs_note = f"; batch size {bs}" if bs is not None else ""
+                bs_note = f"; batch size {bs:g}" if bs is not None else ""
                 msg = (f"loss jumps by {fmt(spread[i])} step to step (robust std) around a level of {fmt(level[i])} "
                        f"at step {step}: {fmt(100 * rel[i], 3)}% of the level, {fmt(100 * spread[i] / init, 3)}% "
                        f"of the initial loss, for {self.streak * self.w} steps{bs_note}")
@@ -450,5 +484,10 @@ class NoisyLoss(Rule):
                 if improving:
                     msg += (f"; its level still falls ({fmt(earlier)} -> {fmt(self.medians[-1])} over "
                             f"{(len(self.medians) - 1) * self.w} steps): noisy, but learning")
-                return [self.finding(ctx, "info" if improving else "warning", step, msg, evidence)]
+                if small and not improving:
+                    # each step's loss is the loss of one or a few examples: its spread is the spread of
+                    # per-example losses (most fit, a few do not), a property of the data at this batch size,
+                    # not a fault; the lecture: "when the batch size is 1, the wiggle will be relatively high"
+                    msg += ": expected at this batch size; judge the trend over epochs"
+                return [self.finding(ctx, "info" if improving or small else "warning", step, msg, evidence)]
         return []

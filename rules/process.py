@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 from babysit.rules.base import Context, Finding, Rule, fmt
+from babysit.rules.once import OnceRule
 
 __all__ = ["StalledRun", "TestSetReuse"]
 
@@ -77,7 +78,7 @@ class StalledRun(Rule):
         return [self.finding(ctx, "critical", step, msg, evidence, fix)]
 
 
-class TestSetReuse(Rule):
+class TestSetReuse(OnceRule):
     """The test split evaluated more than once: every look at it is a chance of a false discovery."""
 
     __test__ = False  # not a pytest class
@@ -90,11 +91,8 @@ class TestSetReuse(Rule):
         super().__init__(thresholds)
         self.uses: dict[str, list[int]] = {}
         self.max_uses: dict[str, int] = {}
-        self.done = False
 
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if self.done:
-            return []
+    def examine(self, batch, ctx: Context) -> list[Finding]:
         for ev in ctx.events:
             if ev.get("type") != "event" or ev.get("name") != "test_eval":
                 continue

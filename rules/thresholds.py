@@ -58,8 +58,13 @@ TABLE: dict[str, Threshold] = {
     ),
     "explosion_noisy_window": Threshold(
         51,
-        "loss_explosion: steps in the rolling median that must exceed the factor when the loss is noisy",
+        "loss_explosion: steps in the rolling mean that must exceed the factor when the loss is noisy",
         "ours: a level that rose, not a cluster of hard batches; 10x explosion_window",
+    ),
+    "tiny_batch": Threshold(
+        4,
+        "vanishing_gradients: at or below this batch size an all-tiny gradient is one fitted example, no evidence",
+        "ours: a batch-1 run at a healthy lr records every layer below 1e-7 on a confidently right example",
     ),
     "init_steps": Threshold(
         5,

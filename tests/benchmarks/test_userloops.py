@@ -1,0 +1,48 @@
+"""The user-loop suite stays runnable: its registry is split by name hash, and a few real cases train, are
+diagnosed and scored end to end (a healthy loop gives no warning, buggy loops are caught with the right rule)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.faults.evaluate import run_case, score
+from benchmarks.userloops.__main__ import main, summary, tally
+from benchmarks.userloops.registry import all_cases, get, split_of
+
+
+def test_registry_has_both_kinds_and_a_third_held_out_by_name_alone():
+    cases = all_cases()
+    healthy = [c for c in cases if c.healthy]
+    faulty = [c for c in cases if not c.healthy]
+    assert len(healthy) >= 12 and len(faulty) >= 12
+    for group in (healthy, faulty):
+        hold = [c for c in group if c.split == "holdout"]
+        assert len(hold) == round(len(group) / 3)
+        names = [c.name for c in group]
+        assert all(split_of(c.name, names) == c.split for c in group)  # a function of the names, not results
+    assert all(c.accept for c in faulty)
+
+
+@pytest.mark.parametrize("name,rule", [("nll_loss_on_logits", "loss_mismatch"),
+                                       ("softmax_module_then_crossentropy", "double_softmax")])
+def test_buggy_loops_are_caught_with_the_rule_that_fixes_them(tmp_path, name, rule):
+    res = run_case(name, str(tmp_path / name), suite="benchmarks.userloops")
+    assert res["error"] is None, res["error"]
+    s = score(get(name), res)
+    assert s["verdict"] == "correct" and s["lead"] == rule, s
+
+
+def test_a_healthy_user_loop_gives_no_warning(tmp_path):
+    res = run_case("tiny_run_wine", str(tmp_path / "good"), suite="benchmarks.userloops")
+    assert res["error"] is None, res["error"]
+    s = score(get("tiny_run_wine"), res)
+    assert s["verdict"] == "quiet", s["warnings"]
+    assert tally([s]) == {"faulty": 0, "caught": 0, "misleading": 0, "missed": 0, "healthy": 1, "false_alarms": 0,
+                          "errors": 0}
+    assert "holdout" not in summary([s]) or s["split"] == "holdout"
+
+
+def test_the_runner_lists_without_training(capsys):
+    assert main(["--list", "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "nll_loss_on_logits" in out and "tiny_run_wine" in out

@@ -1,0 +1,164 @@
+"""Rule changes found by loops written the way users write them (benchmarks/userloops), each with its fault
+caught and its healthy counterpart quiet: nll_loss on raw logits and MSE on class indices (loss_mismatch), no
+ln(C) chance level for a regression loss, a spike judged against the loss's own noise (loss_explosion), a
+noisy batch-1 loss as a note, and findings that do not depend on how the log is chunked.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from babysit.monitor.reader import RunData, load_run
+from babysit.rules import diagnose
+from babysit.rules.engine import OnlineDiagnoser
+from synth import batch, layers, steps
+from torch import nn
+from torch.nn import functional as F
+from userloops import Loop, digits, findings, mlp, train
+
+pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+def _run_of(*records, meta=None) -> RunData:
+    b = batch(*records)
+    return RunData(steps=b.steps, epochs=b.epochs, layers=b.layers, snapshots=b.snapshots, events=b.events,
+                   meta=meta or {}, status={"state": "finished"})
+
+
+def _by_rule(found) -> dict:
+    return {f.rule: f for f in found}
+
+
+# ------------------------------------------------------------------ loss_mismatch
+def test_nll_loss_on_raw_logits_is_caught_with_the_log_softmax_fix(tmp_path, data):
+    x, y = data
+    found = findings(train(tmp_path / "run", Loop(mlp(64, 10), x, y, loss="nll_loss", steps=120)))
+    f = found["loss_mismatch"]
+    assert f.severity == "warning" and f.fix_ids[0] == "log_softmax_before_nll"
+    assert f.evidence["loss_fn"] == "nll_loss" and f.evidence["log_probs"] is False
+    assert "double_softmax" not in found
+
+
+def test_nll_loss_on_log_softmax_is_quiet(tmp_path, data):
+    x, y = data
+    loop = Loop(mlp(64, 10), x, y, loss="nll_loss", to_loss=lambda out: F.log_softmax(out, 1), steps=120)
+    assert "loss_mismatch" not in findings(train(tmp_path / "run", loop))
+
+
+def test_mse_on_class_indices_is_loss_mismatch_not_an_init_loss_mismatch(tmp_path, data):
+    """One output regressing labels 0..9 starts at MSE ~28: that is not '12x ln(10)', it is the wrong loss."""
+    x, y = data
+    loop = Loop(mlp(64, 1), x, y.float(), loss="mse_loss", to_loss=lambda out: out.squeeze(1), steps=120)
+    found = findings(train(tmp_path / "run", loop))
+    f = found["loss_mismatch"]
+    assert f.fix_ids[0] == "classification_loss" and f.evidence["num_classes"] == 10
+    assert "init_loss_mismatch" not in found
+
+
+def test_regression_with_mse_is_quiet_and_never_claims_a_chance_level(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(600, 8)
+    y = x @ torch.randn(8) + 0.1 * torch.randn(600)
+    loop = Loop(mlp(8, 1), x, y, num_classes=None, loss="mse_loss", to_loss=lambda out: out.squeeze(1), steps=200)
+    found = findings(train(tmp_path / "run", loop))
+    assert not [f for f in found.values() if f.severity != "info"], {r: f.message for r, f in found.items()}
+
+
+def test_a_collapsed_regression_loss_is_judged_against_its_start_not_ln2():
+    """A 1-output regression head is no 2-class classifier: lr_too_high compares with the initial loss."""
+    s = np.arange(1, 401)
+    loss = np.where(s < 80, 1.0 * np.exp(-s / 30) + 0.3, 1.6 + 0.01 * np.sin(s))
+    meta = {"first_batch": {"loss_fn": "mse_loss"},
+            "model": {"layers": [{"name": "0", "type": "Linear", "params": {"weight": [16, 8]}},
+                                 {"name": "2", "type": "Linear", "params": {"weight": [1, 16]}}]}}
+    found = _by_rule(diagnose(_run_of(steps(s, loss, lr=0.5), meta=meta)))
+    for f in found.values():
+        assert "ln(2)" not in f.message and "chance" not in f.message, f.message
+    assert "lr_too_high" in found and found["lr_too_high"].evidence["chance_loss"] is None
+
+
+# ------------------------------------------------------------------ loss_explosion vs the loss's own noise
+def _batch1_losses(n: int, seed: int = 0) -> np.ndarray:
+    """Per-example cross-entropy of a net that learns: all near ln 2 at init (a random net is unsure of every
+    example), then most near 0 and a heavy tail of hard ones."""
+    rng = np.random.default_rng(seed)
+    fit = 1 - np.exp(-np.arange(n) / 150)  # how far the net has learned
+    learned = rng.exponential(0.08, n) * np.where(rng.random(n) < 0.08, 12.0, 1.0)
+    return (1 - fit) * (0.69 + 0.05 * rng.standard_normal(n)) + fit * learned
+
+
+def test_hard_examples_in_a_row_at_batch_size_1_are_no_explosion():
+    loss = _batch1_losses(3000)
+    found = _by_rule(diagnose(_run_of(steps(np.arange(1, 3001), loss), meta={"num_classes": 2})))
+    assert "loss_explosion" not in found, found["loss_explosion"].message
+
+
+def test_a_noisy_loss_whose_level_rises_still_explodes():
+    loss = _batch1_losses(1500)
+    loss[800:] = loss[800:] * 20 + 3.0  # the level itself jumps (lr too high): sustained, not a cluster
+    found = _by_rule(diagnose(_run_of(steps(np.arange(1, 1501), loss), meta={"num_classes": 2})))
+    f = found["loss_explosion"]
+    assert f.severity == "critical" and f.step > 800
+
+
+def test_a_smooth_loss_still_explodes_within_a_few_steps():
+    s = np.arange(1, 301)
+    loss = np.where(s < 150, 2.3 * np.exp(-s / 50) + 0.2, 9.0)
+    f = _by_rule(diagnose(_run_of(steps(s, loss), meta={"num_classes": 10})))["loss_explosion"]
+    assert f.severity == "critical" and 150 <= f.step <= 155
+
+
+def test_a_noisy_batch1_loss_is_a_note_when_the_batch_size_explains_it():
+    loss = _batch1_losses(1500)
+    meta = {"num_classes": 2, "first_batch": {"inputs": {"shape": [1, 2]}}}
+    f = _by_rule(diagnose(_run_of(steps(np.arange(1, 1501), loss), meta=meta))).get("noisy_loss")
+    assert f is None or (f.severity == "info" and "batch size 1" in f.message)
+
+
+# ------------------------------------------------------------------ the same findings however the log is chunked
+def _chunks(run, k: int):
+    last = int(max(run.steps["step"].max(), run.layers["step"].max() if len(run.layers) else 0,
+                   run.epochs["step"].max() if len(run.epochs) else 0))
+    for lo in range(0, last + 1, k):
+        part = {name: (t[(t["step"] > lo) & (t["step"] <= lo + k)] if len(t) else t)
+                for name in ("steps", "epochs", "layers", "snapshots") for t in [getattr(run, name)]}
+        yield SimpleNamespace(**part, events=[], path=run.path, meta=run.meta, load_snapshot=run.load_snapshot)
+
+
+def _severities(diagnoser) -> dict:
+    return {f.rule: f.severity for f in diagnoser.findings}
+
+
+@pytest.mark.parametrize("lr", [0.05, 0.3])
+def test_findings_do_not_depend_on_how_the_log_is_chunked(tmp_path, data, lr):
+    """Dead units that escalate, a collapse after a spike: one chunk and many small ones agree."""
+    x, y = data
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    run = load_run(train(tmp_path / "run", Loop(model, x, y, opt="adam", lr=lr, steps=250)))
+    whole = OnlineDiagnoser(run.meta, run_dir=run.path)
+    whole.update(run, status=run.status)
+    for k in (7, 40):
+        parts = OnlineDiagnoser(run.meta, run_dir=run.path)
+        for b in _chunks(run, k):
+            parts.update(b, status=run.status)
+        assert _severities(parts) == _severities(whole), k
+
+
+def test_lr_too_high_after_an_exploded_spike_reads_the_later_losses_right():
+    """A 1e25 spike, then a plateau at chance: running sums that held 1e25 must not read the plateau as 0."""
+    s = np.arange(1, 301)
+    loss = np.where(s < 10, 2.3 - 0.1 * s, 2.35 + 0.05 * np.sin(s))
+    loss[12:20] = 10.0 ** np.arange(3, 27, 3)
+    recs = [steps(s, loss, lr=1.5), *[layers(k, fc=dict(kind="weight", w_norm=1.0)) for k in (1, 100, 200)]]
+    whole = _by_rule(diagnose(_run_of(*recs, meta={"num_classes": 10})))
+    f = whole.get("lr_too_high")
+    assert f is not None and math.isfinite(f.evidence["min_loss_before"]) and f.evidence["min_loss_before"] > 0.5
