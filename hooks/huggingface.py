@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from babysit.hooks.integration import RunCallback, number, step_loss, unwrap_optimizer
+from babysit.hooks.integration import RunCallback, number, step_loss
 
-__all__ = ["BabysitCallback", "HFHooks", "callback_class", "unwrap_optimizer"]  # noqa: F822 - built on first use (__getattr__)
+__all__ = ["BabysitCallback", "HFHooks", "callback_class"]  # noqa: F822 - built on first use (__getattr__)
 
 _ARGS = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
          "gradient_accumulation_steps", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "optim", "seed",

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from babysit.hooks.huggingface import HFHooks, unwrap_optimizer
+from babysit.hooks.huggingface import HFHooks
+from babysit.hooks.integration import step_loss, unwrap_optimizer
 from babysit.hooks.lightning import LightningHooks, callback_class
 from babysit.monitor import runfile
 from babysit.monitor.reader import load_run
@@ -388,6 +389,14 @@ def test_unwrap_optimizer():
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
     assert unwrap_optimizer(Wrapped(Wrapped(opt))) is opt and unwrap_optimizer(opt) is opt
     assert unwrap_optimizer(None) is None
+
+
+def test_step_loss_is_the_micro_batch_mean_or_sum_and_stays_on_the_device():
+    tensors = [torch.tensor(1.0), torch.tensor([3.0])]
+    mean, total = step_loss(tensors), step_loss(tensors, summed=True)
+    assert isinstance(mean, torch.Tensor) and float(mean) == 2.0 and float(total) == 4.0
+    assert step_loss([1.0, torch.tensor(3.0)]) == 2.0 and step_loss([1.0, 3.0], summed=True) == 4.0
+    assert step_loss([]) is None and step_loss([math.nan, 1.0]) != step_loss([math.nan, 1.0])  # NaN kept
 
 
 # --------------------------------------------------------------------------- the real trainers
