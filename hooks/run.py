@@ -55,20 +55,23 @@ def _rank() -> int:
 
 
 def _materialize(records: list[dict]) -> None:
-    """Replace every tensor leaf in records by a float, in one host transfer per device (the only sync).
+    """Replace every tensor leaf in records by a float, in one host transfer (the only sync of a flush).
 
-    float64 tensors travel as float64 (a second transfer on that device), everything else as float32.
-    A flush holds hundreds of step values: this is its main cost, so the step columns (flat lists, built by
-    run.step) are scanned without the general walk, and "step" and "time" (Python numbers) not at all.
+    A flush holds hundreds of step values, so this is its main cost: the step columns (flat lists that
+    run.step fills) are scanned without the general walk ("step" and "time", Python numbers, not at all),
+    and every tensor is stacked in one call (dtypes promote: float64 stays float64). Tensors on several
+    devices, or one that is not a scalar, take the slower path: one transfer per device and dtype.
     """
-    leaves: list[tuple[Any, Any, torch.Tensor]] = []
     tensor = torch.Tensor
+    tensors: list[torch.Tensor] = []
+    places: list[tuple[Any, Any]] = []  # (container, key) per tensor, or (column, None) for a whole column
 
     def collect(container: Any) -> None:
         items = container.items() if isinstance(container, dict) else enumerate(container)
         for key, value in items:
             if isinstance(value, tensor):
-                leaves.append((container, key, value))
+                tensors.append(value)
+                places.append((container, key))
             elif isinstance(value, (dict, list)):
                 collect(value)
 
@@ -77,28 +80,52 @@ def _materialize(records: list[dict]) -> None:
             collect(rec)
             continue
         for column in (rec["loss"], rec["lr"], *rec.get("scalars", {}).values()):
-            leaves.extend((column, i, v) for i, v in enumerate(column) if type(v) is tensor)
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list, list, list]] = {}
-    f32, f64 = torch.float32, torch.float64  # dtypes are singletons: `is` compares them
-    for container, key, t in leaves:
-        dtype = t.dtype
-        wide = f64 if dtype is f64 else f32  # float32 would turn 1e308 into inf
-        group = groups.get((t.device, wide))
-        if group is None:
-            group = groups[(t.device, wide)] = ([], [], [])
-        group[0].append(t)
-        # stack as-is what is already a scalar of that dtype: per-leaf ops cost microseconds
-        group[1].append(t if dtype is wide and t.ndim == 0 else None)
-        group[2].append((container, key))
-    for (_, dtype), (tensors, ready, places) in groups.items():
+            if column and all(type(v) is tensor for v in column):  # the usual loss column: all tensors
+                tensors.extend(column)
+                places.append((column, None))
+            else:
+                for i, v in enumerate(column):
+                    if type(v) is tensor:
+                        tensors.append(v)
+                        places.append((column, i))
+    if not tensors:
+        return
+    try:
+        with torch.no_grad():
+            stacked = torch.stack(tensors)
+            if stacked.ndim != 1:
+                raise ValueError("not all scalars")
+            values = (stacked if stacked.is_floating_point() else stacked.float()).tolist()
+    except Exception:  # noqa: BLE001 - several devices, or an odd tensor: grouped, and each odd one alone
+        values = _grouped_floats(tensors)
+    at = 0
+    for container, key in places:
+        if key is None:
+            n = len(container)
+            container[:] = values[at : at + n]
+            at += n
+        else:
+            container[key] = values[at]
+            at += 1
+
+
+def _grouped_floats(tensors: list[torch.Tensor]) -> list[float]:
+    """The values of `tensors`, one transfer per (device, dtype): float64 as float64, the rest as float32
+    (float32 would turn 1e308 into inf). A tensor that is not a scalar costs only itself: NaN."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        dtype = torch.float64 if t.dtype is torch.float64 else torch.float32
+        groups.setdefault((t.device, dtype), []).append(i)
+    values: list[float] = [math.nan] * len(tensors)
+    for (_, dtype), idx in groups.items():
         try:
             with torch.no_grad():
-                values = torch.stack([r if r is not None else t.reshape(()).to(dtype)
-                                      for t, r in zip(tensors, ready, strict=True)]).tolist()
-        except Exception:  # noqa: BLE001 - one odd tensor (not a scalar) costs only itself: NaN, not the flush
-            values = [_one_float(t, dtype) for t in tensors]
-        for (container, key), v in zip(places, values, strict=True):
-            container[key] = v
+                got = torch.stack([tensors[i].reshape(()).to(dtype) for i in idx]).tolist()
+        except Exception:  # noqa: BLE001
+            got = [_one_float(tensors[i], dtype) for i in idx]
+        for i, v in zip(idx, got, strict=True):
+            values[i] = v
+    return values
 
 
 def _one_float(t: torch.Tensor, dtype: torch.dtype) -> float:

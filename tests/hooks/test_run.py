@@ -318,3 +318,21 @@ def test_a_nan_tensor_loss_is_caught_within_one_flush_when_the_rules_budget_is_s
     assert run.should_stop and "nonfinite_loss" in (run.stop_reason or ""), run.stop_reason
     assert 150 <= step <= 150 + flush_steps
     assert load_run(run_dir).status["state"] == "stopped"
+
+
+def test_materialize_keeps_each_value_whatever_the_mix_of_tensors():
+    """The flush's one transfer: dtypes promote (1e308 stays finite), an odd tensor costs only itself."""
+    big = torch.tensor(1e308, dtype=torch.float64)
+    steps = {"type": "steps", "step": [1, 2, 3], "time": [0.0, 0.1, 0.2],
+             "loss": [torch.tensor(0.5), 0.25, torch.tensor(0.125, dtype=torch.bfloat16)],
+             "lr": [0.1, 0.1, 0.1], "scalars": {"big": [big, math.nan, big]}}
+    layers = {"type": "layers", "step": 3, "stats": {"fc": {"g_norm": torch.tensor(2.0), "nonneg": torch.tensor(True),
+                                                            "num_units": 16}}}
+    run_module._materialize([steps, layers])
+    assert steps["loss"] == [0.5, 0.25, 0.125] and steps["step"] == [1, 2, 3]
+    assert steps["scalars"]["big"][0] == 1e308 and math.isnan(steps["scalars"]["big"][1])
+    assert layers["stats"]["fc"] == {"g_norm": 2.0, "nonneg": 1.0, "num_units": 16}
+    odd = {"type": "steps", "step": [1, 2], "time": [0.0, 0.1], "loss": [torch.tensor(1.5), torch.ones(3)],
+           "lr": [0.1, 0.1]}
+    run_module._materialize([odd])
+    assert odd["loss"][0] == 1.5 and math.isnan(odd["loss"][1])
