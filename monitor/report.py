@@ -23,10 +23,11 @@ from babysit.monitor import runfile
 from babysit.monitor.report_data import SEVERITY_ORDER, diagnose_all, not_evaluated, rule_titles
 from babysit.monitor.report_lr_find import lr_find_section
 from babysit.monitor.report_style import CSS as _CSS
-from babysit.monitor.report_svg import PALETTE, Line, Ref, filter_grid, line_chart, png_data_uri
+from babysit.monitor.report_svg import PALETTE, Line, Ref, line_chart, png_data_uri
 from babysit.monitor.runfile import decode_float, load_snapshot
 from babysit.monitor.sinks import printable
-from babysit.rules.base import num_classes_of
+from babysit.monitor.weights_image import filter_grid
+from babysit.rules.base import fmt, num_classes_of
 
 from babysit.errors import UsageError
 
@@ -129,13 +130,9 @@ def _num(v: Any) -> str:
         x = decode_float(v) if isinstance(v, str) else float(v)
     except (TypeError, ValueError):
         return str(v)
-    if not math.isfinite(x):
-        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if float(x).is_integer() and abs(x) < 1e15:
+    if math.isfinite(x) and x.is_integer() and abs(x) < 1e15:  # steps, epochs, counts: every digit
         return f"{int(x):,}" if abs(x) >= 1e4 else str(int(x))
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e6):
-        return f"{x:.3e}"
-    return f"{x:.4g}"
+    return fmt(x, 4)
 
 
 def _value(v: Any, depth: int = 0) -> str:

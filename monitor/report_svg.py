@@ -1,4 +1,5 @@
-"""Static pictures for the HTML report: inline SVG line charts and PNG data URIs of weight snapshots.
+"""Static pictures for the HTML report: inline SVG line charts and PNG data URIs (of the weight grids that
+monitor/weights_image.py draws).
 
 No JavaScript, no CDN, no plotting library: a report must open on an air-gapped cluster and stay small.
 Long series are downsampled keeping each bucket's minimum and maximum (a spike survives, unlike
@@ -19,7 +20,6 @@ from html import escape
 
 import numpy as np
 from babysit.monitor.dashboard.downsample import SeriesBuffer, nonfinite_runs
-from babysit.monitor.weights_image import Grid, filter_grid
 from babysit.rules.base import fmt
 
 __all__ = [
@@ -32,9 +32,7 @@ __all__ = [
     "fmt_tick",
     "png_bytes",
     "png_data_uri",
-    "filter_grid",
     "PALETTE",
-    "Grid",
 ]
 
 # Colour-blind-safe (Okabe-Ito, then Tableau) in the order series get them.

@@ -19,7 +19,8 @@ from babysit.monitor import runfile
 from babysit.monitor.cli import main
 from babysit.monitor.importers import load_any
 from babysit.monitor.report import build_report, diagnose_all, not_evaluated, write_report
-from babysit.monitor.report_svg import Line, filter_grid, line_chart, minmax_downsample, png_bytes
+from babysit.monitor.report_svg import Line, line_chart, minmax_downsample, png_bytes
+from babysit.monitor.weights_image import filter_grid
 from babysit.rules import diagnose
 
 from babysit import hooks
