@@ -285,12 +285,6 @@ class Context:
         x = x[np.isfinite(x)]
         return float(np.median(x)) if len(x) else math.nan
 
-    def finite_steps(self, steps: np.ndarray) -> np.ndarray:
-        """Mask of steps before the loss went non-finite (records after that are garbage, not evidence)."""
-        if self.nonfinite_step is None:
-            return np.ones(len(steps), dtype=bool)
-        return np.asarray(steps) < self.nonfinite_step
-
     @property
     def num_classes(self) -> int | None:
         return num_classes_of(self.meta)
