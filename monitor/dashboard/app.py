@@ -68,6 +68,8 @@ def safe_md(text: Any) -> str:
 
 
 def fmt(x: Any, digits: int = 3) -> str:
+    """Any value on the page: numbers as the rules' messages write them (rules.base.fmt), a missing one as a
+    dash, anything else as its text."""
     if x is None or isinstance(x, bool):
         return "—" if x is None else str(x)
     if not isinstance(x, (int, float, np.floating, np.integer)):
