@@ -28,7 +28,8 @@ from babysit.rules.thresholds import load_config, parse_assignment
 
 from babysit.errors import UsageError
 
-__all__ = ["configure", "run", "load", "thresholds_from_args", "report_dict", "render_text", "JSON_KEYS"]
+__all__ = ["configure", "run", "load", "add_reading_options", "reading_options", "thresholds_from_args", "report_dict",
+           "render_text", "JSON_KEYS"]
 
 JSON_KEYS = ("rule", "severity", "step", "epoch", "message", "evidence", "fix", "fix_ids", "caused_by", "root_cause")
 
@@ -39,14 +40,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the findings as JSON (see docs/FORMAT.md)")
     parser.add_argument("--fail-on", choices=["warning", "critical"], default="critical",
                         help="exit 1 when a finding is at this severity or worse (default: critical)")
+    add_reading_options(parser)
+
+
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """How to read a run and judge it, for every command that diagnoses one (diagnose, report)."""
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a rule threshold (repeatable); names in the README's diagnose table")
+                        help="override a rule threshold (repeatable); names in docs/rules.md")
     parser.add_argument("--config", metavar="FILE", help="thresholds from a .json or .toml file")
     parser.add_argument("--map", action="append", default=[], metavar="OURS=THEIRS",
                         help="for imported logs: which tag or column is our loss, lr, train_loss, train_acc, "
                         "val_loss, val_acc, step, epoch or time (repeatable), e.g. --map val_acc=acc/valid")
     parser.add_argument("--num-classes", type=int, default=None, metavar="C",
                         help="number of classes, when the log does not say (enables the ln(C) and chance rules)")
+
+
+def reading_options(args: argparse.Namespace) -> tuple[dict[str, str], int | None, dict[str, float]]:
+    """(mapping, num_classes, thresholds) from `add_reading_options`; any mistake is a one-line UsageError."""
+    from babysit.monitor.importers import parse_map
+
+    try:
+        mapping = parse_map(args.map)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UsageError("--num-classes must be at least 2")
+    return mapping, args.num_classes, thresholds_from_args(args)
 
 
 def load(path: str | Path, mapping: dict[str, str] | None = None, num_classes: int | None = None) -> RunData:
@@ -71,18 +90,13 @@ def thresholds_from_args(args: argparse.Namespace) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from babysit.monitor.importers import parse_map
-
-    thresholds = thresholds_from_args(args)
-    if args.num_classes is not None and args.num_classes < 2:
-        raise UsageError("--num-classes must be at least 2")
+    mapping, num_classes, thresholds = reading_options(args)
     from babysit.monitor.summarize import load_and_diagnose  # streams a babysit run: bounded memory
 
     with warnings.catch_warnings(record=True) as caught:  # a rule that broke: one line, not a source excerpt
         warnings.simplefilter("always")
         try:
-            data, findings, _ = load_and_diagnose(args.run, thresholds, mapping=parse_map(args.map),
-                                                  num_classes=args.num_classes)
+            data, findings, _ = load_and_diagnose(args.run, thresholds, mapping=mapping, num_classes=num_classes)
         except (ValueError, RunReadError) as e:
             raise UsageError(str(e)) from None
     for w in caught:

@@ -47,29 +47,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", default=None,
                         help="where to write the HTML (default: RUN/report.html for a babysit run, else "
                         "./<name>-report.html)")
-    parser.add_argument("--map", action="append", default=[], metavar="OURS=THEIRS",
-                        help="for imported logs: which tag or column is our loss, lr, train_loss, train_acc, "
-                        "val_loss, val_acc, step, epoch or time (repeatable), e.g. --map val_acc=acc/valid")
-    parser.add_argument("--num-classes", type=int, default=None, metavar="C",
-                        help="number of classes, when the log does not say (enables the ln(C) and chance rules)")
-    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a rule threshold (repeatable), as for babysit diagnose")
-    parser.add_argument("--config", metavar="FILE", help="thresholds from a .json or .toml file")
+    from babysit.monitor.diagnose import add_reading_options
+
+    add_reading_options(parser)  # --threshold, --config, --map, --num-classes: as for babysit diagnose
 
 
 def run(args: argparse.Namespace) -> int:
-    from babysit.monitor.importers import parse_map
+    from babysit.monitor.diagnose import reading_options
 
-    try:
-        mapping = parse_map(args.map)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.num_classes is not None and args.num_classes < 2:
-        raise UsageError("--num-classes must be at least 2")
-    from babysit.monitor.diagnose import thresholds_from_args
-
-    out, data = write_report(args.run, args.output, mapping=mapping, num_classes=args.num_classes,
-                             thresholds=thresholds_from_args(args))
+    mapping, num_classes, thresholds = reading_options(args)
+    out, data = write_report(args.run, args.output, mapping=mapping, num_classes=num_classes, thresholds=thresholds)
     counts = {s: sum(1 for f in data["findings"] if f.get("severity") == s) for s in SEVERITY_ORDER}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
     print(f"report written to {printable(out)} ({summary})")
