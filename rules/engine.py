@@ -21,6 +21,7 @@ from babysit.rules.causes import explains, run_facts
 from babysit.rules.coverage import Seen, not_evaluated
 from babysit.rules.fixes import FIXES, fix_text
 from babysit.rules.layers import observe_layers
+from babysit.rules.metric_names import canonical_epochs
 from babysit.rules.thresholds import resolve
 
 __all__ = ["OnlineDiagnoser", "diagnose", "findings_of_run", "Findings", "RuleWarning", "sort_findings"]
@@ -79,7 +80,8 @@ class OnlineDiagnoser:
         steps = Table(batch.steps)
         ctx.new_step = steps.ints("step") if "step" in steps else np.array([], dtype=np.int64)
         ctx.new_loss, ctx.new_lr, ctx.new_time = steps.num("loss"), steps.num("lr"), steps.num("time")
-        ctx.epochs, ctx.layers, ctx.snapshots = Table(batch.epochs), Table(batch.layers), Table(batch.snapshots)
+        ctx.epochs = Table(canonical_epochs(batch.epochs))  # run.epoch(accuracy=..., val_accuracy=...) too
+        ctx.layers, ctx.snapshots = Table(batch.layers), Table(batch.snapshots)
         ctx.events = list(getattr(batch, "events", None) or [])
         ctx.prev_lr = ctx.last_lr
         if len(ctx.new_step):

@@ -139,8 +139,8 @@ class LossExplosion(Rule):
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
         self.w = max(int(thresholds["explosion_window"]), 1)
-        self.h = max(int(thresholds["explosion_noise_history"]), 1)
-        self.long = max(int(thresholds["explosion_noisy_window"]), self.w)
+        self.h = min(max(int(thresholds["explosion_noise_history"]), 1), 10**6)  # bounded: it sizes a buffer
+        self.long = min(max(int(thresholds["explosion_noisy_window"]), self.w), 10**6)
         self.tail = Tail(max(self.w + self.h, self.long) - 1, float, np.int64, float)
         self.severity: str | None = None
 
@@ -345,8 +345,18 @@ def infer_num_classes(ctx: Context) -> tuple[int | None, str]:
     c = ctx.num_classes
     if c is not None:
         return c, "meta"
-    if loss_kind(ctx) == "regression":
+    kind = loss_kind(ctx)
+    if kind == "regression":
         return None, ""
+    fb = meta_dict(ctx.meta, "first_batch")
+    if kind == "categorical":  # the tensor the loss was given says C, whatever the model's last layer is
+        fn, shape = str(fb.get("loss_fn")), meta_dict(fb, "loss_input").get("shape")
+        if fn.startswith("binary"):
+            return 2, "loss_input"
+        if (isinstance(shape, list) and len(shape) >= 2 and isinstance(shape[1], int)
+                and not isinstance(shape[1], bool) and shape[1] >= 2):
+            return shape[1], "loss_input"
+    # a guess: a model with several heads (multi-task) has a last Linear that need not be the classifier
     for layer in reversed(meta_layers(ctx.meta)):
         shape = meta_dict(layer, "params").get("weight")
         if (isinstance(shape, list) and len(shape) == 2 and isinstance(shape[0], (int, float))

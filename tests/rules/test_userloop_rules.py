@@ -162,3 +162,37 @@ def test_lr_too_high_after_an_exploded_spike_reads_the_later_losses_right():
     whole = _by_rule(diagnose(_run_of(*recs, meta={"num_classes": 10})))
     f = whole.get("lr_too_high")
     assert f is not None and math.isfinite(f.evidence["min_loss_before"]) and f.evidence["min_loss_before"] > 0.5
+
+
+# ------------------------------------------------------------------ what users call their metrics, multi-head models
+def test_user_spellings_of_epoch_metrics_reach_the_rules():
+    """run.epoch(accuracy=..., val_accuracy=..., valid_loss=...) at chance is seen as chance accuracy."""
+    from synth import epoch
+
+    s = np.arange(1, 401)
+    recs = [steps(s, 2.3 + 0.01 * np.sin(s), lr=0.01)]
+    recs += [epoch(k, 50 * k, accuracy=0.1, val_accuracy=0.1, valid_loss=2.3) for k in range(1, 9)]
+    found = _by_rule(diagnose(_run_of(*recs, meta={"num_classes": 10})))
+    assert "chance_accuracy" in found and found["chance_accuracy"].severity == "warning"
+
+
+def test_a_canonical_name_wins_over_an_alias():
+    import pandas as pd
+    from babysit.rules.metric_names import canonical_epochs
+
+    frame = pd.DataFrame({"val_loss": [1.0], "valid_loss": [9.0], "val/accuracy": [0.5]})
+    out = canonical_epochs(frame)
+    assert list(out["val_loss"]) == [1.0] and list(out["val_acc"]) == [0.5] and "valid_loss" in out
+
+
+def test_num_classes_comes_from_the_loss_input_not_the_last_head():
+    """A trunk with a 10-class head and a 1-unit parity head registered last: C is 10, from what the loss got."""
+    from babysit.rules.base import Context
+    from babysit.rules.loss import infer_num_classes
+
+    meta = {"first_batch": {"loss_fn": "cross_entropy", "loss_input": {"shape": [32, 10]}},
+            "model": {"layers": [{"name": "cls", "type": "Linear", "params": {"weight": [10, 128]}},
+                                 {"name": "parity", "type": "Linear", "params": {"weight": [1, 128]}}]}}
+    assert infer_num_classes(Context(meta=meta, thresholds={})) == (10, "loss_input")
+    meta["first_batch"] = {"loss_fn": "mse_loss", "loss_input": {"shape": [32, 1]}}
+    assert infer_num_classes(Context(meta=meta, thresholds={})) == (None, "")
