@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from babysit.hooks.integration import RunCallback, number, step_loss
+from babysit.hooks.integration import RunCallback, callback_subclass, number, step_loss
 
 __all__ = ["BabysitCallback", "HFHooks", "callback_class"]  # noqa: F822 - built on first use (__getattr__)
 
@@ -175,9 +175,6 @@ class HFHooks(RunCallback):
         return control
 
 
-_CLASSES: dict[type, type] = {}
-
-
 def callback_class(base: type | None = None) -> type:
     """The Trainer callback class, subclassing `base` (default: transformers.TrainerCallback)."""
     if base is None:
@@ -185,10 +182,7 @@ def callback_class(base: type | None = None) -> type:
             from transformers import TrainerCallback as base
         except ImportError:
             raise ImportError("babysit's Hugging Face callback needs transformers: pip install transformers") from None
-    if base not in _CLASSES:
-        _CLASSES[base] = type("BabysitCallback", (HFHooks, base),
-                              {"__module__": __name__, "__doc__": HFHooks.__doc__})
-    return _CLASSES[base]
+    return callback_subclass(HFHooks, base, __name__)
 
 
 def __getattr__(name: str) -> Any:

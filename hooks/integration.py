@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from babysit.hooks.run import Run
 
-__all__ = ["RunCallback", "number", "step_loss", "unwrap_optimizer"]
+__all__ = ["RunCallback", "callback_subclass", "number", "step_loss", "unwrap_optimizer"]
 
 
 def number(value: Any) -> float | None:
@@ -50,6 +50,18 @@ def unwrap_optimizer(optimizer: Any) -> Any:
         if inner is None:
             break
     return optimizer
+
+
+_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def callback_subclass(hooks: type, base: type, module: str, **attrs: Any) -> type:
+    """`BabysitCallback`: the callback logic `hooks` (framework-free) on the framework's callback `base`, built
+    once per base on first use, so importing an integration imports no framework."""
+    if (hooks, base) not in _CLASSES:
+        _CLASSES[hooks, base] = type("BabysitCallback", (hooks, base),
+                                     {"__module__": module, "__doc__": hooks.__doc__, **attrs})
+    return _CLASSES[hooks, base]
 
 
 class RunCallback:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from babysit.hooks.integration import RunCallback, step_loss
+from babysit.hooks.integration import RunCallback, callback_subclass, step_loss
 from babysit.hooks.run import StopTraining
 
 __all__ = ["BabysitCallback", "LightningHooks", "callback_class"]  # noqa: F822 - built on first use (__getattr__)
@@ -173,19 +173,11 @@ def _lightning_callback_base() -> type:
     raise ImportError("babysit's Lightning callback needs PyTorch Lightning: pip install lightning")
 
 
-_CLASSES: dict[type, type] = {}
-
-
 def callback_class(base: type | None = None) -> type:
     """The Lightning callback class, subclassing `base` (default: the installed Lightning's Callback)."""
-    base = base or _lightning_callback_base()
-    if base not in _CLASSES:
-        _CLASSES[base] = type("BabysitCallback", (LightningHooks, base), {
-            "__module__": __name__,
-            "__doc__": LightningHooks.__doc__,
-            "state_key": property(lambda self: f"BabysitCallback[{self.path}]"),
-        })
-    return _CLASSES[base]
+    # Lightning keys a callback's checkpointed state by state_key: one per run directory
+    return callback_subclass(LightningHooks, base or _lightning_callback_base(), __name__,
+                             state_key=property(lambda self: f"BabysitCallback[{self.path}]"))
 
 
 def __getattr__(name: str) -> Any:
