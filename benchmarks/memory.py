@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from babysit.monitor import runfile
 
-__all__ = ["main", "peak_rss", "make_case", "CASES"]
+__all__ = ["main", "peak_rss", "run_measured", "make_case", "CASES"]
 
 CASES = ("junk", "events", "bad_steps", "steps", "huge_line")
 COMMANDS = {
@@ -54,17 +55,23 @@ runpy.run_module("babysit", run_name="__main__", alter_sys=True)
 """
 
 
+def run_measured(args: list[str], timeout: float = 1800) -> tuple[float, subprocess.CompletedProcess]:
+    """`python -m babysit *args` as a child process: its peak RSS in MB (NaN when it did not say) and the
+    finished process, output captured (the tests read it too)."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], capture_output=True, timeout=timeout)
+    peak = [line for line in proc.stderr.decode(errors="replace").splitlines() if line.startswith("PEAK_KB ")]
+    return (int(peak[-1].split()[1]) / 1024 if peak else math.nan), proc
+
+
 def peak_rss(args: list[str], timeout: float = 1800) -> tuple[float, float, int]:
     """(peak RSS in MB, wall seconds, exit status) of `python -m babysit *args` as a child process."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=timeout)
+    peak, proc = run_measured(args, timeout)
     wall = time.perf_counter() - t0
-    err = proc.stderr.decode(errors="replace")
-    peak = [line for line in err.splitlines() if line.startswith("PEAK_KB ")]
-    if proc.returncode not in (0, 1) or not peak:
+    if proc.returncode not in (0, 1) or math.isnan(peak):
+        err = proc.stderr.decode(errors="replace")
         print(f"  {' '.join(args[:1])} exited {proc.returncode}: {err.strip()[-300:]}", file=sys.stderr)
-    return (int(peak[-1].split()[1]) / 1024 if peak else float("nan")), wall, proc.returncode
+    return peak, wall, proc.returncode
 
 
 def _meta(path: Path) -> None:

@@ -23,6 +23,8 @@ from babysit.monitor.reader import NONFINITE_METRICS, LineTailer, RunTailer, loa
 from babysit.monitor.summarize import summarize_run
 from babysit.rules import diagnose
 
+from benchmarks.memory import run_measured
+
 
 def _meta(path: Path, state: str = "finished") -> None:
     path.mkdir(parents=True, exist_ok=True)
@@ -52,25 +54,11 @@ def _write_big_run(path: Path, mb: float) -> int:
     return step - 1
 
 
-# The child reports its own high-water mark (VmHWM: this process image only). ru_maxrss from wait4 would also
-# count the image of the parent it was forked from (this pytest process, torch and all) before the exec.
-_MEASURED = """
-import atexit, runpy, sys
-def _peak():
-    with open("/proc/self/status") as f:
-        kb = [line.split()[1] for line in f if line.startswith("VmHWM:")]
-    sys.stderr.write(f"\\nPEAK_KB {kb[0]}\\n")
-atexit.register(_peak)
-sys.argv = ["babysit", *sys.argv[1:]]
-runpy.run_module("babysit", run_name="__main__", alter_sys=True)
-"""
-
-
 def _peak_mb(args: list[str]) -> tuple[float, int, bytes]:
-    proc = subprocess.run([sys.executable, "-c", _MEASURED, *args], capture_output=True, timeout=600)
-    peak = [line for line in proc.stderr.decode().splitlines() if line.startswith("PEAK_KB ")]
-    assert peak, proc.stderr.decode()[-500:]
-    return int(peak[-1].split()[1]) / 1024, proc.returncode, proc.stdout
+    # the child's own high-water mark (VmHWM), not this pytest process's image (torch and all) it forked from
+    peak, proc = run_measured(args, timeout=600)
+    assert not math.isnan(peak), proc.stderr.decode()[-500:]
+    return peak, proc.returncode, proc.stdout
 
 
 def test_a_40_mb_log_is_diagnosed_in_bounded_memory(tmp_path):
