@@ -23,6 +23,7 @@ from babysit.monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
 from babysit.monitor.fastread import FastRunTailer
 from babysit.monitor.reader import LineTailer, RunBatch, RunReadError, find_runs, read_meta, read_status
 from babysit.monitor.sinks import printable
+from babysit.rules import OnlineDiagnoser, findings_of_run
 from babysit.rules.base import SEVERITIES, num_classes_of, severity_rank  # re-exported: the dashboard's scale
 
 __all__ = [
@@ -45,11 +46,8 @@ __all__ = [
 LAYER_POINTS = 400  # per layer and statistic: small multiples need fewer points than the main charts
 LAYER_CHART_STATS = ("g_norm", "update_ratio", "dead_frac", "saturated_frac", "w_norm", "zero_grad_frac")
 
-try:  # the rule engine is optional here: without it the dashboard shows the findings the run recorded
-    from babysit.rules import OnlineDiagnoser as _OnlineDiagnoser
-    from babysit.rules import findings_of_run as _findings_of_run
-except Exception:  # noqa: BLE001 - a rules package that fails to import must not take the dashboard down
-    _OnlineDiagnoser = _findings_of_run = None
+# A module global: RunState(diagnose=True) builds one per run (tests swap it for a fake, or None for no engine).
+_OnlineDiagnoser = OnlineDiagnoser
 
 
 def worst_finding(findings: list[dict]) -> dict | None:
@@ -64,10 +62,8 @@ def worst_finding(findings: list[dict]) -> dict | None:
 
 def findings_view(recorded: list, diagnoser: Any = None, source: str | None = None) -> list[dict]:
     """The findings of a run as dicts: `diagnoser`'s current ones (tagged `source`) and the recorded lines it did
-    not reproduce, through the engine's `findings_of_run`; the recorded lines as they are without an engine."""
+    not reproduce, through the engine's `findings_of_run` (the same as diagnose and the report show)."""
     recorded = runfile.clean_findings(recorded)
-    if _findings_of_run is None:
-        return recorded
     fresh = []
     if diagnoser is not None:
         try:
@@ -75,7 +71,7 @@ def findings_view(recorded: list, diagnoser: Any = None, source: str | None = No
         except Exception:  # noqa: BLE001 - a rule bug costs the dashboard's own findings, not the recorded ones
             fresh = []
     out = []
-    for f in _findings_of_run(fresh, recorded):
+    for f in findings_of_run(fresh, recorded):
         d = f.to_dict()
         if source is not None and not d.get("recorded"):
             d.setdefault("source", source)
@@ -287,7 +283,7 @@ class RunState:
         """The run's findings as `babysit diagnose` and the report show them, newest first.
 
         The dashboard's own diagnosis plus what the run recorded (findings.jsonl) that it did not find, with a
-        healed blow-up shown as history (rules.findings_of_run). Without the rule engine: the recorded ones.
+        healed blow-up shown as history (rules.findings_of_run). Without a diagnoser: the recorded ones.
         """
         with self.lock:
             merged = findings_view(self.tailer.findings, self.diagnoser, "dashboard")
