@@ -19,8 +19,8 @@ from babysit.rules.loss import REGRESSION_LOSSES
 from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail
 
-__all__ = ["DoubleSoftmax", "LossMismatch", "OutputActivation", "FrozenParameters", "SkippedOptimizerSteps",
-           "Progress", "number", "train_accuracy", "since_start"]
+__all__ = ["DoubleSoftmax", "LossMismatch", "MissingZeroGrad", "OutputActivation", "FrozenParameters",
+           "SkippedOptimizerSteps", "Progress", "number", "train_accuracy", "since_start"]
 
 
 def number(x) -> float | None:
@@ -412,6 +412,54 @@ class GradientSums:
         if not math.isfinite(r):
             return None
         return True if r >= limit else (False if r < 1 + (limit - 1) / 2 else None)
+
+
+class MissingZeroGrad(Rule):
+    """optimizer.zero_grad() never called: every backward adds this batch's gradient to all the earlier ones.
+
+    The probes sample every one of the first steps. With zero_grad each step's gradient is one batch's, about
+    the same size from step to step at init; without it `.grad` after step k is the sum of k batch gradients,
+    which at init point the same way: its norm grows at every step, about linearly (k x the first). Judged on
+    the first `zero_grad_steps` consecutive steps, each with an optimizer step (gradient accumulation steps only
+    every few micro-batches and its sums restart): the norm rises at every one, ends `zero_grad_growth` x above
+    the first, and never grows faster than 2k x (faster is an explosion: the steps are too large, not summed).
+    Parameters no optimizer holds are frozen_parameters' to report (nobody zeroes them either).
+    """
+
+    id = "missing_zero_grad"
+    title = "Gradients are never zeroed: they add up across steps"
+    fix = ("call_zero_grad",)
+    needs = ("layers>=zero_grad_steps",)
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.sums = GradientSums()
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.done:
+            return []
+        self.sums.feed(ctx)
+        k = int(self.th["zero_grad_steps"])
+        first = min(self.sums.by_step) if self.sums.by_step else None
+        if first is None or any(first + i not in self.sums.by_step for i in range(k)):
+            return []
+        self.done = True  # judged once, on the first k steps
+        norms = np.array([self.sums.by_step[first + i][0] for i in range(k)])
+        stepped = all(self.sums.by_step[first + i][1] for i in range(k - 1))
+        if number(meta_dict(ctx.meta, "optimizer").get("trainable_not_in_optimizer")):
+            return []
+        growth = norms / norms[0] if norms[0] > 0 else np.full(k, np.nan)
+        n = np.arange(1, k + 1)
+        if not (stepped and np.isfinite(growth).all() and (np.diff(norms) > 0).all()
+                and growth[-1] >= self.th["zero_grad_growth"] and (growth <= 2 * n).all()):
+            return []
+        msg = (f"the gradient norm grew at every one of the first {k} steps, from {fmt(norms[0])} to "
+               f"{fmt(norms[-1])} ({fmt(growth[-1], 2)}x), about k x the first at step k, with an optimizer step "
+               "each time: each backward adds to the gradients of all the steps before")
+        evidence = {"steps": [int(first + i) for i in range(k)], "grad_norms": norms.tolist(),
+                    "growth": float(growth[-1])}
+        return [self.finding(ctx, "warning", since_start(ctx), msg, evidence)]
 
 
 class SkippedOptimizerSteps(Rule):

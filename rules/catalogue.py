@@ -11,7 +11,14 @@ after them. To add a rule: import it, append it to RULES, and name it in CAUSES 
 from __future__ import annotations
 
 from babysit.rules.accuracy import ChanceAccuracy, Overfitting, Underfitting
-from babysit.rules.bugs import DoubleSoftmax, FrozenParameters, LossMismatch, OutputActivation, SkippedOptimizerSteps
+from babysit.rules.bugs import (
+    DoubleSoftmax,
+    FrozenParameters,
+    LossMismatch,
+    MissingZeroGrad,
+    OutputActivation,
+    SkippedOptimizerSteps,
+)
 from babysit.rules.causes import LowCapacity, LrTooHigh
 from babysit.rules.data import BadLabels, UnnormalizedInput
 from babysit.rules.heal import Healed
@@ -49,6 +56,7 @@ RULES = [
     LowCapacity,
     DoubleSoftmax,
     LossMismatch,
+    MissingZeroGrad,
     OutputActivation,
     FrozenParameters,
     SkippedOptimizerSteps,
@@ -63,7 +71,8 @@ RULE_IDS = [r.id for r in RULES]
 # symptom -> the findings that explain it, most fundamental first. When one is present (rules/causes.py
 # `explains` agrees) the symptom names it and leads with its fix. Ids of rules that are not in RULES (another
 # module's bug checks) are simply never present.
-_BUGS = ["frozen_parameters", "skipped_optimizer_steps", "double_softmax", "loss_mismatch", "output_activation"]
+_BUGS = ["frozen_parameters", "skipped_optimizer_steps", "missing_zero_grad", "double_softmax", "loss_mismatch",
+         "output_activation"]
 _DEAD_NET = ["nonfinite_loss", "stalled_weights", "dead_units", "saturated_activations", "vanishing_gradients"]
 _DATA = ["bad_labels", "unnormalized_input"]
 CAUSES: dict[str, list[str]] = {
@@ -80,7 +89,10 @@ CAUSES: dict[str, list[str]] = {
                      "vanishing_gradients", "saturated_activations", "low_capacity"],
     "stalled_weights": ["frozen_parameters", "skipped_optimizer_steps"],
     "noisy_loss": ["nonfinite_loss", "loss_explosion", "lr_too_high", "bad_labels"],
-    "loss_explosion": ["bad_labels"],  # data sorted by class, raw-scale regression targets (causes.explains)
+    # bad_labels: data sorted by class, raw-scale regression targets (causes.explains)
+    "loss_explosion": ["missing_zero_grad", "bad_labels"],
+    "exploding_gradients": ["missing_zero_grad"],
+    "lr_too_high": ["missing_zero_grad"],  # summed gradients act as an lr that grows every step
 }
 
 # Within a severity, causes are listed before symptoms in this order (sort_findings).

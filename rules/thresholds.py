@@ -66,6 +66,16 @@ TABLE: dict[str, Threshold] = {
         "vanishing_gradients: at or below this batch size an all-tiny gradient is one fitted example, no evidence",
         "ours: a batch-1 run at a healthy lr records every layer below 1e-7 on a confidently right example",
     ),
+    "zero_grad_steps": Threshold(
+        10,
+        "missing_zero_grad: consecutive first steps (all sampled) over which the gradient norm must rise",
+        "ours: the probes sample each of the first 10 steps",
+    ),
+    "zero_grad_growth": Threshold(
+        4.0,
+        "missing_zero_grad: the gradient norm at the last of them at least this x the first",
+        "ours: summed gradients measure 7-8x at step 10 (digits MLPs), healthy runs 0.5-2x",
+    ),
     "init_steps": Threshold(
         5,
         "steps whose median is 'the initial loss' for relative comparisons",

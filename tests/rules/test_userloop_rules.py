@@ -196,3 +196,23 @@ def test_num_classes_comes_from_the_loss_input_not_the_last_head():
     assert infer_num_classes(Context(meta=meta, thresholds={})) == (10, "loss_input")
     meta["first_batch"] = {"loss_fn": "mse_loss", "loss_input": {"shape": [32, 1]}}
     assert infer_num_classes(Context(meta=meta, thresholds={})) == (None, "")
+
+
+# ------------------------------------------------------------------ missing_zero_grad
+def test_a_loop_that_never_zeroes_the_gradients_is_caught_and_leads_the_explosion(tmp_path, data):
+    x, y = data
+    loop = Loop(mlp(64, 10, hidden=128), x, y, opt="momentum", lr=0.01, steps=150, zero_when=lambda i: False)
+    found = findings(train(tmp_path / "run", loop))
+    f = found["missing_zero_grad"]
+    assert f.severity == "warning" and f.fix_ids == ["call_zero_grad"] and f.evidence["growth"] >= 4
+    for symptom in ("loss_explosion", "exploding_gradients", "lr_too_high"):
+        if symptom in found and found[symptom].severity != "info":
+            assert found[symptom].root_cause == "missing_zero_grad", symptom
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_zeroed_gradients_and_gradient_accumulation_are_quiet(tmp_path, data, k):
+    x, y = data
+    loop = Loop(mlp(64, 10, hidden=128), x, y, opt="momentum", lr=0.01, steps=150, loss_scale=k,
+                step_when=lambda i: (i + 1) % k == 0)
+    assert "missing_zero_grad" not in findings(train(tmp_path / "run", loop))
