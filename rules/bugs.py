@@ -414,7 +414,7 @@ class GradientSums:
         return True if r >= limit else (False if r < 1 + (limit - 1) / 2 else None)
 
 
-class MissingZeroGrad(Rule):
+class MissingZeroGrad(OnceRule):
     """optimizer.zero_grad() never called: every backward adds this batch's gradient to all the earlier ones.
 
     The probes sample every one of the first steps. With zero_grad each step's gradient is one batch's, about
@@ -431,14 +431,10 @@ class MissingZeroGrad(Rule):
     fix = ("call_zero_grad",)
     needs = ("layers>=zero_grad_steps",)
 
-    def __init__(self, thresholds: dict):
-        super().__init__(thresholds)
-        self.sums = GradientSums()
-        self.done = False
+    sums: GradientSums | None = None
 
-    def update(self, batch, ctx: Context) -> list[Finding]:
-        if self.done:
-            return []
+    def examine(self, batch, ctx: Context) -> list[Finding]:
+        self.sums = self.sums or GradientSums()
         self.sums.feed(ctx)
         k = int(self.th["zero_grad_steps"])
         first = min(self.sums.by_step) if self.sums.by_step else None
