@@ -393,8 +393,10 @@ class InitLossMismatch(OnceRule):
         c, source = infer_num_classes(ctx)
         self.has_acc = getattr(self, "has_acc", False) or any(c in ctx.epochs for c in ("train_acc", "val_acc"))
         has_acc = self.has_acc
-        if c is None or (source == "model" and not has_acc):
-            return []  # a guessed C is trusted only once accuracies show this is a classifier
+        if c is None or (source != "meta" and not has_acc):
+            # a C the user did not declare is trusted only once accuracies show this is a classifier: the
+            # recorded loss may be a sum of several (multi-task heads, a GAN's two discriminator terms)
+            return []
         if loss_kind(ctx) == "regression":
             self.done = True  # ln(C) is the start of a categorical loss; MSE on class ids is loss_mismatch's
             return []

@@ -216,3 +216,12 @@ def test_zeroed_gradients_and_gradient_accumulation_are_quiet(tmp_path, data, k)
     loop = Loop(mlp(64, 10, hidden=128), x, y, opt="momentum", lr=0.01, steps=150, loss_scale=k,
                 step_when=lambda i: (i + 1) % k == 0)
     assert "missing_zero_grad" not in findings(train(tmp_path / "run", loop))
+
+
+def test_an_undeclared_c_is_no_ground_for_an_init_loss_finding_without_accuracies():
+    """A GAN records the discriminator's two BCE terms summed (2 ln 2 at the start): C=2 read off the loss input
+    is right, but the recorded loss is not that loss, so only accuracies would make the ln(C) check valid."""
+    s = np.arange(1, 301)
+    meta = {"first_batch": {"loss_fn": "binary_cross_entropy_with_logits", "loss_input": {"shape": [64, 1]}}}
+    found = _by_rule(diagnose(_run_of(steps(s, 1.386 - 0.1 * (1 - np.exp(-s / 50))), meta=meta)))
+    assert "init_loss_mismatch" not in found
