@@ -205,8 +205,10 @@ class BadLabels(Rule):
         if learning and not no_better:
             return None  # a regression on raw-scale targets that fits them is a choice
         # a net that starts at the mean (bias set to it, or after its first steps) neither falls far nor beats
-        # the mean until it has had time to learn: judged after flat_window steps more than the other bug checks
-        if ctx.last_step - (ctx.first_step or 0) < self.th["bug_min_steps"] + self.th["flat_window"]:
+        # the mean until it has had time to learn: a young run is judged after flat_window steps more than the
+        # other bug checks; a run that has ended had all the time it will get
+        ended = isinstance(ctx.status, dict) and ctx.status.get("state") in ("finished", "crashed", "stopped")
+        if not ended and ctx.last_step - (ctx.first_step or 0) < self.th["bug_min_steps"] + self.th["flat_window"]:
             return None
         how = (f"the loss {fmt(recent)} is no better than predicting their mean ({fmt(baseline)})" if no_better
                else f"the loss does not fall: {self.progress.note(ctx)}")

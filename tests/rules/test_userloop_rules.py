@@ -28,10 +28,10 @@ def data():
     return digits()
 
 
-def _run_of(*records, meta=None) -> RunData:
+def _run_of(*records, meta=None, state: str = "finished") -> RunData:
     b = batch(*records)
     return RunData(steps=b.steps, epochs=b.epochs, layers=b.layers, snapshots=b.snapshots, events=b.events,
-                   meta=meta or {}, status={"state": "finished"})
+                   meta=meta or {}, status={"state": state})
 
 
 def _by_rule(found) -> dict:
@@ -225,3 +225,15 @@ def test_an_undeclared_c_is_no_ground_for_an_init_loss_finding_without_accuracie
     meta = {"first_batch": {"loss_fn": "binary_cross_entropy_with_logits", "loss_input": {"shape": [64, 1]}}}
     found = _by_rule(diagnose(_run_of(steps(s, 1.386 - 0.1 * (1 - np.exp(-s / 50))), meta=meta)))
     assert "init_loss_mismatch" not in found
+
+
+# ------------------------------------------------------------------ raw-scale regression targets
+def test_raw_regression_targets_no_better_than_the_mean_wait_while_young_and_count_once_finished():
+    """A net that starts at the targets' mean needs time; a finished 90-step run that never beat it had its time."""
+    s = np.arange(1, 91)
+    meta = {"first_batch": {"loss_fn": "mse_loss", "targets": {"mean": 140.0, "std": 70.0, "min": 25.0,
+                                                                 "max": 346.0, "integer": False}}}
+    recs = steps(s, 4900 * (1 + 0.05 * np.sin(s)))
+    assert "bad_labels" not in _by_rule(diagnose(_run_of(recs, meta=meta, state="running")))
+    f = _by_rule(diagnose(_run_of(recs, meta=meta)))["bad_labels"]
+    assert f.severity == "warning" and f.fix_ids[0] == "standardize_targets"
