@@ -436,7 +436,7 @@ class MissingZeroGrad(OnceRule):
     def examine(self, batch, ctx: Context) -> list[Finding]:
         self.sums = self.sums or GradientSums()
         self.sums.feed(ctx)
-        k = int(self.th["zero_grad_steps"])
+        k = min(max(int(self.th["zero_grad_steps"]), 2), self.sums.limit)  # a rise needs two steps; sums keep 60
         first = min(self.sums.by_step) if self.sums.by_step else None
         if first is None or any(first + i not in self.sums.by_step for i in range(k)):
             return []
