@@ -261,6 +261,7 @@ class LayerProbe:
         self._snapshots_on = self._first is not None
         self._dir_seen = self.run_dir.is_dir()  # once it exists, a vanished run directory is not recreated
         self._arm()  # step 1 is always sampled: gradients, dead units and saturation at initialization
+        self.wake: float = 1  # the next step after_step has work at
 
     # ----------------------------------------------------------------- public
     def initial_records(self) -> list[dict]:
@@ -269,9 +270,12 @@ class LayerProbe:
         return [rec] if rec else []
 
     def after_step(self, step: int) -> list[dict]:
-        """Called after every optimizer step. Returns the records of a sampled step, else nothing."""
+        """Called after every optimizer step. Returns the records of a sampled step, else nothing.
+
+        Nothing happens before step `wake` (the caller may skip the call until then: a per-step cost)."""
         if self.disabled:
             self._disarm()
+            self.wake = math.inf
             return []
         records: list[dict] = []
         if self._armed:
@@ -290,7 +294,18 @@ class LayerProbe:
             self.seconds += time.perf_counter() - t0
         if not self._armed and self._due(step + 1):
             self._arm()
+        self.wake = self._wake(step)
         return records
+
+    def _wake(self, step: int) -> float:
+        """The next step whose after_step has work: a collection when armed, else the first step at which
+        `_due(step + 1)` may hold, or a snapshot."""
+        if self._armed or self.disabled:
+            return step + 1
+        wake = min(self._floor_next, self._next_step) - 1
+        if self._snapshots_on:
+            wake = min(wake, (step // self._snapshot_every + 1) * self._snapshot_every)
+        return max(step + 1, wake)
 
     def final_records(self, step: int) -> list[dict]:
         """At close: the last state, if the last step was not sampled. Weights and the gradients the last

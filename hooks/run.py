@@ -201,6 +201,7 @@ class Run:
         self._pending: list[dict] = []  # non-step records waiting for the next flush
         self._last_flush = time.monotonic()
         self._next_flush = self._last_flush + self.flush_interval
+        self._flush_step = min(self.flush_steps, EARLY_FLUSH_STEPS[0])  # the step that flushes by count
         self._last_status = -math.inf
         self._undiagnosed: list[dict] = []  # written records the online rules have not seen yet
         self._rules_start = time.monotonic()
@@ -498,14 +499,13 @@ class Run:
                 self._warn_once("step recording", exc, disabled=False)
         if self._structure is not None:
             self._guard("first-batch checks", self._structure_step)
-        if self._probe is not None:
+        if self._probe is not None and self.global_step >= self._probe.wake:  # idle steps skip the call
             records = self._guard("layer probes", self._probe.after_step, self.global_step)
             if records:
                 self._pending.extend(records)
         if self._healer is not None:  # heal: a candidate good state every heal_every steps
             self._guard("heal", self._healer.after_step, self.global_step)
-        if (len(self._steps) >= self.flush_steps or time.monotonic() >= self._next_flush
-                or self.global_step in EARLY_FLUSH_STEPS):
+        if self.global_step >= self._flush_step or time.monotonic() >= self._next_flush:
             self._flush(force=False)
 
     def _fast(self, where: str, name: str, value: Any) -> Any:
@@ -519,33 +519,51 @@ class Run:
         return self._value(where, name, value)
 
     def _record_step(self, loss: Any, scalars: dict[str, Any]) -> None:
-        value = self._fast("run.step", "loss", loss)
-        if value is None:
+        # Every Python call and object touched here costs microseconds after a training step has evicted
+        # the interpreter from the CPU caches: the usual call (a loss, no scalars) takes the shortest path.
+        kind = type(loss)
+        if kind is torch.Tensor and loss.ndim == 0 and loss.dtype in _FLOAT_DTYPES:
+            value = loss.detach()
+        elif kind is float:
+            value = loss
+        else:
+            value = self._value("run.step", "loss", loss)
+            if value is None:
+                return
+        if scalars:
+            self._record_row(value, scalars)
             return
+        self._steps.append(self.global_step)
+        self._times.append(time.time())
+        self._losses.append(value)
+        self._lrs.append(self._lr())
+        for column in self._scalars.values():  # columns of earlier steps' scalars: not passed this time
+            column.append(math.nan)
+
+    def _record_row(self, value: Any, scalars: dict[str, Any]) -> None:
         lr = scalars.pop("lr", None)  # the lr column, not a scalar named lr (which readers would shadow)
         lr = self._lr() if lr is None else self._step_lr(lr)
         n = len(self._steps)
-        if scalars:
-            row = {}
-            clean = self._clean_names
-            for name, v in scalars.items():
-                if name not in clean:
-                    name = self._name("run.step", name)
-                x = self._fast("run.step", name, v)
-                if x is not None:
-                    row[name] = x
-            # Every value converted first, then the whole row appended: a bad value never shifts a column.
-            columns = self._scalars
-            for name, x in row.items():
-                column = columns.get(name)
-                if column is None:
-                    column = columns[name] = [math.nan] * n
-                column.append(x)
+        row = {}
+        clean = self._clean_names
+        for name, v in scalars.items():
+            if name not in clean:
+                name = self._name("run.step", name)
+            x = self._fast("run.step", name, v)
+            if x is not None:
+                row[name] = x
+        # Every value converted first, then the whole row appended: a bad value never shifts a column.
+        columns = self._scalars
+        for name, x in row.items():
+            column = columns.get(name)
+            if column is None:
+                column = columns[name] = [math.nan] * n
+            column.append(x)
         self._steps.append(self.global_step)
         self._times.append(time.time())
         self._losses.append(value)
         self._lrs.append(lr)
-        for column in self._scalars.values():
+        for column in columns.values():
             if len(column) <= n:
                 column.append(math.nan)
 
@@ -621,6 +639,8 @@ class Run:
         their schedule (STATUS_INTERVAL, `_rules_due`) say so: both cost milliseconds, a step microseconds."""
         self._last_flush = time.monotonic()
         self._next_flush = self._last_flush + self.flush_interval
+        step = self.global_step
+        self._flush_step = min([step + max(self.flush_steps, 1), *(s for s in EARLY_FLUSH_STEPS if s > step)])
         if not self.enabled:
             return
         if self._file is not None and self._gone():
