@@ -3,10 +3,14 @@
     python -m benchmarks.overhead            # 20 rounds of 300 steps (about 3 minutes on 2 CPU cores)
     python -m benchmarks.overhead --quick    # 6 rounds of 100 steps
     python -m benchmarks.overhead --lengths 200,5000 --rounds 5   # short and long runs side by side
+    python -m benchmarks.overhead --model mlp --lengths 20000     # a fast (~1 ms, GPU-like) step
 
 A short run pays the sampling floor (every one of the first 10 steps, then geometric spacing to step 1000),
 the first-batch observer (first 200 steps) and the online rules at every flush while the run is young
-(first 10 s); a long run amortizes them, so its ratio is the steady-state overhead.
+(first 10 s); a long run amortizes them. The "tail" clock times the second half of the steps alone (past
+the young phase when the run is long enough): the steady state of run.step and the flushes. The probes'
+and the rules' steady-state shares are bounded by their time budgets (0.2% each), which the breakdown
+("inside the hooks, share of the loop") shows being kept: per-step path, flushes, online rules, probes.
 
 The loop is the reference trainer's: the default convnet on digits, batch 64, SGD with momentum, a validation
 pass and `run.epoch()` every 16 steps. Each round runs every variant once, in a shuffled order (drift and

@@ -387,3 +387,25 @@ def test_an_optimizer_without_step_hooks_still_gets_layer_statistics(tmp_path):
     stats = _values(probe.after_step(1))["Linear"]
     assert "update_ratio" not in stats and stats["g_norm"] > 0
     probe.close()
+
+
+def test_skipping_after_step_until_wake_loses_no_sample_or_snapshot(tmp_path):
+    """Run.step calls after_step only from `probe.wake` on: the same samples and snapshots as every step."""
+
+    def records(skip: bool) -> list[tuple[str, int]]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+        probe = LayerProbe(model, opt, tmp_path / str(skip), every=7, snapshot_every=5)
+        out = []
+        for step in range(1, 301):
+            _step(model, opt, x, y)
+            if not skip or step >= probe.wake:
+                out += [(r["type"], r["step"]) for r in probe.after_step(step)]
+        probe.close()
+        return out
+
+    every = records(skip=False)
+    assert every == records(skip=True)
+    assert ("layers", 7) in every and ("layers", 294) in every and ("snapshot", 300) in every
