@@ -20,7 +20,7 @@ from babysit.rules.bugs import (
     SkippedOptimizerSteps,
 )
 from babysit.rules.causes import LowCapacity, LrTooHigh
-from babysit.rules.data import BadLabels, UnnormalizedInput
+from babysit.rules.data import BadLabels, SingleBatch, UnnormalizedInput
 from babysit.rules.heal import Healed
 from babysit.rules.layers import (
     DeadUnits,
@@ -62,6 +62,7 @@ RULES = [
     SkippedOptimizerSteps,
     UnnormalizedInput,  # after the rules whose findings make it a warning (saturation, dead units, flat loss)
     BadLabels,
+    SingleBatch,
     StalledRun,
     TestSetReuse,
     Healed,  # heal events of on_critical="heal" (rules/heal.py)
@@ -82,6 +83,7 @@ CAUSES: dict[str, list[str]] = {
                      "low_capacity", "flat_loss", "update_ratio"],
     "init_loss_mismatch": ["double_softmax", "loss_mismatch", *_DATA],
     "dead_units": ["lr_too_high"],
+    "overfitting": ["single_batch"],  # the net memorized the one batch it was shown
     "saturated_activations": ["unnormalized_input"],
     "vanishing_gradients": ["dead_units", "saturated_activations"],
     # a linear model at chance heads for zero weights: its ratio is high because the weights vanish

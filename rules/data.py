@@ -11,7 +11,7 @@ from __future__ import annotations
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from babysit.rules.bugs import Progress, number, since_start
 
-__all__ = ["UnnormalizedInput", "BadLabels"]
+__all__ = ["UnnormalizedInput", "BadLabels", "SingleBatch"]
 
 NORM_LAYERS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm", "RMSNorm")
 # what inputs at the wrong scale typically cause: with one of these live the note becomes a warning
@@ -217,3 +217,47 @@ class BadLabels(Rule):
         evidence = {"mean": m, "std": s, "min": number(t.get("min")), "max": number(t.get("max")),
                     "initial_loss": ctx.initial_loss, "loss_now": recent, "mean_predictor_loss": baseline}
         return "warning", msg, evidence, [("standardize_targets", f"mean {fmt(m)}, std {fmt(s)}")]
+
+
+class SingleBatch(Rule):
+    """Every one of the first steps saw exactly the first batch's labels: the same batch every step.
+
+    The hooks count the targets of the first steps (meta `targets_seen`). Random batches of a larger set never
+    add up to exactly k x the first batch's class histogram over k steps; one batch fetched once and reused
+    (`xb, yb = next(iter(loader))` above the loop) always does. Full-batch training on a set that small looks
+    the same, so alone it is a note; with overfitting (the net memorizes the one batch) it is the warning and
+    the cause the overfitting names. Needs `single_batch_steps` steps and two classes in the batch.
+    """
+
+    id = "single_batch"
+    title = "The same batch every step"
+    fix = ("advance_the_loader",)
+    needs = ("meta.targets_seen",)
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.severity: str | None = None
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.severity == "warning":
+            return []
+        first = _histogram(meta_dict(meta_dict(ctx.meta, "first_batch"), "targets"))
+        seen = meta_dict(ctx.meta, "targets_seen")
+        steps, hist = number(seen.get("steps")), _histogram(seen)
+        if not first or not hist or steps is None or steps < self.th["single_batch_steps"] or len(first) < 2:
+            return []
+        if set(hist) != set(first) or any(hist[c] != steps * n for c, n in first.items()):
+            return []
+        severity = "warning" if ctx.has("overfitting") else "info"
+        ended = isinstance(ctx.status, dict) and ctx.status.get("state") in ("finished", "crashed", "stopped")
+        if severity == self.severity or (severity == "info" and not ended):
+            return []  # a note waits for the run's end: overfitting may still come and make it the warning
+        self.severity = severity
+        size = sum(first.values())
+        msg = (f"each of the first {int(steps)} steps saw exactly the first batch's {size} labels ({len(first)} "
+               "classes, the same counts every step): one batch reused, not a loader that advances")
+        if severity == "warning":
+            msg += "; the net memorizes it (overfitting)"
+        evidence = {"steps": steps, "batch_histogram": {str(k): v for k, v in sorted(first.items())},
+                    "batch_size": size}
+        return [self.finding(ctx, severity, since_start(ctx), msg, evidence)]

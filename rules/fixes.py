@@ -79,6 +79,8 @@ _ALL = [
     Fix("check_num_classes", "check num_classes matches the data"),
     Fix("check_label_leak", "if the net is not pretrained, check that labels do not leak into the inputs"),
     Fix("logits_to_loss", "pass raw logits to cross_entropy (no softmax or log_softmax before it)"),
+    Fix("advance_the_loader", "iterate over the data inside the loop (for xb, yb in loader:), not one batch fetched "
+        "once; if the training set really is this one batch, get more data"),
     Fix("call_zero_grad", "call optimizer.zero_grad() on every iteration, before loss.backward(): without it each "
         "backward adds to the gradients of every step before"),
     Fix("log_softmax_before_nll", "apply log_softmax before nll_loss (or pass the raw logits to cross_entropy, "

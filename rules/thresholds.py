@@ -76,6 +76,11 @@ TABLE: dict[str, Threshold] = {
         "missing_zero_grad: the gradient norm at the last of them at least this x the first",
         "ours: summed gradients measure 7-8x at step 10 (digits MLPs), healthy runs 0.5-2x",
     ),
+    "single_batch_steps": Threshold(
+        20,
+        "single_batch: steps whose labels must all equal the first batch's before it is said",
+        "ours: random batches of a larger set match it by chance at 2 steps at most",
+    ),
     "init_steps": Threshold(
         5,
         "steps whose median is 'the initial loss' for relative comparisons",

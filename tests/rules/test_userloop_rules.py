@@ -237,3 +237,14 @@ def test_raw_regression_targets_no_better_than_the_mean_wait_while_young_and_cou
     assert "bad_labels" not in _by_rule(diagnose(_run_of(recs, meta=meta, state="running")))
     f = _by_rule(diagnose(_run_of(recs, meta=meta)))["bad_labels"]
     assert f.severity == "warning" and f.fix_ids[0] == "standardize_targets"
+
+
+# ------------------------------------------------------------------ single_batch
+def test_one_batch_reused_every_step_is_named_and_random_batches_are_not(tmp_path, data):
+    x, y = data
+    same = findings(train(tmp_path / "same", Loop(mlp(64, 10), x[:32], y[:32], sequential=True, steps=120)))
+    f = same["single_batch"]
+    assert f.fix_ids == ["advance_the_loader"] and f.evidence["batch_size"] == 32
+    assert f.severity == "info"  # no validation here, so no overfitting: full-batch training looks the same
+    shuffled = findings(train(tmp_path / "random", Loop(mlp(64, 10), x, y, steps=120)))
+    assert "single_batch" not in shuffled
