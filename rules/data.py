@@ -233,10 +233,7 @@ class SingleBatch(Rule):
     title = "The same batch every step"
     fix = ("advance_the_loader",)
     needs = ("meta.targets_seen",)
-
-    def __init__(self, thresholds: dict):
-        super().__init__(thresholds)
-        self.severity: str | None = None
+    severity: str | None = None  # the severity said so far (set per instance once said)
 
     def update(self, batch, ctx: Context) -> list[Finding]:
         if self.severity == "warning":
