@@ -19,8 +19,8 @@ from babysit.rules.loss import REGRESSION_LOSSES
 from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail
 
-__all__ = ["DoubleSoftmax", "LossMismatch", "MissingZeroGrad", "OutputActivation", "FrozenParameters",
-           "SkippedOptimizerSteps", "Progress", "number", "train_accuracy", "since_start"]
+__all__ = ["DoubleSoftmax", "EvalModeTraining", "LossMismatch", "MissingZeroGrad", "OutputActivation",
+           "FrozenParameters", "SkippedOptimizerSteps", "Progress", "number", "train_accuracy", "since_start"]
 
 
 def number(x) -> float | None:
@@ -456,6 +456,36 @@ class MissingZeroGrad(OnceRule):
         evidence = {"steps": [int(first + i) for i in range(k)], "grad_norms": norms.tolist(),
                     "growth": float(growth[-1])}
         return [self.finding(ctx, "warning", since_start(ctx), msg, evidence)]
+
+
+class EvalModeTraining(OnceRule):
+    """model.eval() left on while the model trains (called for a validation pass and never undone): dropout is
+    off and BatchNorm normalizes with running statistics it no longer updates.
+
+    The hooks record the first batch (meta `first_batch`) from the first forward pass they see in training mode
+    (module.training, gradients on) and write it within the first steps. A run recorded by hooks that do this
+    (meta `optimizer.params_in_optimizer` comes with them) whose model has Dropout or BatchNorm layers, that
+    took `eval_mode_steps` steps with an optimizer, and has no first batch, never ran a training-mode forward.
+    """
+
+    id = "eval_mode_training"
+    title = "The model trains in eval mode"
+    fix = ("call_model_train",)
+    needs = ("meta.model", "steps>=eval_mode_steps")
+
+    def examine(self, batch, ctx: Context) -> list[Finding]:
+        if ctx.last_step - (ctx.first_step or 0) < self.th["eval_mode_steps"]:
+            return []
+        self.done = True  # judged once, when the first batch would long have been written
+        opt = meta_dict(ctx.meta, "optimizer")
+        modal = sorted({str(x.get("type")) for x in meta_layers(ctx.meta)
+                        if str(x.get("type", "")).startswith(("Dropout", "BatchNorm", "AlphaDropout"))})
+        if meta_dict(ctx.meta, "first_batch") or "params_in_optimizer" not in opt or not modal:
+            return []
+        msg = (f"{ctx.last_step} steps trained and the hooks never saw a forward pass in training mode, in a model "
+               f"with {', '.join(modal)}: model.eval() is on while it trains (dropout off, BatchNorm frozen at its "
+               "running statistics)")
+        return [self.finding(ctx, "warning", since_start(ctx), msg, {"layers": modal, "steps": ctx.last_step})]
 
 
 class SkippedOptimizerSteps(Rule):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from babysit.rules.accuracy import ChanceAccuracy, Overfitting, Underfitting
 from babysit.rules.bugs import (
     DoubleSoftmax,
+    EvalModeTraining,
     FrozenParameters,
     LossMismatch,
     MissingZeroGrad,
@@ -57,6 +58,7 @@ RULES = [
     DoubleSoftmax,
     LossMismatch,
     MissingZeroGrad,
+    EvalModeTraining,
     OutputActivation,
     FrozenParameters,
     SkippedOptimizerSteps,
@@ -73,7 +75,7 @@ RULE_IDS = [r.id for r in RULES]
 # `explains` agrees) the symptom names it and leads with its fix. Ids of rules that are not in RULES (another
 # module's bug checks) are simply never present.
 _BUGS = ["frozen_parameters", "skipped_optimizer_steps", "missing_zero_grad", "double_softmax", "loss_mismatch",
-         "output_activation"]
+         "output_activation", "eval_mode_training"]
 _DEAD_NET = ["nonfinite_loss", "stalled_weights", "dead_units", "saturated_activations", "vanishing_gradients"]
 _DATA = ["bad_labels", "unnormalized_input"]
 CAUSES: dict[str, list[str]] = {

@@ -79,6 +79,8 @@ _ALL = [
     Fix("check_num_classes", "check num_classes matches the data"),
     Fix("check_label_leak", "if the net is not pretrained, check that labels do not leak into the inputs"),
     Fix("logits_to_loss", "pass raw logits to cross_entropy (no softmax or log_softmax before it)"),
+    Fix("call_model_train", "call model.train() at the start of every training epoch (after any validation pass "
+        "that called model.eval())"),
     Fix("advance_the_loader", "iterate over the data inside the loop (for xb, yb in loader:), not one batch fetched "
         "once; if the training set really is this one batch, get more data"),
     Fix("call_zero_grad", "call optimizer.zero_grad() on every iteration, before loss.backward(): without it each "

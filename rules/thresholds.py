@@ -76,6 +76,11 @@ TABLE: dict[str, Threshold] = {
         "missing_zero_grad: the gradient norm at the last of them at least this x the first",
         "ours: summed gradients measure 7-8x at step 10 (digits MLPs), healthy runs 0.5-2x",
     ),
+    "eval_mode_steps": Threshold(
+        100,
+        "eval_mode_training: steps after which a missing first batch means no training-mode forward was seen",
+        "ours: the hooks write the first batch after steps 1, 10 and 50",
+    ),
     "single_batch_steps": Threshold(
         20,
         "single_batch: steps whose labels must all equal the first batch's before it is said",

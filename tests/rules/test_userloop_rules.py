@@ -248,3 +248,31 @@ def test_one_batch_reused_every_step_is_named_and_random_batches_are_not(tmp_pat
     assert f.severity == "info"  # no validation here, so no overfitting: full-batch training looks the same
     shuffled = findings(train(tmp_path / "random", Loop(mlp(64, 10), x, y, steps=120)))
     assert "single_batch" not in shuffled
+
+
+# ------------------------------------------------------------------ eval_mode_training
+def _dropout_run(run_dir, data, train_mode: bool):
+    """A plain user loop (no test helper filling meta): model.eval() left on, or model.train() as it should be."""
+    import babysit
+
+    torch.manual_seed(0)
+    x, y = data
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train(train_mode)
+    with babysit.Run(run_dir, num_classes=10) as run:
+        run.watch(model, opt)
+        for i in range(120):
+            idx = torch.arange(i * 32, (i + 1) * 32) % len(x)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            run.step(loss)
+    return {f.rule: f for f in diagnose(load_run(run_dir))}
+
+
+def test_a_model_left_in_eval_mode_while_training_is_caught(tmp_path, data):
+    f = _dropout_run(tmp_path / "eval", data, train_mode=False)["eval_mode_training"]
+    assert f.severity == "warning" and f.fix_ids == ["call_model_train"] and f.evidence["layers"] == ["Dropout"]
+    assert "eval_mode_training" not in _dropout_run(tmp_path / "train", data, train_mode=True)
