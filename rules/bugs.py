@@ -473,10 +473,17 @@ class EvalModeTraining(OnceRule):
     fix = ("call_model_train",)
     needs = ("meta.model", "steps>=eval_mode_steps")
 
+    saw_gradients = False  # the probes saw this model's backward: it is the model being trained
+
     def examine(self, batch, ctx: Context) -> list[Finding]:
+        lay = ctx.layers
+        if len(lay) and "g_norm" in lay and np.isfinite(lay.num("g_norm")).any():
+            self.saw_gradients = True
         if ctx.last_step - (ctx.first_step or 0) < self.th["eval_mode_steps"]:
             return []
         self.done = True  # judged once, when the first batch would long have been written
+        if not self.saw_gradients:
+            return []  # the watched model may not be the one trained (a copy, a rebuilt model): nothing to say
         opt = meta_dict(ctx.meta, "optimizer")
         modal = sorted({str(x.get("type")) for x in meta_layers(ctx.meta)
                         if str(x.get("type", "")).startswith(("Dropout", "BatchNorm", "AlphaDropout"))})
