@@ -606,12 +606,9 @@ class Run:
             "metrics": values,
         }
         self._pending.append(record)
-        # An epoch's record goes out with the next flush; it is one now when the rules will look at it (their
-        # schedule), when heal judges it, or when the flush is due anyway. Tiny epochs (every few dozen steps)
-        # would otherwise pay a write per epoch.
-        if (self._healer is not None or time.monotonic() >= self._next_flush
-                or (self._diagnoser is not None and self._rules_due(epoch_end=True))):
-            self._flush(force=False, epoch_end=True)
+        # Written at once: an epoch end is what a reader waits for, and a process that hangs right after it
+        # (a stuck data loader) must still show it. The rules look only when their schedule says so.
+        self._flush(force=False, epoch_end=True)
 
     def log_event(self, name: str, **data: Any) -> None:
         """A free-form event (e.g. a test-set evaluation) in the log; shown by the dashboard."""
