@@ -122,7 +122,9 @@ class LossExplosion(Rule):
     """The loss rising above where it started: a warning above `explosion_warn_factor` x the initial loss
     (healthy runs stay under ~1.1x), critical above `explosion_factor` (the lecture's 3x: quit early).
 
-    A spike is an explosion only relative to the loss's own noise. The median of `explosion_window` steps
+    A spike is an explosion only relative to the loss's own noise. At a batch of `tiny_batch` examples or
+    fewer each step's loss (the initial one too) is a few examples' and the loss counts as noisy from the
+    start. The median of `explosion_window` steps
     above the limit is enough while single steps of the preceding `explosion_noise_history` steps stayed
     below it. A loss whose single steps already crossed the limit there (batch size 1, a heavy-tailed
     per-sample loss: a few hard examples in a row) crosses it with a short median by chance, many times in a
@@ -163,7 +165,8 @@ class LossExplosion(Rule):
             c = ctx.num_classes
             if c is not None:  # a relative rise from a tiny (fine-tuned) loss is no explosion
                 limit = max(limit, init + self.th["explosion_min_rise"] * math.log(c))
-            ends, w = self._exploded(x, limit, first_end)
+            bs = batch_size(ctx)
+            ends, w = self._exploded(x, limit, first_end, bs is not None and bs <= self.th["tiny_batch"])
             if not len(ends):
                 continue
             self.severity = severity
@@ -181,9 +184,10 @@ class LossExplosion(Rule):
             return [self.finding(ctx, severity, step, msg, evidence, fix)]
         return []
 
-    def _exploded(self, x: np.ndarray, limit: float, first_end: int) -> tuple[np.ndarray, np.ndarray]:
+    def _exploded(self, x: np.ndarray, limit: float, first_end: int, tiny: bool) -> tuple[np.ndarray, np.ndarray]:
         """Ends (indices into x, from first_end) of windows above the limit, judged against the noise before
-        them, and each one's window length."""
+        them, and each one's window length. `tiny`: a batch of a few examples, whose single losses are noise
+        by construction (the initial loss is one example's): always judged as noisy."""
         ends = np.arange(first_end, len(x))
         if not len(ends):
             return ends, ends
@@ -191,7 +195,8 @@ class LossExplosion(Rule):
         count = lambda lo, hi: c[hi] - c[np.maximum(lo, 0)]  # noqa: E731 - steps above the limit in x[lo:hi]
         short = count(ends - self.w + 1, ends + 1) >= self.w // 2 + 1  # the median of the short window
         lo = np.maximum(ends - self.w + 1 - self.h, 0)
-        noisy = count(lo, ends - self.w + 1) > self.th["explosion_noise_frac"] * np.maximum(ends - self.w + 1 - lo, 1)
+        noisy = tiny | (count(lo, ends - self.w + 1) > self.th["explosion_noise_frac"]
+                        * np.maximum(ends - self.w + 1 - lo, 1))
         # the mean of the long window; capped (inf, 1e30) so the running sum keeps its precision, NaN left out
         capped = np.minimum(np.where(np.isnan(x), 0.0, x), 1e6 * max(limit, 1e-12))
         s = np.concatenate([[0.0], np.cumsum(capped)])

@@ -63,7 +63,8 @@ TABLE: dict[str, Threshold] = {
     ),
     "tiny_batch": Threshold(
         4,
-        "vanishing_gradients: at or below this batch size an all-tiny gradient is one fitted example, no evidence",
+        "vanishing_gradients / loss_explosion: at or below this batch size a gradient or a loss is a few examples'"
+        " (an all-tiny gradient is a fitted example; single losses are noise)",
         "ours: a batch-1 run at a healthy lr records every layer below 1e-7 on a confidently right example",
     ),
     "zero_grad_steps": Threshold(
