@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from babysit.rules.bugs import Progress, number, since_start
+from babysit.rules.loss import batch_size
 
 __all__ = ["UnnormalizedInput", "BadLabels", "SingleBatch"]
 
@@ -36,8 +37,11 @@ class UnnormalizedInput(Rule):
         self.severity: str | None = None
         self.progress = Progress(thresholds)
 
-    def _scale(self, x: dict) -> tuple[str, float, float] | None:
-        """(where, mean, std) of the worst-scaled channel, or of the whole batch, when off scale; else None."""
+    def _scale(self, x: dict, few: bool = False) -> tuple[str, float, float] | None:
+        """(where, mean, std) of the worst-scaled channel, or of the whole batch, when off scale; else None.
+
+        `few`: a batch of a few examples, whose mean and spread say nothing about the data's centering (one
+        example's features are what they are): only a scale in the tens counts then, not an offset."""
         means, stds = x.get("channel_mean"), x.get("channel_std")
         cands = [("the inputs", number(x.get("mean")), number(x.get("std")))]
         if isinstance(means, list) and isinstance(stds, list) and len(means) == len(stds):
@@ -50,7 +54,7 @@ class UnnormalizedInput(Rule):
             # far: a spread of tens or more (raw pixels 0-255, dollars), or the whole batch offset by several
             # spreads; one channel's offset alone is no evidence (a blank border pixel is constant)
             off = s > self.th["unnorm_scale"] or abs(m) > self.th["unnorm_scale"] or (
-                where == "the inputs" and abs(m) > 1 and abs(m) > self.th["unnorm_offset"] * s)
+                where == "the inputs" and not few and abs(m) > 1 and abs(m) > self.th["unnorm_offset"] * s)
             if off and (worst is None or max(abs(m), s) > max(abs(worst[1]), worst[2])):
                 worst = (where, m, s)
         return worst
@@ -65,7 +69,8 @@ class UnnormalizedInput(Rule):
         first = next((layer for layer in meta_layers(ctx.meta) if (number(layer.get("count")) or 0) > 0), None)
         if first is not None and str(first.get("type", "")).startswith(NORM_LAYERS + ("Embedding",)):
             return []  # the net normalizes its own input
-        worst = self._scale(x)
+        bs = batch_size(ctx)
+        worst = self._scale(x, few=bs is not None and bs <= self.th["tiny_batch"])
         if worst is None:
             return []
         trouble, learning = _trouble(ctx), self.progress.learning(ctx)

@@ -63,8 +63,9 @@ TABLE: dict[str, Threshold] = {
     ),
     "tiny_batch": Threshold(
         4,
-        "vanishing_gradients / loss_explosion: at or below this batch size a gradient or a loss is a few examples'"
-        " (an all-tiny gradient is a fitted example; single losses are noise)",
+        "vanishing_gradients / loss_explosion / unnormalized_input: at or below this batch size a gradient, a loss"
+        " or input statistics are a few examples' (an all-tiny gradient is a fitted example; single losses are "
+        "noise; one example's mean is no offset)",
         "ours: a batch-1 run at a healthy lr records every layer below 1e-7 on a confidently right example",
     ),
     "zero_grad_steps": Threshold(

@@ -276,3 +276,15 @@ def test_a_model_left_in_eval_mode_while_training_is_caught(tmp_path, data):
     f = _dropout_run(tmp_path / "eval", data, train_mode=False)["eval_mode_training"]
     assert f.severity == "warning" and f.fix_ids == ["call_model_train"] and f.evidence["layers"] == ["Dropout"]
     assert "eval_mode_training" not in _dropout_run(tmp_path / "train", data, train_mode=True)
+
+
+def test_one_example_off_center_is_no_unnormalized_input_but_raw_pixels_are():
+    """Batch size 1: its mean over two features is one point of the data, not an offset of the data."""
+    s = np.arange(1, 301)
+    curve = 0.7 * np.exp(-s / 60) + 0.1
+    one = {"num_classes": 2, "first_batch": {"inputs": {"shape": [1, 2], "integer": False, "mean": -1.03,
+                                                        "std": 0.24, "min": -1.27, "max": -0.79}}}
+    assert "unnormalized_input" not in _by_rule(diagnose(_run_of(steps(s, curve), meta=one)))
+    raw = {"num_classes": 10, "first_batch": {"inputs": {"shape": [1, 64], "integer": False, "mean": 80.0,
+                                                         "std": 90.0, "min": 0.0, "max": 255.0}}}
+    assert "unnormalized_input" in _by_rule(diagnose(_run_of(steps(s, curve), meta=raw)))
