@@ -370,3 +370,17 @@ def test_pretrained_finetune_is_not_flat_nor_too_slow():
     assert {f.rule for f in found.values() if f.severity != "info"} == set()
     assert found["init_loss_mismatch"].severity == "info"
 
+
+
+def test_recorded_findings_a_heal_undid_are_history_without_a_fresh_diagnosis():
+    from babysit.rules import findings_of_run
+
+    attempt = {"finding": "dead_units", "rolled_back_to": 0, "action": "lr_x0.1", "attempt": 1, "step": 27}
+    log = [{"rule": "loss_explosion", "severity": "critical", "step": 12, "message": "blew up", "evidence": {}},
+           {"rule": "healed", "severity": "warning", "step": 27, "message": "healed",
+            "evidence": {"heals": 1, "attempts": [attempt]}},
+           {"rule": "flat_loss", "severity": "warning", "step": 200, "message": "later", "evidence": {}}]
+    found = {f.rule: f for f in findings_of_run([], log)}
+    assert found["loss_explosion"].severity == "info" and found["loss_explosion"].fix_ids == ["see_healed"]
+    assert found["healed"].severity == "warning" and found["flat_loss"].severity == "warning"  # after the heal
+    assert all(f.recorded for f in found.values())
