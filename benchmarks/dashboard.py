@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from streamlit.dataframe_util import convert_pandas_df_to_arrow_bytes
+
 from babysit.monitor.dashboard import charts
 from babysit.monitor.dashboard.state import RunsIndex, RunState
 from babysit.monitor.dashboard.views import run_plans
-from streamlit.dataframe_util import convert_pandas_df_to_arrow_bytes
-
 from benchmarks.synthetic import append_steps, write_run
 
 TARGETS = {"first view": 2.0, "refresh (+100 steps)": 0.100, "runs listed": 1.0}

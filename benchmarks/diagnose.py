@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from babysit.monitor import runfile
 from babysit.monitor.reader import load_run, records_to_batch
 from babysit.rules import OnlineDiagnoser, diagnose

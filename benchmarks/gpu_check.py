@@ -84,10 +84,9 @@ def hook_overhead(device: torch.device, model_name: str, side: int, channels: in
 
     watch=False records the loss only (no layer probes, no structure checks): the per-step path alone.
     profile=True runs the last hooked loop under cProfile and adds the hooks' top functions to the result."""
+    from babysit import hooks
     from babysit.trainer.config import TrainConfig
     from babysit.trainer.models import build_model
-
-    from babysit import hooks
 
     amp = device.type == "cuda"
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format

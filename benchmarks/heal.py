@@ -244,9 +244,8 @@ def part_cost(rounds: int, steps: int) -> None:
 
 
 def part_memory() -> None:
-    from babysit.hooks.heal import Healer
-
     import babysit
+    from babysit.hooks.heal import Healer
 
     setup = Setup("digits", "cnn", "adam", 2e-3, steps=300)
     xt, yt, _, _ = data("digits")

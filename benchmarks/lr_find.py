@@ -33,6 +33,7 @@ def grid_lrs(lo: float, hi: float, per_decade: int) -> list[float]:
 def measure(model: str, lrs: list[float], epochs: int, seeds: int, folder: Path, optimizer: str = "momentum") -> dict:
     """lr-find once, then the grid of real trainings. Returns every number the table shows."""
     import torch
+
     from babysit.trainer.config import TrainConfig
     from babysit.trainer.lr_find import lr_find
     from babysit.trainer.train import train

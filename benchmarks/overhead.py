@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from babysit import hooks
 from babysit.trainer.config import TrainConfig
 from babysit.trainer.data import load_splits
 from babysit.trainer.models import build_model
-
-from babysit import hooks
 
 __all__ = ["main", "measure"]
 

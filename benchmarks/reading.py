@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from babysit.monitor import runfile
 from babysit.monitor.reader import RunTailer, load_run
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from babysit.monitor import runfile
 
 __all__ = ["write_run", "append_steps", "LAYERS"]

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from babysit.rules.base import fmt
 
 __all__ = ["Healer", "start_healer", "HEALABLE", "POLICY", "WARMUP_STEPS"]

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
 from babysit.hooks.integration import RunCallback, callback_subclass, number, step_loss
 
 __all__ = ["BabysitCallback", "HFHooks", "callback_class"]  # noqa: F822 - built on first use (__getattr__)

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import torch
+
 from babysit.hooks.run import Run
 
 __all__ = ["RunCallback", "callback_subclass", "number", "step_loss", "unwrap_optimizer"]

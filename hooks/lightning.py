@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
 from babysit.hooks.integration import RunCallback, callback_subclass, step_loss
 from babysit.hooks.run import StopTraining
 

@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from babysit.monitor import runfile
 from torch import nn
+
+from babysit.monitor import runfile
 
 __all__ = [
     "LayerProbe",

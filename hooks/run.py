@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from babysit.hooks import values as _values
 from babysit.monitor import runfile
 from babysit.monitor.reader import records_to_batch

@@ -19,16 +19,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from babysit.errors import UsageError
 from babysit.monitor import runfile
 from babysit.monitor.reader import RunData, RunReadError
 from babysit.monitor.sinks import printable
+from babysit.monitor.threshold_options import add_threshold_options, thresholds_from_args
 from babysit.rules import Finding
 from babysit.rules.base import SEVERITIES, fmt, severity_rank
-from babysit.rules.thresholds import load_config, parse_assignment
 
-from babysit.errors import UsageError
-
-__all__ = ["configure", "run", "load", "add_reading_options", "reading_options", "thresholds_from_args", "report_dict",
+__all__ = ["configure", "run", "load", "add_reading_options", "reading_options", "report_dict",
            "render_text", "JSON_KEYS"]
 
 JSON_KEYS = ("rule", "severity", "step", "epoch", "message", "evidence", "fix", "fix_ids", "caused_by", "root_cause")
@@ -45,9 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_reading_options(parser: argparse.ArgumentParser) -> None:
     """How to read a run and judge it, for every command that diagnoses one (diagnose, report)."""
-    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a rule threshold (repeatable); names in docs/rules.md")
-    parser.add_argument("--config", metavar="FILE", help="thresholds from a .json or .toml file")
+    add_threshold_options(parser)
     parser.add_argument("--map", action="append", default=[], metavar="OURS=THEIRS",
                         help="for imported logs: which tag or column is our loss, lr, train_loss, train_acc, "
                         "val_loss, val_acc, step, epoch or time (repeatable), e.g. --map val_acc=acc/valid")
@@ -73,20 +70,6 @@ def load(path: str | Path, mapping: dict[str, str] | None = None, num_classes: i
     from babysit.monitor.importers import load_any
 
     return load_any(path, mapping=mapping, num_classes=num_classes)
-
-
-def thresholds_from_args(args: argparse.Namespace) -> dict[str, float]:
-    """--config first, then each --threshold on top; any mistake is a one-line UsageError."""
-    out: dict[str, float] = {}
-    try:
-        if getattr(args, "config", None):
-            out.update(load_config(args.config))
-        for text in getattr(args, "threshold", None) or []:
-            name, value = parse_assignment(text)
-            out[name] = value
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

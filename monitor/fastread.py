@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pandas as pd
+
 from babysit.monitor import runfile
 from babysit.monitor.reader import CHUNK_BYTES, LineTailer, RunBatch, RunTailer
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from babysit.errors import UsageError
 from babysit.monitor import runfile
 from babysit.monitor.report_data import SEVERITY_ORDER, diagnose_all, not_evaluated, rule_titles
 from babysit.monitor.report_lr_find import lr_find_section
@@ -28,8 +30,6 @@ from babysit.monitor.runfile import decode_float, load_snapshot
 from babysit.monitor.sinks import printable
 from babysit.monitor.weights_image import filter_grid
 from babysit.rules.base import fmt, num_classes_of
-
-from babysit.errors import UsageError
 
 # The data (report_data.py) and the stylesheet (report_style.py) live apart; re-exported here as before.
 __all__ = ["configure", "run", "build_report", "write_report", "not_evaluated", "diagnose_all"]

@@ -11,6 +11,7 @@ from html import escape
 from typing import Any
 
 import numpy as np
+
 from babysit.monitor.report_svg import fmt_tick, log_ticks, nice_ticks
 from babysit.rules.lr_range import beta_for, smooth
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from html import escape
 
 import numpy as np
+
 from babysit.monitor.dashboard.downsample import SeriesBuffer, nonfinite_runs
 from babysit.rules.base import fmt
 

@@ -16,6 +16,7 @@ import threading
 import time
 
 from babysit.errors import UsageError
+from babysit.monitor.threshold_options import add_threshold_options, thresholds_from_args
 
 __all__ = ["configure", "run"]
 
@@ -66,8 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "2 bad input")
     parser.add_argument("--fail-on", choices=["warning", "critical"], default="critical",
                         help="with --once, the severity that makes the exit status 1 (default critical)")
-    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a rule threshold (repeatable)")
+    add_threshold_options(parser)  # --threshold, --config: as for babysit diagnose
     parser.add_argument("--stall-after", type=_seconds, metavar="S",
                         help="seconds without new data or heartbeat before a running run is reported stalled "
                              "(default: from the run's own rhythm, at least 60)")
@@ -80,18 +80,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do not append the watcher's findings to each run's findings.jsonl")
     parser.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                         help="colour the terminal lines (auto: only on a terminal)")
-
-
-def _thresholds(items: list[str]) -> dict | None:
-    """--threshold NAME=VALUE, each checked by the rules (a typo never leaves a default silently in place)."""
-    if not items:
-        return None
-    from babysit.rules.thresholds import parse_assignment  # the rules package loads in 0.5 s: only when asked
-
-    try:
-        return dict(parse_assignment(t) for t in items)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
 
 
 def _sinks(args: argparse.Namespace) -> list:
@@ -134,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from babysit.monitor.sinks import severity_rank
     from babysit.monitor.watcher import Watcher, WatchError
 
-    thresholds = _thresholds(args.threshold)
+    thresholds = thresholds_from_args(args) or None
     paths = args.paths or ["runs"]
     try:
         watcher_kwargs = dict(

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from babysit.monitor import runfile
-from babysit.monitor.reader import find_runs, is_run_dir
-from babysit.monitor.sinks import printable
 from watchdog.events import DirCreatedEvent, DirMovedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserverVFS
+
+from babysit.monitor import runfile
+from babysit.monitor.reader import find_runs, is_run_dir
+from babysit.monitor.sinks import printable
 
 __all__ = ["Due", "Observe", "WatchError", "discover", "display_name", "split_targets"]
 

@@ -14,6 +14,7 @@ import math
 import re
 
 import numpy as np
+
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from babysit.rules.loss import REGRESSION_LOSSES
 from babysit.rules.once import OnceRule

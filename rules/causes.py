@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers, row_nanmedian
 from babysit.rules.layers import layer_view
 from babysit.rules.loss import infer_num_classes
 from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail, rolling_mean
-from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["LrTooHigh", "LowCapacity", "explains", "run_facts"]
 

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from babysit.rules.base import Context, Rule, meta_layers
 
 __all__ = ["Seen", "not_evaluated"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from babysit.rules.base import Context, Finding, Rule, Table, severity_rank
 from babysit.rules.catalogue import CAUSE_ORDER, CAUSES, RULES
 from babysit.rules.causes import explains, run_facts

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pandas as pd
+
 from babysit.rules.base import Context, Finding, Table, fmt, meta_dict, meta_layers, row_nanmedian
 from babysit.rules.loss import batch_size
 from babysit.rules.once import OnceRule

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail, first_true, rolling_mean, runs_of

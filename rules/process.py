@@ -6,6 +6,7 @@ import math
 import time
 
 import numpy as np
+
 from babysit.rules.base import Context, Finding, Rule, fmt
 from babysit.rules.once import OnceRule
 

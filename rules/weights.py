@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
 from babysit.rules.bugs import Progress
 

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from babysit.monitor import runfile
-from babysit.monitor.cli import main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from babysit.monitor import runfile
+from babysit.monitor.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("hooks", "rules", "monitor", "trainer")

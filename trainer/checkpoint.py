@@ -12,9 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from babysit.trainer.config import TrainConfig
 from babysit.trainer.data import Preprocess
-from torch import nn
 
 __all__ = ["CHECKPOINT", "save_checkpoint", "load_checkpoint", "state_dict_of"]
 

@@ -6,10 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
+from babysit.errors import UsageError
 from babysit.rules.base import fmt
 from babysit.trainer.options import add_train_options, config_from_args
-
-from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "set_threads"]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
 from babysit.trainer.config import TrainConfig
 from babysit.trainer.datasets import describe, load_examples
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from babysit.trainer.config import TOY_DATASETS, TrainConfig
 
 __all__ = ["Examples", "load_examples", "describe"]

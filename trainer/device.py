@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
 from babysit.trainer.config import TrainConfig
 from babysit.trainer.models import is_conv
 

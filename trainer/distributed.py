@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 from babysit.trainer.device import resolve_device
 
 __all__ = ["Dist", "setup", "teardown", "shard", "any_rank"]

@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from babysit.monitor import runfile
-
 from babysit.errors import UsageError
+from babysit.monitor import runfile
 
 __all__ = ["configure", "run", "evaluate_run"]
 
@@ -33,6 +32,7 @@ def evaluate_run(run_dir: str, *, test: bool = False, device: str = "auto") -> d
     """Metrics of the run's checkpoint: {"train_acc", "train_loss", "val_acc", "val_loss", ["test_acc", ...],
     "split_id", "num_test"}. ValueError (one line) if the run or its checkpoint cannot be used."""
     import torch
+
     from babysit.monitor.reader import RunReadError, read_meta
     from babysit.trainer.checkpoint import CHECKPOINT, load_checkpoint, state_dict_of
     from babysit.trainer.config import TrainConfig

@@ -17,6 +17,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+
+from babysit import hooks
 from babysit.rules.lr_range import DIVERGE, SETTLE, analyze, beta_for, smooth
 from babysit.trainer import losses, regularize
 from babysit.trainer.augment import augment
@@ -26,8 +28,6 @@ from babysit.trainer.optim import make_optimizer
 from babysit.trainer.progress import Progress
 from babysit.trainer.train import _check_run_dir, objective, prepare
 from babysit.trainer.transfer import train_mode
-
-from babysit import hooks
 
 __all__ = ["lr_find", "LRFindResult", "START_LR", "END_LR", "STEPS", "EVENT"]
 

@@ -13,10 +13,9 @@ import json
 import time
 from pathlib import Path
 
+from babysit.errors import UsageError
 from babysit.trainer.cli import set_threads
 from babysit.trainer.options import add_train_options, config_from_args
-
-from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "NOT_OPTIONS"]
 

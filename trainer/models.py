@@ -11,8 +11,9 @@ import math
 from collections import OrderedDict
 
 import torch
-from babysit.trainer.config import TrainConfig
 from torch import nn
+
+from babysit.trainer.config import TrainConfig
 
 __all__ = ["mlp", "convnet", "resnet", "build_model", "layer_names", "is_conv"]
 

@@ -16,9 +16,8 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, replace
 from unittest import mock
 
-from babysit.trainer.options import add_train_options, config_from_args
-
 from babysit.errors import UsageError
+from babysit.trainer.options import add_train_options, config_from_args
 
 __all__ = ["configure", "run", "Check", "run_checks", "plain_sgd_lr", "BUGS"]
 
@@ -86,6 +85,7 @@ def run_checks(cfg, *, overfit_n: int = 20, overfit_steps: int = 200, overfit_lr
                crank: float = 1e3, init_tol: float = 0.1, run_dir: str | None = None) -> list[Check]:
     """The three checks on cfg's data and model (cfg: a TrainConfig)."""
     import torch
+
     from babysit.trainer import losses, models, regularize
     from babysit.trainer.data import load_splits
     from babysit.trainer.device import resolve_device
@@ -123,10 +123,10 @@ def plain_sgd_lr(cfg) -> float:
 
 def _overfit(cfg, splits, n: int, max_steps: int, lr: float, run_dir: str | None) -> Check:
     import torch
-    from babysit.trainer import losses, models
-    from babysit.trainer.train import _check_run_dir
 
     from babysit import hooks
+    from babysit.trainer import losses, models
+    from babysit.trainer.train import _check_run_dir
 
     cfg = replace(cfg, dropout=0.0, reg=0.0, optimizer="sgd", schedule="constant", warmup=0)
     x, y = splits.x_train[:n], splits.y_train[:n]

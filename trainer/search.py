@@ -32,12 +32,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
+from babysit.errors import UsageError
 from babysit.monitor import runfile
 from babysit.trainer.config import TrainConfig
 from babysit.trainer.options import add_train_options, config_from_args, to_argv
 from babysit.trainer.progress import Progress
-
-from babysit.errors import UsageError
 
 __all__ = ["configure", "run", "parse_range", "sample_log_uniform", "narrow", "trial_result", "SEARCH_FILE"]
 

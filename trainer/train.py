@@ -15,6 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from babysit import hooks
 from babysit.monitor import runfile
 from babysit.trainer import distributed, losses, regularize
 from babysit.trainer.augment import augment
@@ -27,9 +30,6 @@ from babysit.trainer.optim import make_optimizer
 from babysit.trainer.progress import Progress
 from babysit.trainer.schedules import make_scheduler
 from babysit.trainer.transfer import freeze_up_to, linear_probe, load_pretrained, train_mode
-from torch import nn
-
-from babysit import hooks
 
 __all__ = ["TrainConfig", "train", "prepare", "objective", "evaluate", "resolve_device", "CHECK_EVERY",
            "TRAIN_EVAL_MAX"]

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
+
 from babysit.trainer.checkpoint import load_checkpoint, state_dict_of
 from babysit.trainer.models import layer_names
-from torch import nn
 
 __all__ = ["load_pretrained", "freeze_up_to", "train_mode", "penultimate_features", "linear_probe"]
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from babysit import Run
 from babysit.monitor.reader import load_run
 from babysit.rules import diagnose
-
-from babysit import Run
 
 __all__ = ["Run", "load_run", "diagnose"]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
+
 from babysit.monitor.dashboard import charts
 from babysit.monitor.dashboard.downsample import ema
 from babysit.monitor.dashboard.lr_find_chart import lr_find_caption

@@ -23,6 +23,7 @@ from typing import Any
 import altair as alt
 import numpy as np
 import pandas as pd
+
 from babysit.monitor.weights_image import filter_grid
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any
 import altair as alt
 import numpy as np
 import pandas as pd
+
 from babysit.monitor.dashboard.charts import COLORS, ChartPlan, _data, _params
 from babysit.rules.lr_range import beta_for, smooth
 

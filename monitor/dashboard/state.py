@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
+
 from babysit.monitor import runfile
 from babysit.monitor.dashboard.downsample import DEFAULT_POINTS, SeriesBuffer
 from babysit.monitor.fastread import FastRunTailer

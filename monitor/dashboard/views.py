@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pandas as pd
+
 from babysit.monitor.dashboard import charts
 from babysit.monitor.dashboard.downsample import ema
 from babysit.monitor.dashboard.lr_find_chart import lr_find_plan

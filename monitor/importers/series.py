@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from babysit.monitor import runfile
 from babysit.monitor.importers.names import ROLES, is_epoch_level, normalize, resolve
 from babysit.monitor.reader import RunData, RunReadError

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from babysit.monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
 from babysit.monitor.reader import RunReadError
 

@@ -15,11 +15,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from babysit.monitor import runfile
-from babysit.monitor.reader import load_run
 from torch import nn
 
 from babysit import hooks
+from babysit.monitor import runfile
+from babysit.monitor.reader import load_run
 
 STEPS = 60
 BAD_AT = 30

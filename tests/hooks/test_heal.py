@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from babysit.hooks.heal import Healer
-from babysit.monitor.reader import load_run
-from babysit.rules import diagnose
 from torch import nn
 
 import babysit
+from babysit.hooks.heal import Healer
+from babysit.monitor.reader import load_run
+from babysit.rules import diagnose
 from benchmarks.heal import Setup, scenario
 
 GOOD = Setup()  # SGD momentum 0.9, lr 0.05, 600 steps: ~0.98 val accuracy
@@ -193,7 +193,6 @@ class _LitTrainer:
 
 def test_lightning_callback_heals_a_nan_batch(tmp_path):
     from babysit.hooks.lightning import LightningHooks
-
     from benchmarks.heal import data, make_model
 
     xt, yt, xv, yv = data("digits")

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+
 from babysit.hooks.huggingface import HFHooks
 from babysit.hooks.integration import step_loss, unwrap_optimizer
 from babysit.hooks.lightning import LightningHooks, callback_class
@@ -404,10 +405,11 @@ def test_step_loss_is_the_micro_batch_mean_or_sum_and_stays_on_the_device():
 @pytest.mark.filterwarnings("ignore:.*LeafSpec")  # Lightning's own deprecation noise
 def test_real_lightning_fit_with_a_planted_fault(tmp_path):
     L = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import CSVLogger
+
     from babysit.hooks.lightning import BabysitCallback
     from babysit.monitor.importers import load_any
     from babysit.rules import diagnose
-    from lightning.pytorch.loggers import CSVLogger
 
     class Module(L.LightningModule):
         def __init__(self, lr: float, num_classes: int = 3):

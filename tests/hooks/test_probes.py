@@ -8,9 +8,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from babysit.hooks import probes
 from babysit.hooks.probes import LayerProbe
-from torch import nn
 
 
 def _values(records: list[dict], kind: str = "layers") -> dict:

@@ -10,12 +10,12 @@ import warnings
 
 import pytest
 import torch
-from babysit.hooks import run as run_module
-from babysit.monitor import runfile
-from babysit.monitor.reader import load_run
 from torch import nn
 
 from babysit import hooks
+from babysit.hooks import run as run_module
+from babysit.monitor import runfile
+from babysit.monitor.reader import load_run
 
 
 def _model_and_data(seed: int = 0):

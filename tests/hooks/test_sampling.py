@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 
 import torch
-from babysit.hooks import probes
-from babysit.monitor.reader import load_run
 from torch import nn
 
 from babysit import hooks
+from babysit.hooks import probes
+from babysit.monitor.reader import load_run
 
 
 def _setup(seed: int = 0, dead: bool = False):

@@ -9,12 +9,12 @@ import warnings
 
 import pytest
 import torch
-from babysit.hooks import structure
-from babysit.monitor.reader import load_run
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from babysit import hooks
+from babysit.hooks import structure
+from babysit.monitor.reader import load_run
 
 
 def _mode_depth() -> int:

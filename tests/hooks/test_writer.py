@@ -8,11 +8,11 @@ import shutil
 import warnings
 
 import torch
-from babysit.monitor import runfile
-from babysit.monitor.reader import load_run
 from torch import nn
 
 from babysit import hooks
+from babysit.monitor import runfile
+from babysit.monitor.reader import load_run
 
 
 def _babysit_warnings(caught) -> list[str]:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from babysit.monitor import runfile
 from babysit.monitor.cli import main
 

@@ -12,10 +12,10 @@ import re
 import pytest
 
 torch = pytest.importorskip("torch")
-from babysit.monitor.dashboard_cli import APP  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from babysit import hooks  # noqa: E402
+from babysit.monitor.dashboard_cli import APP  # noqa: E402
 from benchmarks.synthetic import write_run  # noqa: E402
 
 NAN_RUN = "nan<b>x</b>"

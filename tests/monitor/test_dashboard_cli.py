@@ -7,6 +7,7 @@ import socket
 import subprocess
 
 import pytest
+
 from babysit.monitor import cli, dashboard_cli
 
 

@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 import pytest
+
 from babysit.monitor import runfile
 from babysit.monitor.dashboard import state as state_mod
 from babysit.monitor.dashboard.state import RunsIndex, RunState, inside, resolve_run
 from babysit.rules import Finding
-
 from benchmarks.synthetic import append_steps, write_run
 
 NAN_FINDING = {"rule": "nonfinite_loss", "title": "Loss is NaN", "severity": "critical", "step": 150,
@@ -159,6 +159,7 @@ def test_snapshots_load_without_pickle_and_only_from_the_run(tmp_path):
 
 def test_the_fast_step_parser_gives_the_readers_exact_results(tmp_path):
     import pandas as pd
+
     from babysit.monitor.fastread import FastRunTailer
     from babysit.monitor.reader import RunTailer
 

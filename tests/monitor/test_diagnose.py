@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from babysit.monitor import runfile
 from babysit.monitor.cli import main
 

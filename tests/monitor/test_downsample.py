@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from babysit.monitor.dashboard.downsample import SeriesBuffer, ema, minmax_downsample, nonfinite_runs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from babysit.monitor.dashboard.downsample import SeriesBuffer, ema, minmax_downsample, nonfinite_runs
 
 
 def _series(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

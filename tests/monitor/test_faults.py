@@ -14,9 +14,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from babysit.monitor.reader import RunTailer, load_run
 
 from babysit import hooks
+from babysit.monitor.reader import RunTailer, load_run
 
 FLUSH_INTERVAL = 0.05
 

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from babysit.monitor import runfile
-from babysit.monitor.reader import LineTailer, RunReadError, load_run, records_to_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from babysit.monitor import runfile
+from babysit.monitor.reader import LineTailer, RunReadError, load_run, records_to_batch
 
 
 def _good_run(path, n=10):

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_corpus import CASES, GOOD, HUGE_SHAPE, NON_UTF8, _npy_header, build_corpus, good_run
+
 from babysit.monitor import runfile
 from babysit.monitor.cli import main
 from babysit.monitor.reader import _pid_alive, effective_state, read_meta, read_status
 from babysit.monitor.sinks import Alert, ExecSink, FindingsLog, printable
-from hostile_corpus import CASES, GOOD, HUGE_SHAPE, NON_UTF8, _npy_header, build_corpus, good_run
 
 REPO = Path(__file__).resolve().parents[2]
 NON_UTF8_NAME = os.fsdecode(NON_UTF8)
@@ -308,8 +309,9 @@ def test_a_live_watch_keeps_alerting_on_good_runs_beside_hostile_ones(corpus, tm
 @pytest.fixture
 def app(corpus, monkeypatch):
     pytest.importorskip("streamlit")
-    from babysit.monitor.dashboard_cli import APP
     from streamlit.testing.v1 import AppTest
+
+    from babysit.monitor.dashboard_cli import APP
 
     runs, _ = corpus
     monkeypatch.setenv("BABYSIT_ROOT", str(runs))

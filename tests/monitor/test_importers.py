@@ -11,6 +11,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from babysit.monitor.importers import detect, load_any, parse_map
 from babysit.monitor.importers.names import epoch_metrics, normalize, resolve
 from babysit.monitor.importers.tensorboard import layer_of_tag, read_events

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from babysit.monitor import reader, runfile
 from babysit.monitor.reader import NONFINITE_METRICS, LineTailer, RunTailer, load_run, records_to_batch
 from babysit.monitor.summarize import summarize_run
 from babysit.rules import diagnose
-
 from benchmarks.memory import run_measured
 
 

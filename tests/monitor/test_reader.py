@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from babysit.monitor import runfile
 from babysit.monitor.reader import RunTailer, effective_state, load_run, read_status
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from babysit.monitor import runfile, sinks
 from babysit.monitor.dashboard import state as dashboard_state
 from babysit.monitor.reader import load_run, records_to_batch

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from babysit import hooks
 from babysit.monitor import runfile
 from babysit.monitor.cli import main
 from babysit.monitor.importers import load_any
@@ -22,8 +24,6 @@ from babysit.monitor.report import build_report, diagnose_all, not_evaluated, wr
 from babysit.monitor.report_svg import Line, line_chart, minmax_downsample, png_bytes
 from babysit.monitor.weights_image import filter_grid
 from babysit.rules import diagnose
-
-from babysit import hooks
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 XSS = "<script>alert(1)</script>"

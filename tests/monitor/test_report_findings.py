@@ -11,12 +11,12 @@ import json
 from contextlib import redirect_stdout
 
 import pytest
+
 from babysit.monitor import runfile
 from babysit.monitor.cli import main
 from babysit.monitor.dashboard.state import RunsIndex, RunState
 from babysit.monitor.report import write_report
 from babysit.rules import Finding, findings_of_run
-
 from benchmarks.heal import Setup, scenario
 from benchmarks.synthetic import write_run
 

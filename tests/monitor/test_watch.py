@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from babysit.monitor import runfile
 from babysit.monitor.sinks import Alert, ExecSink, TerminalSink, WebhookSink
 from babysit.monitor.watcher import Watcher, WatchError

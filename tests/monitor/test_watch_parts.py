@@ -14,15 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from babysit.monitor import runfile
-from babysit.monitor.ratelimit import RateLimit, RateLimited
-from babysit.monitor.reader import RunTailer
-from babysit.monitor.sinks import Alert, Fanout
-from babysit.monitor.watch_announce import Announcer, LogQueue, News
-from babysit.monitor.watch_diagnose import RunDiagnosis, Unreadable, stall_thresholds
-from babysit.monitor.watch_observe import Observe, WatchError, discover, split_targets
-from babysit.monitor.watch_stop import StopOn
-from babysit.monitor.watcher import Watcher
 from test_watch import (
     FakeDiagnoser,
     Recorder,
@@ -34,6 +25,16 @@ from test_watch import (
     set_status,
     wait_for,
 )
+
+from babysit.monitor import runfile
+from babysit.monitor.ratelimit import RateLimit, RateLimited
+from babysit.monitor.reader import RunTailer
+from babysit.monitor.sinks import Alert, Fanout
+from babysit.monitor.watch_announce import Announcer, LogQueue, News
+from babysit.monitor.watch_diagnose import RunDiagnosis, Unreadable, stall_thresholds
+from babysit.monitor.watch_observe import Observe, WatchError, discover, split_targets
+from babysit.monitor.watch_stop import StopOn
+from babysit.monitor.watcher import Watcher
 
 
 class Feed:

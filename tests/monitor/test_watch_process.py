@@ -18,9 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from test_watch import wait_for as _wait_for
+
 from babysit.monitor import runfile
 from babysit.monitor.reader import load_run
-from test_watch import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 

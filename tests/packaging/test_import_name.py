@@ -41,8 +41,7 @@ def test_importing_babysit_does_not_import_torch():
 
 
 def test_babysit_run_is_the_hooks_run():
-    from babysit.hooks import Run
-
     import babysit
+    from babysit.hooks import Run
 
     assert babysit.Run is Run

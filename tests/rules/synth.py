@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from babysit.monitor.reader import records_to_batch
 
 __all__ = ["steps", "epoch", "layers", "batch", "curve"]

@@ -8,10 +8,11 @@ its own fix. Each cause has a healthy look-alike that must stay quiet.
 from __future__ import annotations
 
 import pytest
+from scenarios import LATENCY, Scenario
+
 from babysit.monitor.reader import load_run
 from babysit.rules import diagnose
 from babysit.rules.base import severity_rank
-from scenarios import LATENCY, Scenario
 
 pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
 

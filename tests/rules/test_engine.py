@@ -7,11 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from synth import batch, curve, epoch, layers, steps
+
 from babysit.monitor.reader import RunData
 from babysit.rules import RULES, THRESHOLDS, Finding, OnlineDiagnoser, diagnose
 from babysit.rules.catalogue import CAUSES, RULE_IDS
 from babysit.rules.thresholds import TABLE, load_config, parse_assignment, resolve
-from synth import batch, curve, epoch, layers, steps
 
 pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synth import batch, curve, epoch, layers, steps
+
 from babysit.monitor.reader import RunData
 from babysit.rules import diagnose
 from babysit.rules.catalogue import RULES, markdown
 from babysit.rules.fixes import FIXES, resolve_fixes
 from babysit.rules.thresholds import TABLE
-from synth import batch, curve, epoch, layers, steps
 
 pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
 

@@ -15,13 +15,14 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from babysit.monitor import runfile
 from babysit.monitor.reader import LAYER_STATS, RunData, records_to_batch
 from babysit.rules import OnlineDiagnoser, RuleWarning, diagnose
 from babysit.rules.base import SEVERITIES
 from babysit.rules.catalogue import RULE_IDS
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 ODD = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, -1e308, 1e-308, 5e-324, -1.0, 2.302585, 1e-12, 1e12]
 odd_floats = st.one_of(st.sampled_from(ODD), st.floats(allow_nan=True, allow_infinity=True),

@@ -8,12 +8,12 @@ healthy configuration must get no warning and no critical (info notes are allowe
 from __future__ import annotations
 
 import pytest
-from babysit.monitor.reader import load_run
-from babysit.rules import diagnose
-from babysit.rules.base import severity_rank
 from scenarios import LATENCY, Scenario, train
 
 from babysit import hooks
+from babysit.monitor.reader import load_run
+from babysit.rules import diagnose
+from babysit.rules.base import severity_rank
 
 pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
 

@@ -12,13 +12,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from babysit.monitor.reader import RunData, load_run
-from babysit.rules import diagnose
-from babysit.rules.engine import OnlineDiagnoser
 from synth import batch, layers, steps
 from torch import nn
 from torch.nn import functional as F
 from userloops import Loop, digits, findings, mlp, train
+
+from babysit.monitor.reader import RunData, load_run
+from babysit.rules import diagnose
+from babysit.rules.engine import OnlineDiagnoser
 
 pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
 
@@ -178,6 +179,7 @@ def test_user_spellings_of_epoch_metrics_reach_the_rules():
 
 def test_a_canonical_name_wins_over_an_alias():
     import pandas as pd
+
     from babysit.rules.metric_names import canonical_epochs
 
     frame = pd.DataFrame({"val_loss": [1.0], "valid_loss": [9.0], "val/accuracy": [0.5]})

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from babysit.trainer.config import TrainConfig
 from babysit.trainer.initialize import initialize
 from babysit.trainer.losses import initial_loss, softmax_loss, svm_loss
@@ -14,7 +16,6 @@ from babysit.trainer.models import build_model, layer_names
 from babysit.trainer.optim import make_optimizer
 from babysit.trainer.regularize import apply_max_norm, penalized, penalty
 from babysit.trainer.schedules import lr_factor, make_scheduler
-from torch import nn
 
 
 @pytest.mark.parametrize("model", ["mlp", "convnet", "resnet"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from babysit.trainer.config import TrainConfig
 from babysit.trainer.data import Preprocess, load_splits, split_id, stratified_split
 from babysit.trainer.datasets import load_examples

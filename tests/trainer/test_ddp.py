@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import torch
+
 from babysit.monitor.reader import load_run
 from babysit.trainer.checkpoint import load_checkpoint
 from babysit.trainer.distributed import Dist, shard

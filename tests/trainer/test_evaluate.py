@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from babysit.monitor.cli import main
 from babysit.monitor.reader import load_run
 from babysit.trainer.evaluate import evaluate_run

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+
 from babysit.monitor.cli import main
 from babysit.monitor.reader import load_run
 from babysit.rules.lr_range import analyze, beta_for, smooth
@@ -193,11 +194,10 @@ def test_report_has_the_curve_as_inline_svg_with_the_reason_escaped(tmp_path):
 
 
 def test_an_ordinary_run_gets_no_lr_find_chart_nor_section(run_dir):
+    from babysit import hooks
     from babysit.monitor.dashboard.state import RunState
     from babysit.monitor.dashboard.views import run_plans
     from babysit.monitor.report_lr_find import lr_find_section
-
-    from babysit import hooks
 
     with hooks.Run(run_dir, flush_interval=0.0) as run:
         for i in range(30):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch.nn.functional as F
+
 from babysit.monitor.cli import main
 from babysit.monitor.reader import load_run
 from babysit.trainer import losses

@@ -10,6 +10,7 @@ import random
 import shlex
 
 import pytest
+
 from babysit.monitor.cli import main
 from babysit.monitor.reader import load_run
 from babysit.trainer import cli as train_cli

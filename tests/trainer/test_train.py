@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from babysit.monitor.cli import main
 from babysit.monitor.reader import load_run
 from babysit.trainer.checkpoint import CHECKPOINT, load_checkpoint

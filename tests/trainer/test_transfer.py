@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 from babysit.monitor.reader import load_run
 from babysit.trainer.checkpoint import CHECKPOINT, load_checkpoint
 from babysit.trainer.evaluate import evaluate_run
