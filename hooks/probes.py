@@ -255,6 +255,8 @@ class LayerProbe:
         self._cost = 0.0  # seconds spent in hooks for the sample in progress
         self._start = time.perf_counter()
         self._next_step = 1  # the next step that may be sampled (by `every` or the budget)
+        self._first_step: int | None = None
+        self.last_step = 0
         self._floor_next = 1 if self.floor else math.inf  # the next step the floor samples
         self._next_time = self._start  # adaptive: the earliest time the next sample fits the budget
         self._snapshot_every = self.snapshot_every
@@ -278,6 +280,9 @@ class LayerProbe:
             self._disarm()
             self.wake = math.inf
             return []
+        if self._first_step is None:
+            self._first_step = step - 1  # the step count at watch(): a resumed run starts above 0
+        self.last_step = step
         records: list[dict] = []
         if self._armed:
             t0 = time.perf_counter()
@@ -304,9 +309,22 @@ class LayerProbe:
         if self._armed or self.disabled:
             return step + 1
         wake = min(self._floor_next, self._next_step) - 1
+        if self.every is None and wake <= step:  # waiting for the time budget alone: a call per step costs
+            wake = min(self._floor_next - 1, step + self._steps_until(self._next_time))  # ...more than a check
         if self._snapshots_on:
             wake = min(wake, (step // self._snapshot_every + 1) * self._snapshot_every)
         return max(step + 1, wake)
+
+    def _steps_until(self, when: float) -> int:
+        """About half the steps left until `when` at the mean step time so far (at least 1): the wake-ups
+        close in on the time geometrically, so a step that gets slower is not overshot by much."""
+        now = time.perf_counter()
+        if self._first_step is None or now >= when:
+            return 1
+        steps = self.last_step - self._first_step
+        if steps <= 0:
+            return 1
+        return max(1, int(0.5 * (when - now) * steps / (now - self._start)))
 
     def final_records(self, step: int) -> list[dict]:
         """At close: the last state, if the last step was not sampled. Weights and the gradients the last

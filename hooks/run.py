@@ -202,6 +202,7 @@ class Run:
         self._pending: list[dict] = []  # non-step records waiting for the next flush
         self._last_flush = time.monotonic()
         self._next_flush = self._last_flush + self.flush_interval
+        self._next_checks = 0.0  # the next flush that looks for a deleted run or a STOP file
         self._flush_step = min(self.flush_steps, EARLY_FLUSH_STEPS[0])  # the step that flushes by count
         self._last_status = -math.inf
         self._undiagnosed: list[dict] = []  # written records the online rules have not seen yet
@@ -635,13 +636,18 @@ class Run:
     def _flush(self, force: bool, epoch_end: bool = False) -> None:
         """The records always; status.json and the online rules when `force`, a first non-finite loss or
         their schedule (STATUS_INTERVAL, `_rules_due`) say so: both cost milliseconds, a step microseconds."""
-        self._last_flush = time.monotonic()
-        self._next_flush = self._last_flush + self.flush_interval
+        now = self._last_flush = time.monotonic()
+        self._next_flush = now + self.flush_interval
         step = self.global_step
         self._flush_step = min([step + max(self.flush_steps, 1), *(s for s in EARLY_FLUSH_STEPS if s > step)])
         if not self.enabled:
             return
-        if self._file is not None and self._gone():
+        # The file checks (deleted run, STOP file) cost a syscall each, and tens of microseconds right after
+        # a training step: once per flush_interval, not at every tiny epoch's flush.
+        checks = force or now >= self._next_checks
+        if checks:
+            self._next_checks = now + self.flush_interval
+        if checks and self._file is not None and self._gone():
             self._stop_recording(f"the run directory {self.path} (or its events.jsonl) was deleted during the run")
             return
         records = self._take_records()
@@ -657,7 +663,8 @@ class Run:
                 due = bool(self._guard("heal", self._healer.observe, records)) or due
             if self._undiagnosed and (force or nonfinite or due):
                 self._guard("online rules", self._diagnose_pending)
-        self._guard("stop check", self._check_stop_file)
+        if checks or nonfinite:
+            self._guard("stop check", self._check_stop_file)
         if nonfinite:
             self._fsynced_nonfinite = True
 

@@ -4,11 +4,12 @@ steps (meta.json's `model.head`, `first_batch` and `targets_seen`; docs/FORMAT.m
 The user hands `run.step` only the loss, so the targets are seen where the loss is computed: a
 `TorchFunctionMode` observes calls to the torch.nn.functional losses (nn.*Loss modules call them). It is
 active only from the end of a training forward pass to the next `run.step` (the whole first forward, for
-models that compute their loss inside, like Hugging Face's), only during the first TARGET_STEPS steps; after
-that every hook is removed and nothing runs. Statistics stay device tensors (no host sync per step); they
-are moved to the host once, when the run writes them at a flush. Nothing here may break training: errors
-switch it off, the mode is always exited, and a user's own mode pushed above ours is respected (ours then
-passes calls through until it is on top again and can be popped).
+models that compute their loss inside, like Hugging Face's), only during the first steps (TARGET_STEPS, or
+fewer once TARGET_ENOUGH targets are seen); after that every hook is removed and nothing runs. Statistics
+stay device tensors (no host sync per step); they are moved to the host once, when the run writes them at a
+flush. Nothing here may break training: errors switch it off, the mode is always exited, and a user's own
+mode pushed above ours is respected (ours then passes calls through until it is on top again and can be
+popped).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode
 
 __all__ = ["FirstBatch", "TARGET_STEPS", "LOSS_FUNCTIONS"]
 
-TARGET_STEPS = 200  # targets_seen covers the first this many training steps
+TARGET_STEPS = 200  # targets_seen covers at most the first this many training steps...
+TARGET_ENOUGH = (50, 4096)  # ...and stops at the first step >= 50 with this many targets seen: a histogram
+# needs targets, not steps, and every step of the window costs (the mode sees every torch call until run.step)
 MAX_BINS = 1024  # class histogram bins (0 .. bins-1) when num_classes is unknown or larger
 MAX_CHANNELS = 64  # per-channel input statistics only for this many channels or fewer
 _WRITE_AT = (1, 10, 50, TARGET_STEPS)  # steps after which what was gathered is written to meta.json
@@ -166,7 +169,9 @@ class FirstBatch:
             self._target_this_step = False
         if self.steps in _WRITE_AT:
             self._new = True
-        if self.steps >= TARGET_STEPS:
+        acc = self._targets
+        enough = self.steps >= TARGET_ENOUGH[0] and acc is not None and acc["count"] >= TARGET_ENOUGH[1]
+        if self.steps >= TARGET_STEPS or enough:
             self._remove_hooks()
             self.done = True
             self._new = True

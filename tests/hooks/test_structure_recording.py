@@ -93,20 +93,28 @@ def test_first_batch_head_loss_input_and_targets(run_dir):
     assert (seen["min"], seen["max"]) == (0, 3)
 
 
-def test_targets_seen_stop_after_200_steps_and_then_nothing_is_hooked(run_dir):
+@pytest.mark.parametrize("batch", [8, 32, 256])
+def test_targets_seen_stops_once_enough_targets_or_200_steps_and_then_nothing_is_hooked(run_dir, batch):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = _data()
     y[y == 3] = 7  # a label outside num_classes
+    min_steps, enough = structure.TARGET_ENOUGH
+    # batch 8: 200 steps see 1,600 targets, the step cap ends it; 32: 4,096 targets at step 128; 256: step 50
+    expected = min(structure.TARGET_STEPS, max(min_steps, math.ceil(enough / batch)))
     with hooks.Run(run_dir, num_classes=4, on_critical=None) as run:
         run.watch(model, opt, every=10**6)
-        _loop(run, model, opt, x, y, structure.TARGET_STEPS + 20, loss_fn=lambda o, t: (o.sum() - t.sum()) * 0
-              + nn.functional.cross_entropy(o, t.clamp(max=3)))
+        _loop(run, model, opt, x, y, expected - 1, batch=batch,
+              loss_fn=lambda o, t: (o.sum() - t.sum()) * 0 + nn.functional.cross_entropy(o, t.clamp(max=3)))
+        assert run._structure is not None and not run._structure.done and _mode_depth() <= 1
+        _loop(run, model, opt, x, y, 21, batch=batch,
+              loss_fn=lambda o, t: nn.functional.cross_entropy(o, t.clamp(max=3)))
         assert run._structure is None or run._structure.done  # done: written at the next flush
         assert len(model._forward_hooks) == 0 and len(model._forward_pre_hooks) == 0 and _mode_depth() == 0
     seen = load_run(run_dir).meta["targets_seen"]
-    assert seen["steps"] == structure.TARGET_STEPS and seen["max"] == 3  # what the loss function saw (clamped)
+    assert seen["steps"] == expected and seen["count"] == expected * batch
+    assert seen["max"] == 3  # what the loss function saw (clamped)
 
 
 def test_integer_inputs_are_marked_and_nll_after_log_softmax_is_seen(run_dir):
