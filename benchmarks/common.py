@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Row", "Target", "summarize", "machine", "machine_line", "markdown_table", "fmt_seconds", "fmt_ratio",
-           "fmt_rate"]
+__all__ = ["Row", "Target", "summarize", "machine", "machine_line", "markdown_table", "text_table", "fmt_seconds",
+           "fmt_ratio", "fmt_rate"]
 
 
 @dataclass(frozen=True)
@@ -157,3 +157,12 @@ def markdown_table(rows: list[Row]) -> str:
         cpu = r.fmt(statistics.median(r.cpu)) if r.cpu else "-"
         out.append(f"| {name} | {r.fmt(r.median)} | {spread} | {cpu} | {target} | {r.verdict()} |")
     return "\n".join(out)
+
+
+def text_table(head: list[str], body: list[list[str]], markdown: bool = False) -> str:
+    """A table of strings: markdown, or columns padded for a terminal."""
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)) for r in [head, *body])

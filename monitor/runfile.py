@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from babysit.vocabulary import SEVERITIES
+
 __all__ = [
     "SCHEMA_VERSION",
     "META",
@@ -306,9 +308,6 @@ def append_findings(run_dir: str | os.PathLike, findings: list[dict], source: st
         os.close(fd)
 
 
-FINDING_SEVERITIES = ("info", "warning", "critical")
-
-
 def _finite_number(v: Any) -> int | float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
@@ -337,7 +336,7 @@ def clean_finding(f: dict) -> dict:
     fix = f.get("fix")
     fixes = [fix] if isinstance(fix, str) else fix if isinstance(fix, list) else []
     title = f.get("title")
-    out = {**f, "rule": str(f.get("rule", "?"))[:200], "severity": sev if sev in FINDING_SEVERITIES else "info",
+    out = {**f, "rule": str(f.get("rule", "?"))[:200], "severity": sev if sev in SEVERITIES else "info",
            "title": title[:500] if isinstance(title, str) else None, "message": str(f.get("message", ""))[:4000],
            "fix": [str(x)[:2000] for x in fixes[:10]],
            "evidence": _shallow(f.get("evidence")) if isinstance(f.get("evidence"), dict) else {}}

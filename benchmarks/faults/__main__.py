@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import text_table
 from benchmarks.faults.evaluate import run_case, run_case_task, score, summarize
 from benchmarks.faults.registry import Case, all_cases, get
 
@@ -112,11 +113,7 @@ def summary_table(rows: list[tuple[str, dict]], markdown: bool) -> str:
         pct = lambda k, m=m: f"{m[k]}/{m['faulty']} ({100 * m[k] / max(m['faulty'], 1):.0f}%)"
         body.append([split, str(m["faulty"]), pct("detected"), pct("correct"), str(m["misleading"]),
                      str(m["healthy"]), str(m["false_alarms"]), _fmt(m["median_latency"])])
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(r) + " |" for r in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)) for r in [head, *body])
+    return text_table(head, body, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Case", "faulty", "healthy", "all_cases", "get"]
+__all__ = ["Case", "Registry", "faulty", "healthy", "all_cases", "get"]
 
 
 @dataclass
@@ -37,31 +37,46 @@ class Case:
         return "healthy" if self.healthy else "faulty"
 
 
-_CASES: dict[str, Case] = {}
+class Registry:
+    """Cases registered by decorators: `@registry.faulty(...)` or `@registry.healthy(...)` on a function that
+    runs the case into a run directory. The zoo and the user-loop suite each keep one."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, Case] = {}
+
+    def _register(self, family: str, is_healthy: bool, accept=(), wrong=(), expect=None):
+        def wrap(fn):
+            name = fn.__name__
+            if name in self.cases:
+                raise ValueError(f"duplicate case {name}")
+            doc = " ".join((fn.__doc__ or "").split())
+            self.cases[name] = Case(name, family, is_healthy, fn, tuple(accept), tuple(wrong), dict(expect or {}),
+                                    doc)
+            return fn
+        return wrap
+
+    def faulty(self, family: str, accept, wrong=(), expect=None):
+        """A case with a fault: `accept` ids diagnose it with a fix the evidence supports; `wrong` ids mislead
+        if they lead."""
+        if not accept:
+            raise ValueError("a faulty case needs at least one accepted rule id")
+        return self._register(family, False, accept, wrong, expect)
+
+    def healthy(self, family: str, expect=None):
+        """A case that trains well: any finding at warning or above is a false alarm."""
+        return self._register(family, True, expect=expect)
+
+    def get(self, name: str, cases: list[Case]) -> Case:
+        by_name = {c.name: c for c in cases}
+        if name not in by_name:
+            raise KeyError(f"no case {name!r}; see --list")
+        return by_name[name]
 
 
-def _register(family: str, is_healthy: bool, accept=(), wrong=(), expect=None):
-    def wrap(fn):
-        name = fn.__name__
-        if name in _CASES:
-            raise ValueError(f"duplicate case {name}")
-        doc = (fn.__doc__ or "").strip()
-        _CASES[name] = Case(name, family, is_healthy, fn, tuple(accept), tuple(wrong), dict(expect or {}),
-                            " ".join(doc.split()))
-        return fn
-    return wrap
-
-
-def faulty(family: str, accept, wrong=(), expect=None):
-    """Register a case that has a fault: `accept` ids diagnose it right, `wrong` ids mislead if they lead."""
-    if not accept:
-        raise ValueError("a faulty case needs at least one accepted rule id")
-    return _register(family, False, accept, wrong, expect)
-
-
-def healthy(family: str, expect=None):
-    """Register a case that trains well: any finding at warning or above is a false alarm."""
-    return _register(family, True, expect=expect)
+_ZOO = Registry()
+_CASES = _ZOO.cases
+faulty = _ZOO.faulty
+healthy = _ZOO.healthy
 
 
 def _assign_splits() -> None:
@@ -84,7 +99,4 @@ def all_cases() -> list[Case]:
 
 
 def get(name: str) -> Case:
-    cases = {c.name: c for c in all_cases()}
-    if name not in cases:
-        raise KeyError(f"no case {name!r}; see --list")
-    return cases[name]
+    return _ZOO.get(name, all_cases())

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import text_table
 from benchmarks.faults.__main__ import case_table, run_all
 from benchmarks.faults.evaluate import score
 from benchmarks.userloops.registry import all_cases, get
@@ -43,11 +44,7 @@ def summary(scores: list[dict], markdown: bool = False) -> str:
         err = f" (+{t['errors']} errors)" if t["errors"] else ""
         body.append([split + err, str(t["faulty"]), str(t["caught"]), str(t["misleading"]), str(t["missed"]),
                      str(t["healthy"]), str(t["false_alarms"])])
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(r) + " |" for r in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)) for r in [head, *body])
+    return text_table(head, body, markdown)
 
 
 def main(argv: list[str] | None = None) -> int:

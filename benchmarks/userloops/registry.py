@@ -10,34 +10,14 @@ from __future__ import annotations
 
 import hashlib
 
-from benchmarks.faults.registry import Case
+from benchmarks.faults.registry import Case, Registry
 
 __all__ = ["Case", "faulty", "healthy", "all_cases", "get", "split_of"]
 
-_CASES: dict[str, Case] = {}
-
-
-def _register(family: str, is_healthy: bool, accept=(), wrong=(), expect=None):
-    def wrap(fn):
-        name = fn.__name__
-        if name in _CASES:
-            raise ValueError(f"duplicate case {name}")
-        doc = " ".join((fn.__doc__ or "").split())
-        _CASES[name] = Case(name, family, is_healthy, fn, tuple(accept), tuple(wrong), dict(expect or {}), doc)
-        return fn
-    return wrap
-
-
-def faulty(family: str, accept, wrong=(), expect=None):
-    """A loop with a bug: `accept` ids diagnose it with a fix the evidence supports; `wrong` ids mislead."""
-    if not accept:
-        raise ValueError("a faulty case needs at least one accepted rule id")
-    return _register(family, False, accept, wrong, expect)
-
-
-def healthy(family: str, expect=None):
-    """A loop that trains well: any finding at warning or above is a false alarm."""
-    return _register(family, True, expect=expect)
+_LOOPS = Registry()
+_CASES = _LOOPS.cases
+faulty = _LOOPS.faulty
+healthy = _LOOPS.healthy
 
 
 def _key(name: str) -> str:
@@ -62,7 +42,4 @@ def all_cases() -> list[Case]:
 
 
 def get(name: str) -> Case:
-    cases = {c.name: c for c in all_cases()}
-    if name not in cases:
-        raise KeyError(f"no case {name!r}; see --list")
-    return cases[name]
+    return _LOOPS.get(name, all_cases())

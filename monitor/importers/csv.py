@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from babysit.monitor.importers.names import resolve
-from babysit.monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
+from babysit.monitor.importers.series import Imported, read_hparams, series_frame
 from babysit.monitor.reader import RunReadError
+from babysit.vocabulary import num_classes_of
 
 __all__ = ["load_csv", "MISSING"]
 

@@ -23,7 +23,7 @@ from babysit.monitor import runfile
 from babysit.monitor.importers.names import ROLES, is_epoch_level, normalize, resolve
 from babysit.monitor.reader import RunData, RunReadError
 
-__all__ = ["Imported", "assemble", "series_frame", "read_hparams", "num_classes_of"]
+__all__ = ["Imported", "assemble", "series_frame", "read_hparams"]
 
 
 def series_frame(steps, values, times=None) -> pd.DataFrame:
@@ -306,12 +306,3 @@ def read_hparams(directory: Path) -> dict:
         if m and not m.group(2).startswith(("!!", "{", "[", "|", ">")):
             out[m.group(1)] = _scalar(m.group(2))
     return out
-
-
-def num_classes_of(config: dict) -> int | None:
-    """C from a hyperparameter dict (num_classes, n_classes, num_labels, ...), if it names one."""
-    for key in ("num_classes", "n_classes", "num_labels", "nclasses", "classes", "n_labels"):
-        value = config.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 2 and value == int(value):
-            return int(value)
-    return None

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from babysit.monitor.importers.series import Imported, num_classes_of, read_hparams, series_frame
+from babysit.monitor.importers.series import Imported, read_hparams, series_frame
 from babysit.monitor.reader import RunReadError
+from babysit.vocabulary import num_classes_of
 
 __all__ = ["load_tensorboard", "event_files", "read_events", "layer_of_tag"]
 
