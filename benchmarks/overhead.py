@@ -67,15 +67,18 @@ def _fresh(model_name: str, data, init):
 
 
 def _loop(model, optimizer, data, batches, on_step=None, on_epoch=None, epoch_steps: int = 16,
-          tail_from: int | None = None) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds of this thread, wall seconds from step `tail_from` on) for the training steps,
-    with a validation pass every `epoch_steps` steps (an epoch of digits) as in the reference trainer."""
+          tail_from: int | None = None, timed=None) -> tuple[float, float, float, float]:
+    """(wall seconds, CPU seconds of this thread, wall seconds from step `tail_from` on, seconds `timed()`
+    gained from then on) for the training steps, with a validation pass every `epoch_steps` steps (an epoch of
+    digits) as in the reference trainer. `timed`: the logging's own running total of seconds spent inside it."""
     start, cpu = time.perf_counter(), time.thread_time()
     tail_from = tail_from or len(batches) // 2 + 1
     tail = start
+    timed_at_tail = 0.0
     for i, idx in enumerate(batches, 1):
         if i == tail_from:
             tail = time.perf_counter()
+            timed_at_tail = timed() if timed is not None else 0.0
         loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -91,12 +94,13 @@ def _loop(model, optimizer, data, batches, on_step=None, on_epoch=None, epoch_st
             if on_epoch is not None:
                 on_epoch(val_loss, val_acc)
     end = time.perf_counter()
-    return end - start, time.thread_time() - cpu, end - tail
+    tail_timed = timed() - timed_at_tail if timed is not None else 0.0
+    return end - start, time.thread_time() - cpu, end - tail, tail_timed
 
 
 def _plain(model_name, data, batches, init, tmp: Path) -> tuple[float, float, dict]:
     model, optimizer = _fresh(model_name, data, init)
-    return _loop(model, optimizer, data, batches), 0.0, {}
+    return _loop(model, optimizer, data, batches)[:3], 0.0, {}
 
 
 class _Clock:
@@ -141,8 +145,9 @@ def _hooks(model_name, data, batches, init, tmp: Path) -> tuple[tuple[float, flo
         run.epoch(val_loss=val_loss, val_acc=val_acc)
         inside += time.perf_counter() - t
 
-    seconds = _loop(model, optimizer, data, batches, on_step, on_epoch)
     # Timed directly: run.step and run.epoch, plus the probes' forward and optimizer hooks (outside run.step).
+    *seconds, tail_timed = _loop(model, optimizer, data, batches, on_step, on_epoch,
+                                 timed=lambda: inside + (probe.hook_seconds if probe is not None else 0.0))
     outside = probe.hook_seconds - probe_start[1] if probe is not None else 0.0
     in_probe = sampling.seconds if sampling is not None else 0.0
     parts = {  # where the time inside the hooks went (seconds; counts)
@@ -153,7 +158,8 @@ def _hooks(model_name, data, batches, init, tmp: Path) -> tuple[tuple[float, flo
         "us_per_step": 1e6 * (inside - flushes.seconds - in_probe) / len(batches),
     }
     probe_seconds = probe.seconds - probe_start[0] if probe is not None else 0.0
-    extra = {"samples": parts["samples"], "timed": inside + outside, "probe": probe_seconds, "parts": parts}
+    extra = {"samples": parts["samples"], "timed": inside + outside, "tail_timed": tail_timed,
+             "probe": probe_seconds, "parts": parts}
     t0 = time.perf_counter()
     run.close()
     return seconds, fixed + time.perf_counter() - t0, extra
@@ -198,10 +204,10 @@ def _tensorboard(model_name, data, batches, init, tmp: Path, every: int = 60, sn
         writer.add_scalar("val_acc", val_acc.item(), step)
         inside += time.perf_counter() - t
 
-    seconds = _loop(model, optimizer, data, batches, on_step, on_epoch)
+    *seconds, tail_timed = _loop(model, optimizer, data, batches, on_step, on_epoch, timed=lambda: inside)
     t0 = time.perf_counter()
     writer.close()
-    return seconds, fixed + time.perf_counter() - t0, {"timed": inside}
+    return seconds, fixed + time.perf_counter() - t0, {"timed": inside, "tail_timed": tail_timed}
 
 
 def _summary(ratios: list[float]) -> dict:
@@ -237,6 +243,7 @@ def measure(rounds: int, steps: int, model_name: str = "convnet", batch_size: in
     fixed: dict[str, list[float]] = {k: [] for k in variants}
     samples: list[int] = []
     timed: dict[str, list[float]] = {k: [] for k in variants}  # wall / (wall - time measured inside the logging)
+    tail_timed: dict[str, list[float]] = {k: [] for k in variants}  # the same over the second half of the steps
     probe_share: list[float] = []  # per hooks timing: the layer probes' part of the wall time
     parts: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="babysit-overhead-") as tmp:
@@ -257,6 +264,7 @@ def measure(rounds: int, steps: int, model_name: str = "convnet", batch_size: in
                     fixed[name].append(once)
                 if "timed" in extra:
                     timed[name].append(seconds / (seconds - extra["timed"]))
+                    tail_timed[name].append(tail_seconds / (tail_seconds - extra["tail_timed"]))
                 if "samples" in extra:
                     samples.append(extra["samples"])
                     probe_share.append(extra["probe"] / seconds)
@@ -271,6 +279,7 @@ def measure(rounds: int, steps: int, model_name: str = "convnet", batch_size: in
             for clock, series in (("wall", wall), ("cpu", cpu), ("tail", tail))
         }
         result[name]["timed"] = _summary(timed[name])
+        result[name]["tail_timed"] = _summary(tail_timed[name])
         result[name]["fixed_ms"] = 1e3 * statistics.median(fixed[name])
     result["plain_step_ms"] = 1e3 * statistics.median(wall["plain"]) / steps
     result["layer_samples"] = statistics.median(samples) if samples else 0
@@ -286,6 +295,7 @@ CLOCKS = {
     "tail": "wall clock of the second half of the steps only (past the young phase on a long run)",
     "timed": "time measured inside the logging calls (run.step/epoch and the probes' hooks; the SummaryWriter "
              "calls) over the rest of the loop",
+    "tail_timed": "the same over the second half of the steps only: the steady state of a long run",
 }
 
 
@@ -357,16 +367,17 @@ def _by_length(lengths: list[int], rounds: int, model: str, tensorboard: bool) -
     head = "| steps | plain ms/step | layer samples |"
     rule = "|---:|---:|---:|"
     for v in variants:
-        head += f" {v} wall | {v} cpu | {v} tail | {v} inside |"
-        rule += "---:|---:|---:|---:|"
+        head += f" {v} wall | {v} cpu | {v} tail | {v} inside | {v} inside, 2nd half |"
+        rule += "---:|---:|---:|---:|---:|"
     print(head)
     print(rule)
     for steps, r in rows:
         line = f"| {steps} | {r['plain_step_ms']:.2f} | {r['layer_samples']:.0f} |"
         for v in variants:
-            w, c, t, i = (r[v][k] for k in ("wall", "cpu", "tail", "timed"))
+            w, c, t, i, it = (r[v][k] for k in ("wall", "cpu", "tail", "timed", "tail_timed"))
             line += (f" {w['median']:.3f} ({w['p25']:.3f}-{w['p75']:.3f}) | {c['median']:.3f} |"
-                     f" {t['median']:.3f} ({t['p25']:.3f}-{t['p75']:.3f}) | {100 * (1 - 1 / i['median']):.2f}% |")
+                     f" {t['median']:.3f} ({t['p25']:.3f}-{t['p75']:.3f}) | {100 * (1 - 1 / i['median']):.2f}% |"
+                     f" {100 * (1 - 1 / it['median']):.2f}% |")
         print(line)
     print()
     for steps, r in rows:

@@ -42,6 +42,7 @@ RULES_YOUNG_SECONDS = 10.0
 EPOCH_RULES_BUDGET = 0.002
 # Extra flushes (and so rule evaluations) at these steps: the first losses are judged within the first steps.
 EARLY_FLUSH_STEPS = (10, 100)
+EPOCH_COALESCE_S = 0.05  # run.epoch() calls closer than this share a flush (see Run.epoch)
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -203,6 +204,8 @@ class Run:
         self._last_flush = time.monotonic()
         self._next_flush = self._last_flush + self.flush_interval
         self._next_checks = 0.0  # the next flush that looks for a deleted run or a STOP file
+        self._last_epoch_write = -math.inf
+        self._epoch_waiting = False  # an epoch end is buffered for the next flush
         self._flush_step = min(self.flush_steps, EARLY_FLUSH_STEPS[0])  # the step that flushes by count
         self._last_status = -math.inf
         self._undiagnosed: list[dict] = []  # written records the online rules have not seen yet
@@ -609,7 +612,17 @@ class Run:
         }
         self._pending.append(record)
         # Written at once: an epoch end is what a reader waits for, and a process that hangs right after it
-        # (a stuck data loader) must still show it. The rules look only when their schedule says so.
+        # (a stuck data loader) must still show it. The rules look only when their schedule says so. Past the
+        # young phase, epochs less than EPOCH_COALESCE_S apart (tiny epochs, where a flush per epoch would cost
+        # percents) go with the next flush instead, within flush_interval, as a step's values do; a float that
+        # is already known to be non-finite never waits.
+        now = time.monotonic()
+        finite = all(type(v) is not float or math.isfinite(v) for v in values.values())
+        young = now - self._rules_start < RULES_YOUNG_SECONDS
+        if finite and not young and now - self._last_epoch_write < EPOCH_COALESCE_S:
+            self._epoch_waiting = True
+            return
+        self._last_epoch_write = now
         self._flush(force=False, epoch_end=True)
 
     def log_event(self, name: str, **data: Any) -> None:
@@ -640,6 +653,8 @@ class Run:
         self._next_flush = now + self.flush_interval
         step = self.global_step
         self._flush_step = min([step + max(self.flush_steps, 1), *(s for s in EARLY_FLUSH_STEPS if s > step)])
+        if self._epoch_waiting:
+            epoch_end, self._epoch_waiting = True, False
         if not self.enabled:
             return
         # The file checks (deleted run, STOP file) cost a syscall each, and tens of microseconds right after

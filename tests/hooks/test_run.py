@@ -279,7 +279,8 @@ def test_a_tensor_lr_changed_in_place_is_recorded_per_step(run_dir):
 
 
 def test_each_epoch_is_written_at_once_even_with_the_rules_off(run_dir):
-    """A process that hangs right after an epoch end (a stuck data loader) still shows that epoch."""
+    """A process that hangs right after an epoch end (a stuck data loader) in its young phase (the first 10 s)
+    still shows that epoch."""
     model, x, y = _model_and_data()
     with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=3600, flush_steps=10**6) as run:
         _train(run, model, x, y, 400, every_epoch=4)
@@ -287,6 +288,29 @@ def test_each_epoch_is_written_at_once_even_with_the_rules_off(run_dir):
         assert data.epochs["epoch"].tolist() == list(range(1, 101))
         assert data.epochs["step"].tolist() == list(range(4, 401, 4))
         assert data.steps["step"].max() == 400
+
+
+def test_tiny_epochs_share_a_flush_but_a_slow_or_nonfinite_epoch_is_written_at_once(run_dir, monkeypatch):
+    """Past the young phase, epochs closer than EPOCH_COALESCE_S go with the next flush (a flush per 16-step
+    epoch costs percents); one after a pause, or one with a non-finite value, is on disk before run.epoch
+    returns; none is lost."""
+    monkeypatch.setattr(run_module, "RULES_YOUNG_SECONDS", 0.0)
+    run = hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=3600, flush_steps=10**6)
+    for _ in range(5):
+        run.step(loss=1.0)
+        run.epoch(train_loss=1.0, val_acc=0.5)  # back to back: all but the first wait
+    assert load_run(run_dir).epochs["epoch"].tolist() == [1]
+    time.sleep(run_module.EPOCH_COALESCE_S * 1.5)
+    run.epoch(train_loss=1.0)  # after a pause: at once, with the ones that waited
+    assert load_run(run_dir).epochs["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    run.epoch(train_loss=0.9)  # waits
+    run.epoch(val_loss=math.nan)  # non-finite: never waits
+    epochs = load_run(run_dir).epochs
+    assert epochs["epoch"].tolist() == list(range(1, 9)) and math.isnan(epochs["val_loss"].iloc[-1])
+    run.epoch(train_loss=torch.tensor(0.8))  # a tensor waits too (its NaN is caught at the flush), and close
+    # writes it
+    run.close()
+    assert load_run(run_dir).epochs["epoch"].tolist() == list(range(1, 10))
 
 
 def test_a_nan_tensor_loss_is_caught_within_one_flush_when_the_rules_budget_is_spent(run_dir, monkeypatch):
