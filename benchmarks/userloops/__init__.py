@@ -6,7 +6,7 @@ users call the hooks. Each case here is one function with its own complete loop:
 `accuracy`, `val_accuracy`, `valid_loss`, `val/loss`; validation every epoch, every 3rd, by steps or never;
 `Run` as a context manager or closed by hand; `watch()` with or without the optimizer and `input_shape`.
 
-    python -m benchmarks.userloops [--split tune|holdout|all] [--only NAME] [--jobs 2] [--check]
+    python -m benchmarks.userloops [--split tune|holdout|fresh|all] [--only NAME] [--jobs 2] [--check]
 
 Scoring is the zoo's (`benchmarks.faults.evaluate.score`): a faulty case is caught with a supported fix
 (an accepted rule at warning or above, and a lead that is not misleading), caught only with a misleading

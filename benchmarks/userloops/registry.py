@@ -4,6 +4,9 @@ Cases are `benchmarks.faults.registry.Case` objects, so the zoo's scorer (`bench
 judges them the same way. The split is fixed by the name alone, before any result is seen: within the
 healthy and within the faulty cases, ordered by the SHA-1 of "userloops:" + name, the first third (rounded)
 is "holdout" and the rest "tune". Nothing is tuned on the holdout.
+
+The cases of fresh_loops.py are their own split, "fresh": written after the others were tuned on, and left
+out of the hash order above, so adding them moves no tune/holdout assignment.
 """
 
 from __future__ import annotations
@@ -30,12 +33,22 @@ def split_of(name: str, names: list[str]) -> str:
     return "holdout" if order.index(name) < round(len(order) / 3) else "tune"
 
 
+FRESH_MODULE = "benchmarks.userloops.fresh_loops"
+
+
+def _is_fresh(c: Case) -> bool:
+    return getattr(c.fn, "__module__", "") == FRESH_MODULE
+
+
 def all_cases() -> list[Case]:
     """Every case, faulty first, then by name; splits assigned."""
-    from benchmarks.userloops import buggy_loops, healthy_loops  # noqa: F401 - importing registers the cases
+    from benchmarks.userloops import buggy_loops, fresh_loops, healthy_loops  # noqa: F401 - importing registers
 
+    for c in _CASES.values():
+        if _is_fresh(c):
+            c.split = "fresh"
     for is_healthy in (True, False):
-        names = [c.name for c in _CASES.values() if c.healthy is is_healthy]
+        names = [c.name for c in _CASES.values() if c.healthy is is_healthy and not _is_fresh(c)]
         for n in names:
             _CASES[n].split = split_of(n, names)
     return sorted(_CASES.values(), key=lambda c: (c.healthy, c.name))
