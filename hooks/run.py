@@ -42,7 +42,7 @@ RULES_YOUNG_SECONDS = 10.0
 EPOCH_RULES_BUDGET = 0.002
 # Extra flushes (and so rule evaluations) at these steps: the first losses are judged within the first steps.
 EARLY_FLUSH_STEPS = (10, 100)
-EPOCH_COALESCE_S = 0.05  # run.epoch() calls closer than this share a flush (see Run.epoch)
+EPOCH_COALESCE_S = 0.25  # run.epoch() calls closer than this share a flush (see Run.epoch)
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -613,7 +613,7 @@ class Run:
         self._pending.append(record)
         # Written at once: an epoch end is what a reader waits for, and a process that hangs right after it
         # (a stuck data loader) must still show it. The rules look only when their schedule says so. Past the
-        # young phase, epochs less than EPOCH_COALESCE_S apart (tiny epochs, where a flush per epoch would cost
+        # young phase, epochs less than EPOCH_COALESCE_S apart (short epochs, where a flush per epoch would cost
         # percents) go with the next flush instead, within flush_interval, as a step's values do; a float that
         # is already known to be non-finite never waits.
         now = time.monotonic()

@@ -313,6 +313,33 @@ def test_tiny_epochs_share_a_flush_but_a_slow_or_nonfinite_epoch_is_written_at_o
     assert load_run(run_dir).epochs["epoch"].tolist() == list(range(1, 10))
 
 
+def test_the_file_checks_run_once_per_flush_interval_not_at_every_epoch_flush(run_dir, monkeypatch):
+    """The STOP-file and deleted-run checks cost a syscall each (tens of microseconds after a training step):
+    100 epoch flushes within a second look at most a few times, and a STOP file still stops the run."""
+    counts = {"stop": 0, "fstat": 0}
+    exists, fstat = run_module.os.path.exists, run_module.os.fstat
+
+    def counting_exists(path):
+        counts["stop"] += str(path).endswith(runfile.STOP)
+        return exists(path)
+
+    def counting_fstat(fd):
+        counts["fstat"] += 1
+        return fstat(fd)
+
+    monkeypatch.setattr(run_module.os.path, "exists", counting_exists)
+    monkeypatch.setattr(run_module.os, "fstat", counting_fstat)
+    with hooks.Run(run_dir, num_classes=3, on_critical=None, flush_interval=3600) as run:
+        for _ in range(100):
+            run.step(loss=1.0)
+            run.epoch(train_loss=1.0)  # young: each one flushes at once
+        assert counts["stop"] <= 2 and counts["fstat"] <= 2  # (os is patched for everyone: count first)
+        assert len(load_run(run_dir).epochs) == 100
+        (run_dir / runfile.STOP).write_text(json.dumps({"reason": "enough"}))
+        run.flush()  # an explicit flush always looks
+        assert run.should_stop and run.stop_reason == "enough"
+
+
 def test_a_nan_tensor_loss_is_caught_within_one_flush_when_the_rules_budget_is_spent(run_dir, monkeypatch):
     """Past the young phase and out of budget, the rules still run at once on the first non-finite loss."""
     monkeypatch.setattr(run_module, "RULES_YOUNG_SECONDS", 0.0)

@@ -109,6 +109,28 @@ def test_the_floor_can_be_turned_off_for_a_probe(tmp_path):
     assert sampled == [1, 50, 100]
 
 
+def test_a_budgeted_probe_is_woken_rarely_between_samples_and_still_samples_on_time(tmp_path):
+    """While the probe waits for its time budget, `wake` (the step run.step calls it at) jumps ahead by an
+    estimate of the steps left, instead of a call per step; the samples still come as the budget allows."""
+    model, x, y = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = probes.LayerProbe(model, opt, tmp_path, floor=False, snapshot_every=10**9, budget=0.05, min_every=1)
+    calls, sampled, steps = 0, [], 3000
+    for step in range(1, steps + 1):
+        loss = nn.functional.cross_entropy(model(x[:32]), y[:32])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= probe.wake:  # what run.step does
+            calls += 1
+            if any(r["type"] == "layers" for r in probe.after_step(step)):
+                sampled.append(step)
+    probe.close()
+    assert len(sampled) >= 5 and sampled[-1] > steps // 2  # the budget keeps sampling through the run
+    assert calls <= steps / 4  # not a call per step
+    assert calls <= 20 * len(sampled)  # a few wake-ups per sample: they close in on the time
+
+
 # ---------------------------------------------------------------------------------------------- online rules
 def test_a_short_run_with_a_critical_condition_is_stopped_within_one_flush(run_dir):
     """A run of a few hundred fast steps (well under 2 seconds): the loss triples at step 30 and stays."""
