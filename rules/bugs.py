@@ -183,7 +183,7 @@ class LossMismatch(OnceRule):
 
     id = "loss_mismatch"
     title = "The loss function does not match the model's output"
-    fix = ("log_softmax_before_nll", "classification_loss")
+    fix = ("log_softmax_before_nll", "classification_loss", "match_target_shape")
     needs = ("meta.first_batch",)
 
     def examine(self, batch, ctx: Context) -> list[Finding]:
@@ -206,46 +206,78 @@ class LossMismatch(OnceRule):
             found = (f"{fn} regresses the class index: the model gives one number per sample "
                      f"(loss input shape {shape}) for targets {fmt(t_lo)}..{fmt(t_hi)} of a {c}-class run",
                      ["classification_loss"])
+        t_shape = tgt.get("shape") if isinstance(tgt.get("shape"), list) else []
+        crossed = _cross_broadcast(shape, t_shape)
+        if found is None and fn in REGRESSION_LOSSES and crossed is not None:
+            found = (f"{fn} got predictions of shape {shape} and targets of shape {t_shape}: they broadcast to "
+                     f"{crossed}, every prediction against every target, so the best the net can do is predict "
+                     "their mean (PyTorch warns 'Using a target size ... different to the input size')",
+                     ["match_target_shape"])
         if found is None:
             return []
         self.done = True
         msg, fix = found
         evidence = {"loss_fn": fn, "loss_input_min": lo, "loss_input_max": hi, "loss_input_shape": shape,
+                    "targets_shape": t_shape or None, "broadcast_shape": crossed,
                     "log_probs": inp.get("log_probs"), "targets_min": t_lo, "targets_max": t_hi, "num_classes": c}
         return [self.finding(ctx, "warning", since_start(ctx), msg, evidence, fix)]
 
 
+def _cross_broadcast(a: list, b: list) -> list[int] | None:
+    """The shape two recorded shapes broadcast to when it is larger than both (an (N, 1) prediction against (N,)
+    targets makes N x N pairs), else None (equal shapes, one a plain expansion of the other, or not numbers)."""
+    if not a or not b or a == b or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in a + b):
+        return None
+    n = max(len(a), len(b))
+    pa, pb = [1] * (n - len(a)) + list(a), [1] * (n - len(b)) + list(b)
+    if any(x != y and 1 not in (x, y) for x, y in zip(pa, pb, strict=True)):
+        return None  # would not broadcast: the loss raised, nothing trained
+    out = [max(x, y) for x, y in zip(pa, pb, strict=True)]
+    return out if math.prod(out) > max(math.prod(a), math.prod(b)) else None
+
+
 class Gradless:
-    """Weight layers that never receive a gradient (a .detach() in forward, a branch the loss never uses).
+    """Weight layers that never receive a gradient (a .detach() in forward, a branch the loss never uses, a
+    forward under torch.no_grad(), zero_grad() between backward() and step()).
 
     From the layer records: a layer sampled `records` times with no gradient norm, while another layer has
-    one (so the probes did see gradients). Embeddings are left out (sparse gradients are not measured).
+    one (so the probes did see gradients), or while the optimizer stepped it: the probes read the gradient
+    right before optimizer.step() and the update right after, so an update ratio without a gradient norm is
+    a step taken on a layer whose .grad was None. Embeddings are left out (sparse gradients are not measured).
     """
 
     def __init__(self, records: int = 3):
         self.records = records
-        self.seen: dict[str, list[int]] = {}  # layer -> [records, records with a gradient]
+        self.seen: dict[str, list[int]] = {}  # layer -> [records, with a gradient, stepped without a gradient]
 
     def feed(self, ctx: Context) -> None:
         lay = ctx.layers
-        if not len(lay) or not {"layer", "g_norm"} <= set(lay.cols):
+        if not len(lay) or "layer" not in lay.cols or not ({"g_norm", "update_ratio"} & set(lay.cols)):
             return
         kind = lay.raw("kind") if "kind" in lay else np.full(len(lay), "weight", dtype=object)
-        has = np.isfinite(lay.num("g_norm"))
-        for name, k, h in zip(lay.raw("layer"), kind, has, strict=True):
+        nan = np.full(len(lay), np.nan)
+        has = np.isfinite(lay.num("g_norm") if "g_norm" in lay.cols else nan)
+        stepped = np.isfinite(lay.num("update_ratio") if "update_ratio" in lay.cols else nan) & ~has
+        for name, k, h, s in zip(lay.raw("layer"), kind, has, stepped, strict=True):
             if k == "weight":
-                c = self.seen.setdefault(str(name), [0, 0])
-                c[0], c[1] = c[0] + 1, c[1] + int(h)
+                c = self.seen.setdefault(str(name), [0, 0, 0])
+                c[0], c[1], c[2] = c[0] + 1, c[1] + int(h), c[2] + int(s)
+
+    @property
+    def none_anywhere(self) -> bool:
+        """No layer ever had a gradient while the optimizer stepped: nothing reaches the weights at all."""
+        return bool(self.seen) and not any(h for _, h, _ in self.seen.values()) and any(
+            s for _, _, s in self.seen.values())
 
     def layers(self, ctx: Context) -> dict[str, float]:
         """{layer: parameter count} of the layers that never got a gradient."""
-        if not any(h for _, h in self.seen.values()):
-            return {}
+        some = any(h for _, h, _ in self.seen.values())
         meta = {str(x.get("name")): x for x in meta_layers(ctx.meta)}
         out = {}
-        for name, (n, h) in self.seen.items():
+        for name, (n, h, s) in self.seen.items():
             info = meta.get(name, {})
-            if n >= self.records and h == 0 and "Embedding" not in str(info.get("type", "")):
+            if (n >= self.records and h == 0 and (some or s >= self.records)
+                    and "Embedding" not in str(info.get("type", ""))):
                 out[name] = number(info.get("count")) or 0.0
         return out
 
@@ -284,6 +316,11 @@ class OutputActivation(OnceRule):
         elif lo == 0:
             msg += ": a class whose logit is clipped at 0 gets no gradient and can stay dead"
         return [self.finding(ctx, "warning", since_start(ctx), msg, evidence)]
+
+
+_NO_GRAD_ANYWHERE = ("optimizer.step() ran while no layer held a gradient: the forward ran under torch.no_grad() "
+                     "or was detached (loss.requires_grad_() hides that), or zero_grad() runs between backward() "
+                     "and step()")
 
 
 class FrozenParameters(Rule):
@@ -335,7 +372,8 @@ class FrozenParameters(Rule):
         msg = (f"{fmt(100 * idle / total)}% of the model's {int(total):,} parameters do not train "
                f"({int(frozen):,} with requires_grad off, {int(missing):,} trainable but in no optimizer group"
                + (f", {int(sum(no_grad.values())):,} in layers that never get a gradient: "
-                  f"{', '.join(list(no_grad)[:6])} -- a .detach() in forward, or a branch the loss does not use"
+                  f"{', '.join(list(no_grad)[:6])} -- " + (_NO_GRAD_ANYWHERE if self.gradless.none_anywhere else
+                                                           "a .detach() in forward, or a branch the loss does not use")
                   if no_grad else "") + ")")
         msg += f"; {self.progress.note(ctx)}" + (": the loss is not where it should be" if not learning else
                                                  ": it learns, so this may be intended (a linear probe); then set "

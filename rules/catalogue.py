@@ -20,7 +20,7 @@ from babysit.rules.bugs import (
     OutputActivation,
     SkippedOptimizerSteps,
 )
-from babysit.rules.causes import LowCapacity, LrTooHigh
+from babysit.rules.causes import LowCapacity, LrTooHigh, RegularizationTooStrong
 from babysit.rules.data import BadLabels, SingleBatch, UnnormalizedInput
 from babysit.rules.heal import Healed
 from babysit.rules.layers import (
@@ -54,6 +54,7 @@ RULES = [
     ExplodingGradients,
     StalledWeights,
     LrTooHigh,
+    RegularizationTooStrong,
     LowCapacity,
     DoubleSoftmax,
     LossMismatch,
@@ -78,18 +79,20 @@ _BUGS = ["frozen_parameters", "skipped_optimizer_steps", "missing_zero_grad", "d
          "output_activation", "eval_mode_training"]
 _DEAD_NET = ["nonfinite_loss", "stalled_weights", "dead_units", "saturated_activations", "vanishing_gradients"]
 _DATA = ["bad_labels", "unnormalized_input"]
+_REG = ["regularization_too_strong"]  # weights crushed to zero: silent ReLUs, vanishing gradients, a high ratio
 CAUSES: dict[str, list[str]] = {
-    "flat_loss": [*_BUGS, "lr_too_high", *_DEAD_NET, "low_capacity", "update_ratio"],
-    "chance_accuracy": [*_BUGS, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA, "low_capacity", "flat_loss"],
-    "underfitting": ["chance_accuracy", *_BUGS, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA,
+    "flat_loss": [*_BUGS, *_REG, "lr_too_high", *_DEAD_NET, "low_capacity", "update_ratio"],
+    "chance_accuracy": [*_BUGS, *_REG, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA, "low_capacity",
+                        "flat_loss"],
+    "underfitting": ["chance_accuracy", *_BUGS, *_REG, "lr_too_high", *_DEAD_NET, "loss_explosion", *_DATA,
                      "low_capacity", "flat_loss", "update_ratio"],
     "init_loss_mismatch": ["double_softmax", "loss_mismatch", *_DATA],
-    "dead_units": ["lr_too_high"],
+    "dead_units": [*_REG, "lr_too_high"],
     "overfitting": ["single_batch"],  # the net memorized the one batch it was shown
     "saturated_activations": ["unnormalized_input"],
-    "vanishing_gradients": ["dead_units", "saturated_activations"],
+    "vanishing_gradients": [*_REG, "dead_units", "saturated_activations"],
     # a linear model at chance heads for zero weights: its ratio is high because the weights vanish
-    "update_ratio": ["frozen_parameters", "skipped_optimizer_steps", "stalled_weights", "dead_units",
+    "update_ratio": ["frozen_parameters", "skipped_optimizer_steps", *_REG, "stalled_weights", "dead_units",
                      "vanishing_gradients", "saturated_activations", "low_capacity"],
     "stalled_weights": ["frozen_parameters", "skipped_optimizer_steps"],
     "noisy_loss": ["nonfinite_loss", "loss_explosion", "lr_too_high", "bad_labels"],
@@ -100,7 +103,7 @@ CAUSES: dict[str, list[str]] = {
 }
 
 # Within a severity, causes are listed before symptoms in this order (sort_findings).
-CAUSE_ORDER = ["nonfinite_loss", *_BUGS, "lr_too_high", "stalled_weights", "dead_units", "saturated_activations",
+CAUSE_ORDER = ["nonfinite_loss", *_BUGS, *_REG, "lr_too_high", "stalled_weights", "dead_units", "saturated_activations",
                "vanishing_gradients", "exploding_gradients", "loss_explosion", *_DATA, "low_capacity",
                "update_ratio"]
 

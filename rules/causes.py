@@ -21,7 +21,7 @@ from babysit.rules.loss import infer_num_classes
 from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail, rolling_mean
 
-__all__ = ["LrTooHigh", "LowCapacity", "explains", "run_facts"]
+__all__ = ["LrTooHigh", "LowCapacity", "RegularizationTooStrong", "explains", "run_facts"]
 
 _WEIGHT_TYPES = ("Linear", "Conv", "Bilinear", "LSTM", "GRU", "RNN", "Embedding", "MultiheadAttention")
 
@@ -156,13 +156,15 @@ class LrTooHigh(Rule):
         if level >= th["explosion_warn_factor"] * init:
             why.append(f"it sits {fmt(level / init, 2)}x above its start")
         # weights that head for zero (a linear model at chance, a crushing L2 penalty) take the ratio's
-        # denominator with them: a high ratio is no evidence there
+        # denominator with them: a high ratio is no evidence there; nor are ReLUs that went silent, which is
+        # what weights shrinking to zero do to them (every pre-activation tends to its bias)
         shrunk = self.w_last < th["lr_high_w_shrunk"] * self.w_first
         if (math.isfinite(ratio) and ratio >= th["lr_high_ratio"] and len(weight_layers(ctx.meta)) != 1
                 and not shrunk):
             why.append(f"the update/weight ratio is {fmt(ratio)} meanwhile (median; healthy ~1e-3)")
         dead = ctx.findings.get("dead_units")
-        if dead is not None and _dead_after_init(dead) and dead.step is not None and dead.step <= step:
+        if (dead is not None and _dead_after_init(dead) and dead.step is not None and dead.step <= step
+                and not shrunk):
             frac, at_init = dead.evidence.get("dead_frac") or 0, dead.evidence.get("at_init") or 0
             why.append(f"ReLUs died after step 1 ({dead.evidence.get('layer')}: {fmt(100 * frac, 3)}% dead, "
                        f"{fmt(100 * at_init, 2)}% at init)")
@@ -221,6 +223,86 @@ class LowCapacity(OnceRule):
         evidence = {"step": symptom.step, "weight_layers": 1, "layer": layer.get("name"), "symptom": symptom.rule,
                     "update_ratio": ratio, "num_classes": c}
         return [self.finding(ctx, "warning", symptom.step, msg, evidence)]
+
+
+def declared_regularization(meta: dict) -> tuple[float, str] | None:
+    """The strongest weight penalty the run declares: the optimizer's weight_decay, or a config `weight_decay`,
+    `reg`, `l2` (a hand-added penalty); None when there is none."""
+    best: tuple[float, str] | None = None
+    groups = meta_dict(meta, "optimizer").get("param_groups")
+    for g in groups if isinstance(groups, list) else []:
+        v = g.get("weight_decay") if isinstance(g, dict) else None
+        if _num(v) and math.isfinite(v) and v > 0 and (best is None or v > best[0]):
+            best = (float(v), "optimizer weight_decay")
+    config = meta_dict(meta, "config")
+    for key in ("weight_decay", "reg", "l2", "l2_reg", "lambda_l2"):
+        v = config.get(key)
+        if _num(v) and math.isfinite(v) and v > 0 and (best is None or v > best[0]):
+            best = (float(v), f"config {key}")
+    return best
+
+
+class RegularizationTooStrong(Rule):
+    """A weight penalty that crushes the weights toward zero while the net learns nothing.
+
+    A penalty pulls every weight toward 0; too strong, it wins against the data's gradient: the weights shrink
+    far below their init, every pre-activation tends to its bias (ReLUs go silent, gradients vanish, the
+    update/weight ratio grows as its denominator vanishes) and the net settles on a constant guess. Needs all
+    three: a declared penalty of `reg_strong_min` or more (optimizer weight_decay, or config weight_decay / reg /
+    l2), the median weight norm across weight layers below `reg_strong_w_shrunk` x its first value, and a loss
+    that is not where it should be after `bug_min_steps` steps (not learning: Progress in rules/bugs.py).
+    """
+
+    id = "regularization_too_strong"
+    title = "Regularization crushes the weights toward zero"
+    fix = ("lower_reg",)
+    needs = ("layers", "steps>=bug_min_steps")
+
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        from babysit.rules.bugs import Progress  # bugs.py imports loss.py, as this module does: no cycle
+
+        self.progress = Progress(thresholds)
+        self.w_first = math.nan
+        self.shrunk_at: int | None = None  # the first record whose median weight norm is below the limit
+        self.w_last = math.nan
+        self.done = False
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        self.progress.feed(ctx)
+        if self.done:
+            return []
+        view = layer_view(batch, ctx)
+        cols = view.columns("weight") if view is not None else []
+        if cols:
+            med = row_nanmedian(view.stat("w_norm")[:, cols])
+            ok = np.isfinite(med)
+            steps, med = view.steps[ok], med[ok]
+            if len(med):
+                self.w_first = float(med[0]) if math.isnan(self.w_first) else self.w_first
+                self.w_last = float(med[-1])
+                below = med < self.th["reg_strong_w_shrunk"] * self.w_first
+                if self.shrunk_at is None and below.any():
+                    self.shrunk_at = int(steps[np.flatnonzero(below)[0]])
+                if not below[-1]:
+                    self.shrunk_at = None  # it grew back: judged again from the next time it falls
+        reg = declared_regularization(ctx.meta)
+        if self.shrunk_at is None or reg is None or reg[0] < self.th["reg_strong_min"]:
+            return []
+        if self.w_last >= self.th["reg_strong_w_shrunk"] * self.w_first:
+            return []
+        if self.progress.learning(ctx) is not False:
+            return []
+        self.done = True
+        value, where = reg
+        msg = (f"{where} {fmt(value)}: the median weight norm fell from {fmt(self.w_first)} to {fmt(self.w_last)} "
+               f"({fmt(self.w_last / self.w_first if self.w_first > 0 else math.nan, 2)}x; below "
+               f"{fmt(self.th['reg_strong_w_shrunk'])}x since step {self.shrunk_at}) while the net learns nothing "
+               f"({self.progress.note(ctx)}): the penalty pulls the weights to zero faster than the data moves them")
+        evidence = {"regularization": value, "declared_by": where, "w_norm_first": self.w_first,
+                    "w_norm_last": self.w_last, "shrunk_at": self.shrunk_at, "initial_loss": ctx.initial_loss,
+                    "loss_now": self.progress.recent, "train_accuracy": self.progress.accuracy}
+        return [self.finding(ctx, "warning", self.shrunk_at, msg, evidence)]
 
 
 def explains(cause: Finding, symptom: Finding, lag: float = 100) -> bool:

@@ -89,6 +89,8 @@ _ALL = [
         "which does both)"),
     Fix("classification_loss", "for classes, give the model C outputs and use cross_entropy on the class indices "
         "(accuracy from argmax), not a regression loss on the index"),
+    Fix("match_target_shape", "give the loss predictions and targets of the same shape (out.squeeze(1) for a "
+        "1-output head, or y.unsqueeze(1)): mismatched shapes broadcast to every prediction against every target"),
     Fix("remove_output_activation", "remove the activation after the last layer: cross_entropy needs raw logits "
         "(a ReLU clips them at 0, a sigmoid or tanh squashes them into a narrow range)"),
     Fix("more_data", "more training data or data augmentation (random crops, flips)"),

@@ -403,8 +403,11 @@ class InitLossMismatch(OnceRule):
             # a C the user did not declare is trusted only once accuracies show this is a classifier: the
             # recorded loss may be a sum of several (multi-task heads, a GAN's two discriminator terms)
             return []
-        if loss_kind(ctx) == "regression":
-            self.done = True  # ln(C) is the start of a categorical loss; MSE on class ids is loss_mismatch's
+        fn = meta_dict(ctx.meta, "first_batch").get("loss_fn")
+        if loss_kind(ctx) == "regression" or (fn and loss_kind(ctx) is None):
+            # ln(C) is the start of a categorical loss; MSE on class ids is loss_mismatch's. A loss the hooks saw
+            # that is neither (kl_div: distillation's term, whose start depends on the teacher) has no ln(C) start.
+            self.done = True
             return []
         self.done = True
         step, loss = self.first

@@ -195,6 +195,18 @@ TABLE: dict[str, Threshold] = {
         "its first value (weights heading for zero: a crushing L2 penalty, a linear model at chance)",
         "ours (fault zoo: l2_penalty_in_loss_too_strong, linear_model_on_circles)",
     ),
+    "reg_strong_w_shrunk": Threshold(
+        0.2,
+        "regularization_too_strong: the median weight norm across weight layers below this fraction of its first "
+        "value (the weights crushed toward zero)",
+        "ours: as lr_high_w_shrunk, the same shrink that makes a high update ratio no evidence of a high lr",
+    ),
+    "reg_strong_min": Threshold(
+        0.01,
+        "regularization_too_strong: the declared penalty (optimizer weight_decay, config weight_decay/reg/l2) at "
+        "or above this; below it no penalty crushes weights in the steps a run takes",
+        "ours: underfitting's 'heavy' config reg is 0.01",
+    ),
     "lr_high_early_steps": Threshold(
         50,
         "lr_too_high: evidence 'it jumped': the smoothed loss rose explosion_warn_factor x above its start within "

