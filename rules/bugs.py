@@ -421,11 +421,17 @@ class GradientSums:
             return
         steps, g = lay.ints("step"), lay.num("g_norm")
         ur = lay.num("update_ratio") if "update_ratio" in lay else np.full(len(steps), np.nan)
-        for step in np.unique(steps):
-            rows = (steps == step) & np.isfinite(g)
-            if rows.any():
-                stepped = bool(np.isfinite(ur[steps == step]).any())
-                self.by_step[int(step)] = (float(np.sqrt((g[rows] ** 2).sum())), stepped)
+        # Per sampled step, in one pass (a long run has thousands): the total norm over its finite layer
+        # norms, and whether any layer moved. Only the first `limit` steps are kept, whatever the chunking.
+        uniq, inv = np.unique(steps, return_inverse=True)
+        finite = np.isfinite(g)
+        squares = np.bincount(inv, weights=np.where(finite, g, 0.0) ** 2, minlength=len(uniq))
+        seen = np.bincount(inv, weights=finite, minlength=len(uniq)) > 0
+        stepped = np.bincount(inv, weights=np.isfinite(ur), minlength=len(uniq)) > 0
+        for k in np.flatnonzero(seen):
+            if len(self.by_step) >= self.limit:
+                break
+            self.by_step[int(uniq[k])] = (float(np.sqrt(squares[k])), bool(stepped[k]))
 
     @property
     def ratio(self) -> float:
