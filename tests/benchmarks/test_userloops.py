@@ -11,7 +11,11 @@ from benchmarks.userloops.registry import all_cases, get, split_of
 
 
 def test_registry_has_both_kinds_and_a_third_held_out_by_name_alone():
-    cases = all_cases()
+    every = all_cases()
+    fresh = [c for c in every if c.split == "fresh"]  # fresh_loops.py: their own split, out of the hash order
+    assert fresh and all(c.fn.__module__.endswith(".fresh_loops") for c in fresh)
+    assert {c.healthy for c in fresh} == {True, False}
+    cases = [c for c in every if c.split != "fresh"]
     healthy = [c for c in cases if c.healthy]
     faulty = [c for c in cases if not c.healthy]
     assert len(healthy) >= 12 and len(faulty) >= 12
@@ -20,7 +24,7 @@ def test_registry_has_both_kinds_and_a_third_held_out_by_name_alone():
         assert len(hold) == round(len(group) / 3)
         names = [c.name for c in group]
         assert all(split_of(c.name, names) == c.split for c in group)  # a function of the names, not results
-    assert all(c.accept for c in faulty)
+    assert all(c.accept for c in faulty + [c for c in fresh if not c.healthy])
 
 
 @pytest.mark.parametrize("name,rule", [("nll_loss_on_logits", "loss_mismatch"),

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.filterwarnings("error::rules.engine.RuleWarning")
 
 CATALOGUE = ["nonfinite_loss", "loss_explosion", "flat_loss", "init_loss_mismatch", "overfitting", "underfitting",
              "chance_accuracy", "noisy_loss", "noisy_weights", "update_ratio", "dead_units", "saturated_activations",
-             "vanishing_gradients", "exploding_gradients", "stalled_weights", "lr_too_high", "low_capacity",
-             "stalled_run", "test_set_reuse"]
+             "vanishing_gradients", "exploding_gradients", "stalled_weights", "lr_too_high",
+             "regularization_too_strong", "low_capacity", "stalled_run", "test_set_reuse"]
 # causes that live in the bug-check modules (rules/bugs.py, rules/data.py): named in CAUSES before they exist
 BUG_IDS = {"frozen_parameters", "skipped_optimizer_steps", "double_softmax", "bad_labels", "unnormalized_input"}
 
