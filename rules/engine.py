@@ -315,8 +315,9 @@ def findings_of_run(fresh: list[Finding] | None, recorded: Any = ()) -> Findings
 
     `fresh`: a diagnosis of the run (its `.not_evaluated` is kept); `recorded`: findings.jsonl's lines, cleaned
     (monitor.runfile.clean_findings). A rule the diagnosis found speaks for itself; for any other rule the log's
-    most severe (then latest) line is added, marked `recorded` (the log keeps every escalation). Then what a heal
-    undid becomes history (`_healed_view`), for recorded findings as for fresh ones.
+    most severe (then latest) line is added, marked `recorded` (the log keeps every escalation), unless a later
+    line of that rule says it resolved (a slow start that caught up): then that one. Then what a heal undid
+    becomes history (`_healed_view`), for recorded findings as for fresh ones.
     """
     current = {f.rule: f for f in fresh or ()}
     kept: dict[str, Finding] = {}
@@ -325,7 +326,9 @@ def findings_of_run(fresh: list[Finding] | None, recorded: Any = ()) -> Findings
             continue
         f = Finding.from_dict(d)
         old = kept.get(f.rule)
-        if f.rule not in current and (old is None or severity_rank(f.severity) >= severity_rank(old.severity)):
+        resolved = isinstance(f.evidence, dict) and f.evidence.get("resolved") is True
+        if f.rule not in current and (old is None or resolved
+                                      or severity_rank(f.severity) >= severity_rank(old.severity)):
             kept[f.rule] = f
     return Findings(sort_findings(_healed_view({**current, **kept})), getattr(fresh, "not_evaluated", None))
 

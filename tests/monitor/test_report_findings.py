@@ -69,6 +69,19 @@ def test_recorded_findings_fill_gaps_only_and_keep_their_most_severe_line():
     assert found["custom"].to_dict()["recorded"] is True and "recorded" not in found["flat_loss"].to_dict()
 
 
+def test_a_recorded_warning_that_the_run_later_resolved_shows_as_resolved():
+    """The online rules warned (underfitting at epoch 5), then wrote that it resolved (a slow start): diagnose
+    must not show the old warning as the run's state when the fresh diagnosis has nothing to say."""
+    log = [{"rule": "underfitting", "severity": "warning", "step": 50, "message": "plateau", "source": "hooks"},
+           {"rule": "underfitting", "severity": "info", "step": 90, "message": "plateau; later resolved",
+            "evidence": {"resolved": True}, "source": "hooks"},
+           {"rule": "flat_loss", "severity": "warning", "step": 10, "message": "flat", "source": "hooks"},
+           {"rule": "flat_loss", "severity": "info", "step": 20, "message": "a note, not a resolution"}]
+    found = {f.rule: f for f in findings_of_run([], runfile.clean_findings(log))}
+    assert found["underfitting"].severity == "info" and found["underfitting"].evidence["resolved"] is True
+    assert found["flat_loss"].severity == "warning"  # a later, milder line is not a resolution
+
+
 def test_diagnose_shows_what_the_run_recorded_and_its_exit_status_follows(tmp_path, capsys):
     custom = {"rule": "custom_check", "title": "Custom", "severity": "critical", "step": 5, "epoch": None,
               "message": "seen by a check of the user's", "evidence": {}, "fix": [], "source": "hooks"}
