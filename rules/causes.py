@@ -16,6 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers, row_nanmedian
+from babysit.rules.bugs import Progress
 from babysit.rules.layers import layer_view
 from babysit.rules.loss import infer_num_classes
 from babysit.rules.once import OnceRule
@@ -260,8 +261,6 @@ class RegularizationTooStrong(Rule):
 
     def __init__(self, thresholds: dict):
         super().__init__(thresholds)
-        from babysit.rules.bugs import Progress  # bugs.py imports loss.py, as this module does: no cycle
-
         self.progress = Progress(thresholds)
         self.w_first = math.nan
         self.shrunk_at: int | None = None  # the first record whose median weight norm is below the limit
