@@ -316,15 +316,16 @@ class LayerProbe:
         return max(step + 1, wake)
 
     def _steps_until(self, when: float) -> int:
-        """About half the steps left until `when` at the mean step time so far (at least 1): the wake-ups
-        close in on the time geometrically, so a step that gets slower is not overshot by much."""
+        """Most (80%) of the steps left until `when` at the mean step time so far (at least 1): the wake-ups
+        close in on the time geometrically (a handful per sample), and steps that get slower overshoot it by
+        little."""
         now = time.perf_counter()
         if self._first_step is None or now >= when:
             return 1
         steps = self.last_step - self._first_step
         if steps <= 0:
             return 1
-        return max(1, int(0.5 * (when - now) * steps / (now - self._start)))
+        return max(1, int(0.8 * (when - now) * steps / (now - self._start)))
 
     def final_records(self, step: int) -> list[dict]:
         """At close: the last state, if the last step was not sampled. Weights and the gradients the last

@@ -114,7 +114,7 @@ def test_a_budgeted_probe_is_woken_rarely_between_samples_and_still_samples_on_t
     estimate of the steps left, instead of a call per step; the samples still come as the budget allows."""
     model, x, y = _setup()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    probe = probes.LayerProbe(model, opt, tmp_path, floor=False, snapshot_every=10**9, budget=0.05, min_every=1)
+    probe = probes.LayerProbe(model, opt, tmp_path, floor=False, snapshot_every=10**9, budget=0.01, min_every=1)
     calls, sampled, steps = 0, [], 3000
     for step in range(1, steps + 1):
         loss = nn.functional.cross_entropy(model(x[:32]), y[:32])
@@ -127,8 +127,8 @@ def test_a_budgeted_probe_is_woken_rarely_between_samples_and_still_samples_on_t
                 sampled.append(step)
     probe.close()
     assert len(sampled) >= 5 and sampled[-1] > steps // 2  # the budget keeps sampling through the run
-    assert calls <= steps / 4  # not a call per step
-    assert calls <= 20 * len(sampled)  # a few wake-ups per sample: they close in on the time
+    assert calls <= steps / 5  # not a call per step (without the estimate: 3,000)
+    assert calls <= 10 * len(sampled) + 10  # a few wake-ups per sample: they close in on the time
 
 
 # ---------------------------------------------------------------------------------------------- online rules
