@@ -617,7 +617,7 @@ class Run:
         # percents) go with the next flush instead, within flush_interval, as a step's values do; a float that
         # is already known to be non-finite never waits.
         now = time.monotonic()
-        finite = all(type(v) is not float or math.isfinite(v) for v in values.values())
+        finite = all(not isinstance(v, float) or math.isfinite(v) for v in values.values())
         young = now - self._rules_start < RULES_YOUNG_SECONDS
         if finite and not young and now - self._last_epoch_write < EPOCH_COALESCE_S:
             self._epoch_waiting = True

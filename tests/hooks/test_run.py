@@ -8,6 +8,7 @@ import math
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -304,7 +305,7 @@ def test_tiny_epochs_share_a_flush_but_a_slow_or_nonfinite_epoch_is_written_at_o
     run.epoch(train_loss=1.0)  # after a pause: at once, with the ones that waited
     assert load_run(run_dir).epochs["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     run.epoch(train_loss=0.9)  # waits
-    run.epoch(val_loss=math.nan)  # non-finite: never waits
+    run.epoch(val_loss=np.float64("nan"))  # non-finite (a NumPy float too): never waits
     epochs = load_run(run_dir).epochs
     assert epochs["epoch"].tolist() == list(range(1, 9)) and math.isnan(epochs["val_loss"].iloc[-1])
     run.epoch(train_loss=torch.tensor(0.8))  # a tensor waits too (its NaN is caught at the flush), and close
