@@ -116,6 +116,18 @@ def summary_table(rows: list[tuple[str, dict]], markdown: bool) -> str:
     return text_table(head, body, markdown)
 
 
+def select_cases(only: list[str], split: str, all_cases, get) -> list[Case]:
+    """The cases named by --only (whatever their split), else those of --split ("all": every one)."""
+    if only:
+        return [get(n) for n in only]
+    return [c for c in all_cases() if split == "all" or c.split == split]
+
+
+def print_cases(cases: list[Case]) -> None:
+    for c in cases:
+        print(f"{c.name:<40} {c.kind:<8} {c.family:<10} {c.split:<8} {c.about[:100]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a stratified quarter of the cases")
@@ -134,16 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         r = run_case(*a.run_case)
         print(json.dumps(r, indent=1, default=str))
         return 0
-    cases = all_cases()
-    if a.only:
-        cases = [get(n) for n in a.only]
-    if a.split != "all":
-        cases = [c for c in cases if c.split == a.split]
+    cases = select_cases(a.only, a.split, all_cases, get)
     if a.quick:
         cases = _quick(cases)
     if a.list:
-        for c in cases:
-            print(f"{c.name:<40} {c.kind:<8} {c.family:<10} {c.split:<8} {c.about}")
+        print_cases(cases)
         return 0
 
     out = Path(a.out)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import text_table
-from benchmarks.faults.__main__ import case_table, run_all
+from benchmarks.faults.__main__ import case_table, print_cases, run_all, select_cases
 from benchmarks.faults.evaluate import score
 from benchmarks.userloops.registry import all_cases, get
 
@@ -58,12 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "artifacts"), help="where userloops.json and userloops-runs/ go")
     a = p.parse_args(argv)
 
-    cases = [get(n) for n in a.only] if a.only else all_cases()
-    if a.split != "all" and not a.only:
-        cases = [c for c in cases if c.split == a.split]
+    cases = select_cases(a.only, a.split, all_cases, get)
     if a.list:
-        for c in cases:
-            print(f"{c.name:<36} {c.kind:<8} {c.family:<10} {c.split:<8} {c.about[:80]}")
+        print_cases(cases)
         return 0
     out = Path(a.out)
     t0 = time.perf_counter()
