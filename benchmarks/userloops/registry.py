@@ -6,7 +6,8 @@ healthy and within the faulty cases, ordered by the SHA-1 of "userloops:" + name
 is "holdout" and the rest "tune". Nothing is tuned on the holdout.
 
 The cases of fresh_loops.py are their own split, "fresh": written after the others were tuned on, and left
-out of the hash order above, so adding them moves no tune/holdout assignment.
+out of the hash order above, so adding them moves no tune/holdout assignment. The cases of fresh2_loops.py
+(a second batch written after those were tuned on) are the split "fresh2", out of the hash order the same way.
 """
 
 from __future__ import annotations
@@ -34,19 +35,25 @@ def split_of(name: str, names: list[str]) -> str:
 
 
 FRESH_MODULE = "benchmarks.userloops.fresh_loops"
+FRESH_SPLITS = {FRESH_MODULE: "fresh", "benchmarks.userloops.fresh2_loops": "fresh2"}
+
+
+def _fresh_split(c: Case) -> str | None:
+    """'fresh' or 'fresh2' for a case of a fresh batch, else None (a hash-ordered case)."""
+    return FRESH_SPLITS.get(getattr(c.fn, "__module__", ""))
 
 
 def _is_fresh(c: Case) -> bool:
-    return getattr(c.fn, "__module__", "") == FRESH_MODULE
+    return _fresh_split(c) is not None
 
 
 def all_cases() -> list[Case]:
     """Every case, faulty first, then by name; splits assigned."""
-    from benchmarks.userloops import buggy_loops, fresh_loops, healthy_loops  # noqa: F401 - importing registers
+    from benchmarks.userloops import buggy_loops, fresh2_loops, fresh_loops, healthy_loops  # noqa: F401 - registers
 
     for c in _CASES.values():
         if _is_fresh(c):
-            c.split = "fresh"
+            c.split = _fresh_split(c)
     for is_healthy in (True, False):
         names = [c.name for c in _CASES.values() if c.healthy is is_healthy and not _is_fresh(c)]
         for n in names:
