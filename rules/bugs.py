@@ -503,14 +503,23 @@ class MissingZeroGrad(OnceRule):
         return [self.finding(ctx, "warning", since_start(ctx), msg, evidence)]
 
 
-class EvalModeTraining(OnceRule):
+ACTIVATION_KINDS = ("relu", "tanh", "sigmoid")
+
+
+class EvalModeTraining(Rule):
     """model.eval() left on while the model trains (called for a validation pass and never undone): dropout is
     off and BatchNorm normalizes with running statistics it no longer updates.
 
-    The hooks record the first batch (meta `first_batch`) from the first forward pass they see in training mode
-    (module.training, gradients on) and write it within the first steps. A run recorded by hooks that do this
-    (meta `optimizer.params_in_optimizer` comes with them) whose model has Dropout or BatchNorm layers, that
-    took `eval_mode_steps` steps with an optimizer, and has no first batch, never ran a training-mode forward.
+    From the start: the hooks record the first batch (meta `first_batch`) from the first forward pass they see
+    in training mode (module.training, gradients on) and write it within the first steps. A run recorded by
+    hooks that do this (meta `optimizer.params_in_optimizer` comes with them) whose model has Dropout or
+    BatchNorm layers, that took `eval_mode_steps` steps with an optimizer, and has no first batch, never ran a
+    training-mode forward.
+
+    Mid-run (model.eval() for a validation pass after the first epoch, no model.train() after it): the probes
+    measure activations (relu/tanh/sigmoid) only in training-mode forwards. Once they have, sampled steps that
+    keep getting gradients with no activation measured at all, for `eval_mode_records` records in a row
+    spanning `eval_mode_steps` steps up to the latest, trained in eval mode.
     """
 
     id = "eval_mode_training"
@@ -518,26 +527,71 @@ class EvalModeTraining(OnceRule):
     fix = ("call_model_train",)
     needs = ("meta.model", "steps>=eval_mode_steps")
 
-    saw_gradients = False  # the probes saw this model's backward: it is the model being trained
+    def __init__(self, thresholds: dict):
+        super().__init__(thresholds)
+        self.saw_gradients = False  # the probes saw this model's backward: it is the model being trained
+        self.start_done = False  # the from-the-start check was judged
+        self.saw_activations = False
+        self.last_active: int | None = None  # the last sampled step with an activation measured
+        self.quiet: list[int] = []  # sampled steps with gradients and no activation since then
+        self.fired = False
 
-    def examine(self, batch, ctx: Context) -> list[Finding]:
+    def _modal(self, ctx: Context) -> list[str]:
+        return sorted({str(x.get("type")) for x in meta_layers(ctx.meta)
+                       if str(x.get("type", "")).startswith(("Dropout", "BatchNorm", "AlphaDropout"))})
+
+    def update(self, batch, ctx: Context) -> list[Finding]:
+        if self.fired:
+            return []
         lay = ctx.layers
-        if len(lay) and "g_norm" in lay and np.isfinite(lay.num("g_norm")).any():
-            self.saw_gradients = True
+        if len(lay) and "g_norm" in lay:
+            g = lay.num("g_norm")
+            if np.isfinite(g).any():
+                self.saw_gradients = True
+            steps = lay.ints("step")
+            kind = lay.raw("kind") if "kind" in lay else np.full(len(lay), "weight", dtype=object)
+            active = np.isin(kind.astype(str), ACTIVATION_KINDS)
+            for step in np.unique(steps):
+                here = steps == step
+                if active[here].any():
+                    self.saw_activations, self.last_active, self.quiet = True, int(step), []
+                elif self.saw_activations and np.isfinite(g[here]).any():
+                    self.quiet.append(int(step))
+        found = [] if self.start_done else self._from_start(ctx)
+        return found or self._mid_run(ctx)
+
+    def _from_start(self, ctx: Context) -> list[Finding]:
         if ctx.last_step - (ctx.first_step or 0) < self.th["eval_mode_steps"]:
             return []
-        self.done = True  # judged once, when the first batch would long have been written
+        self.start_done = True  # judged once, when the first batch would long have been written
         if not self.saw_gradients:
             return []  # the watched model may not be the one trained (a copy, a rebuilt model): nothing to say
         opt = meta_dict(ctx.meta, "optimizer")
-        modal = sorted({str(x.get("type")) for x in meta_layers(ctx.meta)
-                        if str(x.get("type", "")).startswith(("Dropout", "BatchNorm", "AlphaDropout"))})
+        modal = self._modal(ctx)
         if meta_dict(ctx.meta, "first_batch") or "params_in_optimizer" not in opt or not modal:
             return []
+        self.fired = True
         msg = (f"{ctx.last_step} steps trained and the hooks never saw a forward pass in training mode, in a model "
                f"with {', '.join(modal)}: model.eval() is on while it trains (dropout off, BatchNorm frozen at its "
                "running statistics)")
         return [self.finding(ctx, "warning", since_start(ctx), msg, {"layers": modal, "steps": ctx.last_step})]
+
+    def _mid_run(self, ctx: Context) -> list[Finding]:
+        q = self.quiet
+        if (len(q) < self.th["eval_mode_records"] or q[-1] - q[0] < self.th["eval_mode_steps"]
+                or self.last_active is None):
+            return []
+        modal = self._modal(ctx)
+        if not modal or "params_in_optimizer" not in meta_dict(ctx.meta, "optimizer"):
+            return []
+        self.fired = True
+        msg = (f"from step {q[0]} on ({len(q)} sampled steps up to step {q[-1]}) the model gets gradients but the "
+               f"hooks saw no forward pass in training mode (the last at step {self.last_active}), in a model with "
+               f"{', '.join(modal)}: model.eval() from a validation pass was never undone (dropout off, BatchNorm "
+               "frozen at its running statistics)")
+        evidence = {"layers": modal, "last_training_forward": self.last_active, "first_eval_step": q[0],
+                    "records": len(q)}
+        return [self.finding(ctx, "warning", q[0], msg, evidence)]
 
 
 class SkippedOptimizerSteps(Rule):

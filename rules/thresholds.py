@@ -80,8 +80,14 @@ TABLE: dict[str, Threshold] = {
     ),
     "eval_mode_steps": Threshold(
         100,
-        "eval_mode_training: steps after which a missing first batch means no training-mode forward was seen",
+        "eval_mode_training: steps after which a missing first batch means no training-mode forward was seen; "
+        "mid-run, the steps the sampled eval-mode steps must span",
         "ours: the hooks write the first batch after steps 1, 10 and 50",
+    ),
+    "eval_mode_records": Threshold(
+        5,
+        "eval_mode_training: sampled steps in a row with gradients and no training-mode activation, mid-run",
+        "ours: the probes sample every step to 10, then ~15% apart; a healthy run measures activations at each",
     ),
     "single_batch_steps": Threshold(
         20,
