@@ -185,8 +185,16 @@ class Underfitting(_EpochRule):
                 fix[0], fix[1] = (fix[1], note), fix[0]
             # Without a cause in sight, a plateau with no gap may be the data's own ceiling (label noise):
             # say so as a note, not a warning; the cause rules (low_capacity, lr, dead units) warn on their own.
-            severity = "warning" if heavy or scaled < self.th["underfit_warn_acc"] else "info"
-            if severity == "info":
+            # Train accuracy AT chance (chance_accuracy's margin) is not a capacity shortfall either: a model too
+            # small still learns what it can and plateaus above chance; at chance it learned nothing from its own
+            # training batches (labels not matching the inputs, an lr or dead units): a note, and the rules of
+            # those causes (chance_accuracy, bad_labels, flat_loss, dead_units) speak for it.
+            at_chance = bool(c) and tr <= chance + min(self.th["chance_margin"], 0.5 / c)
+            severity = "warning" if heavy or (scaled < self.th["underfit_warn_acc"] and not at_chance) else "info"
+            if severity == "info" and at_chance:
+                msg += ("; train accuracy is at chance: the net learns nothing from its own batches, which more "
+                        "capacity does not fix (check the labels against the inputs, the lr, dead units)")
+            elif severity == "info":
                 msg += "; no regularization or other cause in sight: this may be the data's ceiling (noisy labels)"
             return [self.finding(ctx, severity, step, msg, evidence, fix, epoch=epoch)]
         return []
