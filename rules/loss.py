@@ -75,8 +75,18 @@ class NonfiniteLoss(OnceRule):
                     "last_finite_loss": self.last_finite[1] if self.last_finite else None,
                     "initial_loss": ctx.initial_loss}
         fix = list(self.fix)
+        init_loss = ctx.initial_loss
+        low = (self.last_finite is not None and init_loss is not None and math.isfinite(self.last_finite[1])
+               and 0 <= self.last_finite[1] < self.th["nonfinite_low_loss"] * abs(init_loss))
         if self.last_finite is None:  # NaN from the very first step: data or loss code, not the lr
             fix = [fix[1], fix[3], fix[0], fix[2]]
+        elif low:
+            # NaN straight from a loss near its floor, not from one that rose: too high an lr shows a rising loss
+            # first; a log(0) or 0/0 in the loss's own math (log(1 - sigmoid) once the net is sure) does not.
+            fix = [fix[3], fix[1], fix[0], fix[2]]
+            msg += (f"; the loss was near its floor ({fmt(self.last_finite[1])}), not rising: "
+                    "a log(0) or 0/0 in the loss")
+            evidence["from_low_loss"] = True
         return [self.finding(ctx, "critical", step, msg, evidence, fix)]
 
     def _epochs(self, batch, ctx: Context) -> list[Finding]:

@@ -84,6 +84,12 @@ TABLE: dict[str, Threshold] = {
         "mid-run, the steps the sampled eval-mode steps must span",
         "ours: the hooks write the first batch after steps 1, 10 and 50",
     ),
+    "nonfinite_low_loss": Threshold(
+        0.1,
+        "nonfinite_loss: a last finite loss below this x the initial one puts the loss's math (log, division) "
+        "first among the fixes",
+        "ours: lr blow-ups pass through a rising loss (1e2-1e36 before NaN); log(0) NaNs follow losses ~1e-4",
+    ),
     "eval_mode_records": Threshold(
         5,
         "eval_mode_training: sampled steps in a row with gradients and no training-mode activation, mid-run",
