@@ -61,6 +61,20 @@ def worst_finding(findings: list[dict]) -> dict | None:
     return best
 
 
+# What the dashboard's own diagnosis found per run directory (resolved path -> findings, as the run's page shows
+# them): the runs table uses it for the runs opened in this server, so a finding the dashboard found is not
+# "—" in the table while the run's page shows it. Runs never opened show what they recorded.
+_DASHBOARD_FINDINGS: dict[str, list[dict]] = {}
+_DASHBOARD_FINDINGS_LOCK = threading.Lock()
+
+
+def _key(path: Path) -> str:
+    try:
+        return os.fspath(path.resolve())
+    except (OSError, RuntimeError):
+        return os.fspath(path)
+
+
 def findings_view(recorded: list, diagnoser: Any = None, source: str | None = None) -> list[dict]:
     """The findings of a run as dicts: `diagnoser`'s current ones (tagged `source`) and the recorded lines it did
     not reproduce, through the engine's `findings_of_run` (the same as diagnose and the report show)."""
@@ -288,6 +302,11 @@ class RunState:
         """
         with self.lock:
             merged = findings_view(self.tailer.findings, self.diagnoser, "dashboard")
+        with _DASHBOARD_FINDINGS_LOCK:
+            _DASHBOARD_FINDINGS.pop(_key(self.path), None)  # re-inserted last: the oldest go first
+            _DASHBOARD_FINDINGS[_key(self.path)] = merged
+            while len(_DASHBOARD_FINDINGS) > 1000:
+                del _DASHBOARD_FINDINGS[next(iter(_DASHBOARD_FINDINGS))]
         order = {id(f): i for i, f in enumerate(merged)}
 
         def key(f: dict) -> tuple:
@@ -429,7 +448,10 @@ class RunSummary:
         return max(times) if times else None
 
     def row(self) -> dict:
-        findings = findings_view(self.findings)  # the table and the run's page agree: a healed blow-up is history
+        with _DASHBOARD_FINDINGS_LOCK:  # the run's page diagnosed it: show what the page shows
+            seen = _DASHBOARD_FINDINGS.get(_key(self.path))
+        # else what it recorded, as the run's page would merge it: a healed blow-up is history
+        findings = list(seen) if seen is not None else findings_view(self.findings)
         worst = worst_finding(findings)
         config = self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
         error = self.error

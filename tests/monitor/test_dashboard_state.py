@@ -110,6 +110,29 @@ def test_runs_index_summarizes_runs_and_sees_new_ones(tmp_path):
     assert list(index.frame()["run"])[0] == "c"  # most recent activity first
 
 
+def test_the_runs_table_shows_what_the_run_page_found_once_the_run_is_opened(tmp_path, monkeypatch):
+    """A run that recorded nothing, where the dashboard's own rules find a warning: the table said "—" while
+    the run's page said "1 warning". Once the page has diagnosed it, the table shows the same finding."""
+    class FakeDiagnoser:
+        def __init__(self, meta, thresholds=None, run_dir=None):
+            self.findings = []
+
+        def update(self, batch, status=None):
+            self.findings = [Finding("noisy_weights", "First-layer weights look like noise", "warning", 300, None,
+                                     "noise")]
+            return self.findings
+
+    monkeypatch.setattr(state_mod, "_OnlineDiagnoser", FakeDiagnoser)
+    write_run(tmp_path / "quiet", steps=300, epochs=3)
+    index = RunsIndex(tmp_path)
+    assert index.refresh()[0].row()["worst_finding"] is None  # nothing recorded, not opened yet
+    page = RunState(tmp_path / "quiet")
+    page.update()
+    assert [f["rule"] for f in page.findings()] == ["noisy_weights"]
+    row = index.refresh()[0].row()
+    assert row["worst_severity"] == "warning" and row["worst_finding"] == "First-layer weights look like noise"
+
+
 def test_runs_index_reads_epochs_incrementally_and_ignores_a_partial_line(tmp_path):
     path = write_run(tmp_path / "a", steps=100, epochs=2)
     index = RunsIndex(tmp_path)
