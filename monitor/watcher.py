@@ -139,10 +139,6 @@ class Watcher:
         return self.observe.mode
 
     @property
-    def backstop(self) -> float:
-        return self.observe.backstop
-
-    @property
     def corrupt_lines(self) -> int:
         """Log lines skipped as corrupt so far, over all runs."""
         return sum(r.tailer.corrupt_lines for r in self.runs.values())
@@ -208,7 +204,7 @@ class Watcher:
             if now is None:
                 run.diagnosis.read(run.feed)
             else:
-                run.diagnosis.check(run.feed, now, self.backstop * 0.9)
+                run.diagnosis.check(run.feed, now, self.observe.backstop * 0.9)
         except Unreadable as e:
             self._skip(run.path, run.name, str(e))
 
