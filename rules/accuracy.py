@@ -174,8 +174,10 @@ class Underfitting(_EpochRule):
                         "gain_last_epochs": gain, "chance": chance, "scaled_train_acc": scaled}
             fix = list(self.fix)
             config = meta_dict(ctx.meta, "config")
-            reg, dropout = config.get("reg", config.get("weight_decay")), config.get("dropout")
-            reg = reg if isinstance(reg, (int, float)) and not isinstance(reg, bool) else None
+            # a declared penalty under any of the names the rules know (causes.declared_regularization's)
+            regs = [config.get(k) for k in ("reg", "weight_decay", "l2", "l2_reg", "lambda_l2")]
+            regs = [r for r in regs if isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r)]
+            reg, dropout = (max(regs) if regs else None), config.get("dropout")
             dropout = dropout if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else None
             heavy = (reg is not None and reg >= 0.01 or dropout is not None and dropout >= 0.5
                      or _optimizer_weight_decay(ctx.meta) >= self.th["underfit_heavy_wd"])
