@@ -551,12 +551,15 @@ class EvalModeTraining(Rule):
             steps = lay.ints("step")
             kind = lay.raw("kind") if "kind" in lay else np.full(len(lay), "weight", dtype=object)
             active = np.isin(kind.astype(str), ACTIVATION_KINDS)
-            for step in np.unique(steps):
-                here = steps == step
-                if active[here].any():
-                    self.saw_activations, self.last_active, self.quiet = True, int(step), []
-                elif self.saw_activations and np.isfinite(g[here]).any():
-                    self.quiet.append(int(step))
+            # per sampled step, in one pass (a long run has thousands): any activation measured, any gradient
+            uniq, inv = np.unique(steps, return_inverse=True)
+            any_active = np.bincount(inv, weights=active, minlength=len(uniq)) > 0
+            any_grad = np.bincount(inv, weights=np.isfinite(g), minlength=len(uniq)) > 0
+            for k in range(len(uniq)):
+                if any_active[k]:
+                    self.saw_activations, self.last_active, self.quiet = True, int(uniq[k]), []
+                elif self.saw_activations and any_grad[k]:
+                    self.quiet.append(int(uniq[k]))
         found = [] if self.start_done else self._from_start(ctx)
         return found or self._mid_run(ctx)
 
