@@ -322,10 +322,10 @@ class LayerProbe:
         now = time.perf_counter()
         if self._first_step is None or now >= when:
             return 1
-        steps = self.last_step - self._first_step
-        if steps <= 0:
+        steps, elapsed = self.last_step - self._first_step, now - self._start
+        if steps <= 0 or elapsed <= 0:
             return 1
-        return max(1, int(0.8 * (when - now) * steps / (now - self._start)))
+        return max(1, int(0.8 * (when - now) * steps / elapsed))
 
     def final_records(self, step: int) -> list[dict]:
         """At close: the last state, if the last step was not sampled. Weights and the gradients the last
