@@ -120,8 +120,10 @@ class _LossMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if not self.passive:
             name = LOSS_FUNCTIONS.get(func)
-            if name is not None:
-                self.owner._observe_loss(name, args, kwargs)
+            if name is not None and self.owner._observe_loss(name, args, kwargs):
+                out = func(*args, **kwargs)
+                self.owner._observe_loss_value(out)  # the first loss term alone: a total may add others
+                return out
         return func(*args, **kwargs)
 
 
@@ -288,10 +290,12 @@ class FirstBatch:
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
-    def _observe_loss(self, name: str, args: tuple, kwargs: dict) -> None:
+    def _observe_loss(self, name: str, args: tuple, kwargs: dict) -> bool:
+        """Sees the first loss call of a step; True for the very first one (whose value is kept too)."""
         if self._loss_seen or self.disabled:
-            return
+            return False
         self._loss_seen = True
+        first = False
         try:
             pred = args[0] if args else kwargs.get("input")
             target = args[1] if len(args) > 1 else kwargs.get("target")
@@ -299,12 +303,23 @@ class FirstBatch:
             first = self._first is not None and self._first.get("loss_fn") is None
             if first:
                 self._first["loss_fn"] = name
+                reduction = kwargs.get("reduction", "mean")  # "sum": the loss is N x the per-example one
+                self._first["reduction"] = reduction if isinstance(reduction, str) else None
                 if isinstance(pred, torch.Tensor):
                     self._first["loss_input"] = _output_stats(pred)
                 self._new = True
             if isinstance(target, torch.Tensor):
                 self._observe_targets(target, ignore, first)
         except Exception as exc:  # noqa: BLE001 - must never break the loss computation
+            self._fail(exc)
+        return first and not self.disabled
+
+    def _observe_loss_value(self, out: Any) -> None:
+        try:
+            if (isinstance(out, torch.Tensor) and out.ndim == 0 and out.is_floating_point()
+                    and self._first is not None):
+                self._first["loss_value"] = out.detach().float()  # a device scalar: moved at the next flush
+        except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
     def _observe_targets(self, target: torch.Tensor, ignore: int | None, first: bool) -> None:

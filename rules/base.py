@@ -20,6 +20,10 @@ from babysit.vocabulary import CLASS_KEYS, SEVERITIES, num_classes_of, severity_
 __all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian", "meta_dict",
            "meta_layers", "num_classes_of", "CLASS_KEYS"]
 
+# Categorical losses whose reduction="sum" makes the recorded loss N x the per-example one (rules use ln(C) x N)
+_SUMMABLE = ("cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits")
+
+
 @dataclass
 class Finding:
     """One thing wrong with a run, with the numbers that show it and what to do, in the order to try it."""
@@ -247,10 +251,29 @@ class Context:
         return num_classes_of(self.meta)
 
     @property
+    def loss_scale(self) -> float:
+        """How many per-example losses the recorded loss adds up: N when the hooks saw the first categorical loss
+        called with reduction="sum" on N targets, else 1 (a mean). Scales ln(C), the loss of a uniform guess."""
+        fb = meta_dict(self.meta, "first_batch")
+        if fb.get("reduction") != "sum" or fb.get("loss_fn") not in _SUMMABLE:
+            return 1.0
+        targets = meta_dict(fb, "targets")
+        shape = targets.get("shape")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            return 1.0
+        # class indices: one loss per index (N, or N x L tokens); class probabilities (N, C): one per row
+        per_row = fb.get("loss_fn") in ("cross_entropy", "nll_loss") and targets.get("integer") is False
+        return float(math.prod(shape[:1] if per_row else shape))
+
+    def chance_loss(self, c: int) -> float:
+        """ln(C), the loss of a net that guesses uniformly over C classes, times the loss's `loss_scale`."""
+        return math.log(c) * self.loss_scale
+
+    @property
     def starts_trained(self) -> bool:
         """The first loss is well below ln(C): a pretrained net, where small steps and a flat loss are intended."""
         c = self.num_classes
-        return c is not None and self.initial_loss is not None and self.initial_loss < 0.5 * math.log(c)
+        return c is not None and self.initial_loss is not None and self.initial_loss < 0.5 * self.chance_loss(c)
 
     def epoch_of(self, step: int | None) -> int | None:
         """The 1-based epoch a step belongs to (the epoch in progress when it ran)."""

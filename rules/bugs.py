@@ -581,7 +581,7 @@ class EvalModeTraining(Rule):
 
     def _mid_run(self, ctx: Context) -> list[Finding]:
         q = self.quiet
-        if (len(q) < self.th["eval_mode_records"] or q[-1] - q[0] < self.th["eval_mode_steps"]
+        if (not q or len(q) < self.th["eval_mode_records"] or q[-1] - q[0] < self.th["eval_mode_steps"]
                 or self.last_active is None):
             return []
         modal = self._modal(ctx)
@@ -684,4 +684,4 @@ class SkippedOptimizerSteps(Rule):
         c = ctx.num_classes
         if c is None or ctx.initial_loss is None or k < 2:
             return False
-        return abs(ctx.initial_loss * k / math.log(c) - 1) <= 0.25
+        return abs(ctx.initial_loss * k / ctx.chance_loss(c) - 1) <= 0.25

@@ -68,7 +68,7 @@ class LrTooHigh(Rule):
         if init is None or init <= 0 or not ctx.initial_final or len(x) < self.w:
             return []
         c, _ = infer_num_classes(ctx)
-        ref = math.log(c) if c else init
+        ref = ctx.chance_loss(c) if c else init
         # beyond 1e6 x its start a loss has exploded whatever its value (NaN and inf included); capped, the
         # running sums below keep their precision after a 1e25 spike has passed (otherwise later windows read
         # as 0 and 'rose back'). A window holding a non-finite loss is nonfinite_loss's to report: skipped, the

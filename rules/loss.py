@@ -175,7 +175,7 @@ class LossExplosion(Rule):
             limit = factor * init
             c = ctx.num_classes
             if c is not None:  # a relative rise from a tiny (fine-tuned) loss is no explosion
-                limit = max(limit, init + self.th["explosion_min_rise"] * math.log(c))
+                limit = max(limit, init + self.th["explosion_min_rise"] * ctx.chance_loss(c))
             bs = batch_size(ctx)
             ends, w = self._exploded(x, limit, first_end, bs is not None and bs <= self.th["tiny_batch"])
             if not len(ends):
@@ -421,15 +421,23 @@ class InitLossMismatch(OnceRule):
             return []
         self.done = True
         step, loss = self.first
-        expected = math.log(c)
+        expected = ctx.chance_loss(c)
+        # The categorical loss's own first value, when the hooks saw it: a total that adds other terms (an
+        # auxiliary loss, a penalty, distillation) says nothing about the classifier's start.
+        term = meta_dict(ctx.meta, "first_batch").get("loss_value")
+        total = None
+        if (isinstance(term, (int, float)) and not isinstance(term, bool) and math.isfinite(term)
+                and loss_kind(ctx) == "categorical" and abs(term - loss) > 1e-3 * max(abs(loss), 1e-12)):
+            total, loss = loss, float(term)
         ratio = loss / expected
         evidence = {"step": step, "loss": loss, "expected": expected, "num_classes": c, "ratio": ratio,
-                    "num_classes_from": source}
+                    "num_classes_from": source, "loss_total": total, "loss_scale": ctx.loss_scale}
         reg = _cfg(ctx, "reg", "l2")
         reg_note = (f"; regularization {fmt(reg)} may add to it: check with reg off"
                     if isinstance(reg, (int, float)) and reg > 0 else "")
         if ratio > self.th["init_loss_ratio"]:
-            msg = (f"first loss {fmt(loss)} at step {step} is {fmt(ratio, 2)}x ln({c}) = {fmt(expected)}, "
+            of = f"{fmt(ctx.loss_scale)} x " if ctx.loss_scale != 1 else ""
+            msg = (f"first loss {fmt(loss)} at step {step} is {fmt(ratio, 2)}x {of}ln({c}) = {fmt(expected)}, "
                    f"the loss of a net that starts out guessing uniformly{reg_note}")
             return [self.finding(ctx, "warning", step, msg, evidence)]
         if ratio < self.th["init_loss_low_ratio"]:
