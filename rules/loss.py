@@ -383,7 +383,12 @@ def infer_num_classes(ctx: Context) -> tuple[int | None, str]:
 
 
 class InitLossMismatch(OnceRule):
-    """The first loss, computed before any update, should be about ln(C) with regularization off."""
+    """The first loss, computed before any update, should be about ln(C) with regularization off.
+
+    ln(C) per example: with reduction="sum" the loss adds N of them (N x ln C). When the loss passed to
+    run.step adds other terms (an auxiliary loss, a penalty), the categorical loss's own first value (the hooks
+    see what the loss function returned) is the one judged.
+    """
 
     id = "init_loss_mismatch"
     title = "Initial loss far from ln(C)"
