@@ -36,7 +36,7 @@ def tally(scores: list[dict]) -> dict:
 def summary(scores: list[dict], markdown: bool = False) -> str:
     head = ["split", "faulty", "caught, supported fix", "misleading lead", "missed", "healthy", "false alarms"]
     body = []
-    for split in ("tune", "holdout", "fresh", "fresh2", "all"):
+    for split in ("tune", "holdout", "fresh", "fresh2", "fresh3", "all"):
         part = [s for s in scores if split == "all" or s["split"] == split]
         if not part:
             continue
@@ -49,7 +49,7 @@ def summary(scores: list[dict], markdown: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.userloops", description=__doc__.split("\n")[0])
-    p.add_argument("--split", choices=("tune", "holdout", "fresh", "fresh2", "all"), default="tune")
+    p.add_argument("--split", choices=("tune", "holdout", "fresh", "fresh2", "fresh3", "all"), default="tune")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this case (repeatable)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--check", action="store_true", help="print each case's final numbers")

@@ -7,7 +7,8 @@ is "holdout" and the rest "tune". Nothing is tuned on the holdout.
 
 The cases of fresh_loops.py are their own split, "fresh": written after the others were tuned on, and left
 out of the hash order above, so adding them moves no tune/holdout assignment. The cases of fresh2_loops.py
-(a second batch written after those were tuned on) are the split "fresh2", out of the hash order the same way.
+(a second batch written after those were tuned on) are the split "fresh2", out of the hash order the same way,
+and those of fresh3_loops.py (a third batch, written after fresh2 was tuned on) the split "fresh3".
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def split_of(name: str, names: list[str]) -> str:
 
 
 FRESH_MODULE = "benchmarks.userloops.fresh_loops"
-FRESH_SPLITS = {FRESH_MODULE: "fresh", "benchmarks.userloops.fresh2_loops": "fresh2"}
+FRESH_SPLITS = {FRESH_MODULE: "fresh", "benchmarks.userloops.fresh2_loops": "fresh2",
+                "benchmarks.userloops.fresh3_loops": "fresh3"}
 
 
 def _fresh_split(c: Case) -> str | None:
-    """'fresh' or 'fresh2' for a case of a fresh batch, else None (a hash-ordered case)."""
+    """'fresh', 'fresh2' or 'fresh3' for a case of a fresh batch, else None (a hash-ordered case)."""
     return FRESH_SPLITS.get(getattr(c.fn, "__module__", ""))
 
 
@@ -49,7 +51,13 @@ def _is_fresh(c: Case) -> bool:
 
 def all_cases() -> list[Case]:
     """Every case, faulty first, then by name; splits assigned."""
-    from benchmarks.userloops import buggy_loops, fresh2_loops, fresh_loops, healthy_loops  # noqa: F401 - registers
+    from benchmarks.userloops import (  # noqa: F401 - importing registers the cases
+        buggy_loops,
+        fresh2_loops,
+        fresh3_loops,
+        fresh_loops,
+        healthy_loops,
+    )
 
     for c in _CASES.values():
         if _is_fresh(c):
