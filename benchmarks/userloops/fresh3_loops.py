@@ -75,7 +75,7 @@ def fresh3_step_before_backward(run_dir):
     return {"val_acc": _acc(out, d.yv)}
 
 
-@healthy("regression", expect={"val_r2": (0.5, 1)})
+@healthy("regression", expect={"val_r2": (0.3, 1)})
 def fresh3_log_targets_numpy_no_watch(run_dir):
     """A regression on log-scaled targets (diabetes, y -> log(y), then standardized), AdamW + CosineAnnealingLR
     per step; Run without watch(); the loss goes in as a numpy float (loss.detach().numpy()) and the epoch
@@ -558,10 +558,11 @@ def fresh3_sum_ce_dataparallel(run_dir):
 # =========================================================================== buggy
 @faulty("code", accept=("missing_zero_grad",),
         wrong=CODE_WRONG + ("lr_too_high", "loss_explosion", "bad_labels", "chance_accuracy"),
-        expect={"val_acc": (0, 0.7)})
+        expect={"val_acc": (0, 0.9)})
 def fresh3_zero_grad_once(run_dir):
     """optimizer.zero_grad() called once, before the loop ('to start clean'), never inside it: every backward
-    adds to the sum of all earlier gradients, so Adam follows the running sum (an MLP on flat digits)."""
+    adds to the sum of all earlier gradients, so Adam follows the running sum (an MLP on flat digits; with the
+    zero_grad in place the same loop reaches ~0.97 val accuracy, here ~0.85)."""
     torch.manual_seed(521)
     d = digits(flat=True)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
@@ -653,8 +654,10 @@ def fresh3_softmax_mse_onehot(run_dir):
 @faulty("optimizer", accept=LR_HIGH, wrong=LR_HIGH_WRONG, expect={"val_acc": (0, 0.6)})
 def fresh3_frozen_bn_body_head_lr1(run_dir):
     """Transfer: a BN CNN body pretrained on digits 0-4 (not recorded), frozen with requires_grad=False and
-    kept in eval() (BN statistics frozen, on purpose); a new 10-class head in its own param group at lr 1.0
-    (the user copied the 'head lr x100' trick onto SGD + momentum at 0.01 -> 1.0): the head explodes."""
+    kept in eval() (BN statistics frozen, on purpose); a new two-layer ReLU head in its own param group at lr
+    1.0 (the user copied the 'head lr x100' trick onto SGD + momentum at 0.01 -> 1.0): the loss spikes, the
+    head's hidden ReLUs die and the net collapses to one class. (First written with a one-layer head, which
+    this lr did not break: rebuilt before any rule was read.)"""
     torch.manual_seed(524)
     d = digits()
     body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
@@ -675,7 +678,7 @@ def fresh3_frozen_bn_body_head_lr1(run_dir):
     for p in body.parameters():
         p.requires_grad_(False)
     body.eval()
-    head = nn.Linear(128, 10)
+    head = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
     model = nn.Sequential(body, head)
     opt = torch.optim.SGD([{"params": head.parameters(), "lr": 1.0}], lr=0.01, momentum=0.9)
     with babysit.Run(run_dir, num_classes=10) as run:
