@@ -142,7 +142,8 @@ class Overfitting(_EpochRule):
 
 
 class Underfitting(_EpochRule):
-    """No train/val gap, and train accuracy has plateaued far from perfect (scaled from chance)."""
+    """No train/val gap (or val above train), and train accuracy has plateaued far from perfect (scaled from
+    chance)."""
 
     id = "underfitting"
     title = "Underfitting: low accuracy, no gap"
@@ -165,9 +166,14 @@ class Underfitting(_EpochRule):
         gap = tr - va if va is not None else 0.0
         scaled = (tr - chance) / (1 - chance)
         gain = tr - min(trs[:-1])
-        no_gap = abs(gap) < self.th["underfit_gap"]
+        # Val accuracy well ABOVE train accuracy is no overfitting gap either: it is what regularization that acts
+        # only in training (dropout, augmentation) does when it is too strong, the train batches being harder
+        # than the clean val set. Counted as no gap, and as evidence of heavy regularization.
+        reverse = gap <= -self.th["underfit_gap"]
+        no_gap = abs(gap) < self.th["underfit_gap"] or reverse
         if no_gap and scaled < self.th["underfit_acc"] and gain < self.th["underfit_plateau"]:
-            msg = (f"train accuracy {fmt(tr)} and val accuracy {fmt(va)} at epoch {epoch}: no gap "
+            msg = (f"train accuracy {fmt(tr)} and val accuracy {fmt(va)} at epoch {epoch}: "
+                   f"{'no overfitting gap' if reverse else 'no gap'} "
                    f"({fmt(100 * gap, 2)} points) and train accuracy gained {fmt(100 * gain, 2)} points over the last "
                    f"2 epochs" + (f" (chance is {fmt(chance)})" if c else ""))
             evidence = {"epoch": epoch, "step": step, "train_acc": tr, "val_acc": va, "gap": gap,
@@ -180,7 +186,11 @@ class Underfitting(_EpochRule):
             reg, dropout = (max(regs) if regs else None), config.get("dropout")
             dropout = dropout if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else None
             heavy = (reg is not None and reg >= 0.01 or dropout is not None and dropout >= 0.5
-                     or _optimizer_weight_decay(ctx.meta) >= self.th["underfit_heavy_wd"])
+                     or _optimizer_weight_decay(ctx.meta) >= self.th["underfit_heavy_wd"] or reverse)
+            evidence["val_above_train"] = reverse
+            if reverse:
+                msg += (f"; val accuracy is {fmt(100 * -gap, 2)} points ABOVE train accuracy: regularization that "
+                        "acts only in training (dropout, augmentation, noise) holds the train batches back")
             if heavy:
                 note = (f"reg {fmt(reg) if reg is not None else '-'}, "
                         f"dropout {fmt(dropout) if dropout is not None else '-'}")

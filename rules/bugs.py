@@ -173,8 +173,10 @@ class DoubleSoftmax(OnceRule):
 
 class LossMismatch(OnceRule):
     """The loss function does not fit what it is given: nll_loss on raw scores that are not log-probabilities
-    (the log_softmax was forgotten: the 'loss' is -score[y], unbounded below), or a regression loss (MSE, L1,
-    Huber) regressing class indices with one output per sample while the run declares C >= 3 classes.
+    (the log_softmax was forgotten: the 'loss' is -score[y], unbounded below), a regression loss (MSE, L1,
+    Huber) regressing class indices with one output per sample while the run declares C >= 3 classes, a binary
+    cross-entropy given targets outside [0, 1] (class indices cast to float: no minimum), or a regression loss
+    between softmax probabilities and one-hot targets (a saturated softmax passes back almost no gradient).
 
     From the first batch the hooks saw the loss called on (meta first_batch: `loss_fn`, `loss_input` with
     `log_probs`, min/max, shape; `targets`). Log-probabilities are never positive and their rows' exp sums
@@ -183,7 +185,7 @@ class LossMismatch(OnceRule):
 
     id = "loss_mismatch"
     title = "The loss function does not match the model's output"
-    fix = ("log_softmax_before_nll", "classification_loss", "match_target_shape")
+    fix = ("log_softmax_before_nll", "classification_loss", "match_target_shape", "bce_targets_01")
     needs = ("meta.first_batch",)
 
     def examine(self, batch, ctx: Context) -> list[Finding]:
@@ -206,6 +208,21 @@ class LossMismatch(OnceRule):
             found = (f"{fn} regresses the class index: the model gives one number per sample "
                      f"(loss input shape {shape}) for targets {fmt(t_lo)}..{fmt(t_hi)} of a {c}-class run",
                      ["classification_loss"])
+        if (found is None and fn.startswith("binary_cross_entropy") and t_lo is not None and t_hi is not None
+                and (t_lo < -1e-6 or t_hi > 1 + 1e-6)):
+            # A binary cross-entropy's target is a probability: t*log(p) + (1-t)*log(1-p) with t outside [0, 1]
+            # has no minimum (with logits it falls without end as the logit grows): nothing to converge to.
+            index = c is not None and c >= 3 and 0 <= t_lo and t_hi <= c - 1 and t_hi >= 2
+            what = f"class indices of a {c}-class run" if index else "values outside [0, 1]"
+            found = (f"{fn} got targets {fmt(t_lo)}..{fmt(t_hi)} ({what}): a binary cross-entropy needs targets in "
+                     "[0, 1]; with larger ones the loss has no minimum and falls without end",
+                     ["classification_loss" if index else "bce_targets_01"])
+        if (found is None and fn in REGRESSION_LOSSES and c is not None and c >= 2 and len(shape) == 2
+                and shape[-1] == c and inp.get("rows_sum_to_one") is True and _one_hot(tgt, shape, c)):
+            found = (f"{fn} compares softmax probabilities (loss input {shape}, rows summing to 1) with one-hot "
+                     f"targets of a {c}-class run: the gradient through the softmax is small (p(1 - p) per class) and "
+                     "vanishes as it saturates, so learning crawls (cross_entropy on the logits does not)",
+                     ["classification_loss"])
         t_shape = tgt.get("shape") if isinstance(tgt.get("shape"), list) else []
         crossed = _cross_broadcast(shape, t_shape)
         if found is None and fn in REGRESSION_LOSSES and crossed is not None:
@@ -221,6 +238,16 @@ class LossMismatch(OnceRule):
                     "targets_shape": t_shape or None, "broadcast_shape": crossed,
                     "log_probs": inp.get("log_probs"), "targets_min": t_lo, "targets_max": t_hi, "num_classes": c}
         return [self.finding(ctx, "warning", since_start(ctx), msg, evidence, fix)]
+
+
+def _one_hot(tgt: dict, shape: list, c: int) -> bool:
+    """Whether recorded targets of `shape` look one-hot over c classes: 0..1, mean 1/c and the spread of 0/1 values
+    with one 1 per row (std sqrt(1/c - 1/c^2)), which soft labels (a teacher's probabilities) fall short of."""
+    lo, hi, mean, std = (number(tgt.get(k)) for k in ("min", "max", "mean", "std"))
+    if tgt.get("shape") != shape or None in (lo, hi, mean, std):
+        return False
+    return (abs(lo) < 1e-6 and abs(hi - 1) < 1e-6 and abs(mean - 1 / c) < 0.1 / c
+            and abs(std - math.sqrt(1 / c - 1 / c ** 2)) < 0.05 * math.sqrt(1 / c))
 
 
 def _cross_broadcast(a: list, b: list) -> list[int] | None:

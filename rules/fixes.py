@@ -88,7 +88,9 @@ _ALL = [
     Fix("log_softmax_before_nll", "apply log_softmax before nll_loss (or pass the raw logits to cross_entropy, "
         "which does both)"),
     Fix("classification_loss", "for classes, give the model C outputs and use cross_entropy on the class indices "
-        "(accuracy from argmax), not a regression loss on the index"),
+        "(accuracy from argmax), not a regression loss on the index or on softmax outputs, nor a binary loss"),
+    Fix("bce_targets_01", "give binary cross-entropy targets in [0, 1] (0/1 labels or probabilities); for more "
+        "than two classes use C outputs and cross_entropy on the class indices"),
     Fix("match_target_shape", "give the loss predictions and targets of the same shape (out.squeeze(1) for a "
         "1-output head, or y.unsqueeze(1)): mismatched shapes broadcast to every prediction against every target"),
     Fix("remove_output_activation", "remove the activation after the last layer: cross_entropy needs raw logits "

@@ -392,7 +392,7 @@ class InitLossMismatch(OnceRule):
 
     id = "init_loss_mismatch"
     title = "Initial loss far from ln(C)"
-    fix = ("scale_init_down", "check_label_indices", "logits_to_loss", "normalize_inputs")
+    fix = ("scale_init_down", "check_label_indices", "logits_to_loss", "normalize_inputs", "lower_reg")
     needs = ("loss", "num_classes")
 
     def __init__(self, thresholds: dict):
@@ -444,6 +444,16 @@ class InitLossMismatch(OnceRule):
             of = f"{fmt(ctx.loss_scale)} x " if ctx.loss_scale != 1 else ""
             msg = (f"first loss {fmt(loss)} at step {step} is {fmt(ratio, 2)}x {of}ln({c}) = {fmt(expected)}, "
                    f"the loss of a net that starts out guessing uniformly{reg_note}")
+            # Dropout is regularization that is on in the first training step: inverted dropout scales the kept
+            # activations by 1/(1 - p), which inflates the logits when p is large (0.9: 10x). A declared heavy
+            # dropout on a model that has Dropout layers puts lowering it first (the init is not the suspect).
+            p = _cfg(ctx, "dropout", "dropout_p", "drop_prob")
+            has_dropout = any("Dropout" in str(x.get("type", "")) for x in meta_layers(ctx.meta))
+            if (has_dropout and isinstance(p, (int, float)) and not isinstance(p, bool) and 0.5 <= p < 1):
+                evidence["dropout"] = p
+                msg += (f"; dropout {fmt(p)} is on in this first training step and scales the kept activations by "
+                        f"1/(1 - p) = {fmt(1 / (1 - p))}: the logits start large because of it")
+                return [self.finding(ctx, "warning", step, msg, evidence, ["lower_reg", *self.fix[:-1]])]
             return [self.finding(ctx, "warning", step, msg, evidence)]
         if ratio < self.th["init_loss_low_ratio"]:
             msg = (f"first loss {fmt(loss)} at step {step} is well below ln({c}) = {fmt(expected)}: "

@@ -18,8 +18,11 @@ def test_registry_has_both_kinds_and_a_third_held_out_by_name_alone():
     fresh2 = [c for c in every if c.split == "fresh2"]  # fresh2_loops.py: a second batch, out of the hash order too
     assert fresh2 and all(c.fn.__module__.endswith(".fresh2_loops") for c in fresh2)
     assert {c.healthy for c in fresh2} == {True, False}
-    fresh += fresh2
-    cases = [c for c in every if c.split not in ("fresh", "fresh2")]
+    fresh3 = [c for c in every if c.split == "fresh3"]  # fresh3_loops.py: a third batch, out of the hash order
+    assert fresh3 and all(c.fn.__module__.endswith(".fresh3_loops") for c in fresh3)
+    assert {c.healthy for c in fresh3} == {True, False}
+    fresh += fresh2 + fresh3
+    cases = [c for c in every if c.split not in ("fresh", "fresh2", "fresh3")]
     healthy = [c for c in cases if c.healthy]
     faulty = [c for c in cases if not c.healthy]
     assert len(healthy) >= 12 and len(faulty) >= 12
@@ -57,3 +60,6 @@ def test_the_runner_lists_without_training(capsys):
     assert main(["--list", "--split", "fresh2"]) == 0
     out = capsys.readouterr().out
     assert "fresh2_zero_init_all_layers" in out and "tiny_run_wine" not in out
+    assert main(["--list", "--split", "fresh3"]) == 0
+    out = capsys.readouterr().out
+    assert "fresh3_dropout_095" in out and "fresh2_zero_init_all_layers" not in out
