@@ -167,9 +167,11 @@ class Underfitting(_EpochRule):
         scaled = (tr - chance) / (1 - chance)
         gain = tr - min(trs[:-1])
         # Val accuracy well ABOVE train accuracy is no overfitting gap either: it is what regularization that acts
-        # only in training (dropout, augmentation) does when it is too strong, the train batches being harder
-        # than the clean val set. Counted as no gap, and as evidence of heavy regularization.
+        # only in training (dropout, augmentation) does, the train batches being harder than the clean val set.
+        # Counted as no gap; as evidence of too much of it (a warning) only while train accuracy stays below
+        # underfit_warn_acc (scaled): mixup or strong augmentation keep a healthy train accuracy well under val's.
         reverse = gap <= -self.th["underfit_gap"]
+        held_back = reverse and scaled < self.th["underfit_warn_acc"]
         no_gap = abs(gap) < self.th["underfit_gap"] or reverse
         if no_gap and scaled < self.th["underfit_acc"] and gain < self.th["underfit_plateau"]:
             msg = (f"train accuracy {fmt(tr)} and val accuracy {fmt(va)} at epoch {epoch}: "
@@ -186,7 +188,7 @@ class Underfitting(_EpochRule):
             reg, dropout = (max(regs) if regs else None), config.get("dropout")
             dropout = dropout if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else None
             heavy = (reg is not None and reg >= 0.01 or dropout is not None and dropout >= 0.5
-                     or _optimizer_weight_decay(ctx.meta) >= self.th["underfit_heavy_wd"] or reverse)
+                     or _optimizer_weight_decay(ctx.meta) >= self.th["underfit_heavy_wd"] or held_back)
             evidence["val_above_train"] = reverse
             if reverse:
                 msg += (f"; val accuracy is {fmt(100 * -gap, 2)} points ABOVE train accuracy: regularization that "
@@ -206,6 +208,8 @@ class Underfitting(_EpochRule):
             if severity == "info" and at_chance:
                 msg += ("; train accuracy is at chance: the net learns nothing from its own batches, which more "
                         "capacity does not fix (check the labels against the inputs, the lr, dead units)")
+            elif severity == "info" and reverse:
+                msg += "; fine for strong augmentation or mixup, whose train batches are meant to be harder"
             elif severity == "info":
                 msg += "; no regularization or other cause in sight: this may be the data's ceiling (noisy labels)"
             return [self.finding(ctx, severity, step, msg, evidence, fix, epoch=epoch)]
