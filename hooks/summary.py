@@ -27,6 +27,9 @@ def model_summary(model: torch.nn.Module) -> dict:
                 "count": count,
                 "trainable": trainable,
                 "frozen": count - trainable,
+                # a dropout layer's rate: the rules weigh heavy dropout without a config that declares it
+                **({"p": float(module.p)} if "Dropout" in type(module).__name__
+                   and isinstance(getattr(module, "p", None), (int, float)) else {}),
             }
         )
     total = sum(p.numel() for p in model.parameters())

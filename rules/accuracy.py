@@ -9,7 +9,7 @@ import math
 from collections import deque
 from typing import Any
 
-from babysit.rules.base import Context, Finding, fmt, meta_dict
+from babysit.rules.base import Context, Finding, dropout_rate, fmt, meta_dict
 from babysit.rules.loss import infer_num_classes
 from babysit.rules.once import OnceRule
 
@@ -185,8 +185,7 @@ class Underfitting(_EpochRule):
             # a declared penalty under any of the names the rules know (causes.declared_regularization's)
             regs = [config.get(k) for k in ("reg", "weight_decay", "l2", "l2_reg", "lambda_l2")]
             regs = [r for r in regs if isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r)]
-            reg, dropout = (max(regs) if regs else None), config.get("dropout")
-            dropout = dropout if isinstance(dropout, (int, float)) and not isinstance(dropout, bool) else None
+            reg, dropout = (max(regs) if regs else None), dropout_rate(ctx.meta)
             heavy = (reg is not None and reg >= 0.01 or dropout is not None and dropout >= 0.5
                      or _optimizer_weight_decay(ctx.meta) >= self.th["underfit_heavy_wd"] or held_back)
             evidence["val_above_train"] = reverse

@@ -18,7 +18,7 @@ from babysit.rules.fixes import resolve_fixes
 from babysit.vocabulary import CLASS_KEYS, SEVERITIES, num_classes_of, severity_rank
 
 __all__ = ["Finding", "Context", "Rule", "Table", "SEVERITIES", "severity_rank", "fmt", "row_nanmedian", "meta_dict",
-           "meta_layers", "num_classes_of", "CLASS_KEYS"]
+           "meta_layers", "dropout_rate", "num_classes_of", "CLASS_KEYS"]
 
 # Categorical losses whose reduction="sum" makes the recorded loss N x the per-example one (rules use ln(C) x N)
 _SUMMABLE = ("cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits")
@@ -85,6 +85,16 @@ def meta_layers(meta: Any) -> list[dict]:
     """The model summary's layer entries that are dicts (odd entries, or a non-list 'layers', are ignored)."""
     layers = meta_dict(meta, "model").get("layers")
     return [x for x in layers if isinstance(x, dict)] if isinstance(layers, list) else []
+
+
+def dropout_rate(meta: Any) -> float | None:
+    """The heaviest dropout a run declares: its config (dropout, dropout_p, drop_prob) or its model's Dropout
+    layers (the hooks record each one's p), whichever is larger; None when neither says."""
+    config = meta_dict(meta, "config")
+    rates = [config.get(k) for k in ("dropout", "dropout_p", "drop_prob")]
+    rates += [x.get("p") for x in meta_layers(meta) if "Dropout" in str(x.get("type", ""))]
+    rates = [r for r in rates if isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1]
+    return max(rates) if rates else None
 
 
 def _plain(obj: Any) -> Any:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from babysit.rules.base import Context, Finding, Rule, fmt, meta_dict, meta_layers
+from babysit.rules.base import Context, Finding, Rule, dropout_rate, fmt, meta_dict, meta_layers
 from babysit.rules.once import OnceRule
 from babysit.rules.window import Tail, first_true, rolling_mean, runs_of
 
@@ -447,9 +447,9 @@ class InitLossMismatch(OnceRule):
             # Dropout is regularization that is on in the first training step: inverted dropout scales the kept
             # activations by 1/(1 - p), which inflates the logits when p is large (0.9: 10x). A declared heavy
             # dropout on a model that has Dropout layers puts lowering it first (the init is not the suspect).
-            p = _cfg(ctx, "dropout", "dropout_p", "drop_prob")
+            p = dropout_rate(ctx.meta)
             has_dropout = any("Dropout" in str(x.get("type", "")) for x in meta_layers(ctx.meta))
-            if (has_dropout and isinstance(p, (int, float)) and not isinstance(p, bool) and 0.5 <= p < 1):
+            if has_dropout and p is not None and p >= 0.5:
                 evidence["dropout"] = p
                 msg += (f"; dropout {fmt(p)} is on in this first training step and scales the kept activations by "
                         f"1/(1 - p) = {fmt(1 / (1 - p))}: the logits start large because of it")

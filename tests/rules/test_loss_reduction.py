@@ -87,3 +87,18 @@ def test_an_auxiliary_term_in_the_total_is_not_an_init_problem(tmp_path, data):
     found = findings(_loop(tmp_path / "r", _mlp(), x, y,
                            lambda o, t: F.cross_entropy(o, t) + 10.0 * (1 + o.pow(2).mean()), lr=0.02))
     assert "init_loss_mismatch" not in found or found["init_loss_mismatch"].severity not in WARN
+
+
+def test_heavy_dropout_is_known_from_the_model_without_a_config(tmp_path, data):
+    """nn.Dropout(0.95) in the model, nothing in the config: the hooks record each Dropout's p, so the first
+    loss inflated by 1/(1 - p) puts lowering the dropout first, not the init."""
+    x, y = data
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.95), nn.Linear(256, 10))
+    with torch.no_grad():
+        model[3].weight.mul_(3.0)
+    run_dir = _loop(tmp_path / "r", model, x, y, F.cross_entropy, lr=0.01, steps=60)
+    layers = load_run(run_dir).meta["model"]["layers"]
+    assert [x["p"] for x in layers if x["type"] == "Dropout"] == [pytest.approx(0.95)]
+    f = findings(run_dir).get("init_loss_mismatch")
+    assert f is not None and f.fix_ids[0] == "lower_reg" and f.evidence["dropout"] == pytest.approx(0.95)
